@@ -1,0 +1,32 @@
+"""tandem: Tandem Transformers (Nair et al., 2024) as a compiled ONNX Runtime loop.
+
+Importing this package never imports torch: the runtime needs only numpy, onnxruntime
+and tokenizers. The PyTorch side lives in ``tandem.train`` and ``tandem.export``.
+"""
+
+from __future__ import annotations
+
+from tandem.errors import (
+    BundleError,
+    BusyError,
+    DeviceUnavailableError,
+    ExportError,
+    InvalidArgumentError,
+    RuntimeBackendError,
+    TandemError,
+    TrainingError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BundleError",
+    "BusyError",
+    "DeviceUnavailableError",
+    "ExportError",
+    "InvalidArgumentError",
+    "RuntimeBackendError",
+    "TandemError",
+    "TrainingError",
+    "__version__",
+]
