@@ -1,0 +1,431 @@
+"""The tandem M_S around an ordinary Hugging Face causal LM, and the M_L step functions.
+
+Conventions (docs/CONTRACTS.md):
+- ``x^(l)`` is entry ``l`` of M_L's ``output_hidden_states`` tuple; :func:`large_step` is the
+  one function that computes it.
+- M_S layer ``j`` (1-based) reads ``x^(ℓ(j))`` through its own projection ``W_T^(j)``; memory
+  inputs are a list in ``large_layers`` order (sorted unique ``ℓ``).
+- Absolute positions; one contiguous M_S KV cache. A step with past length ``P``, ``m``
+  memory rows and ``t`` tokens puts memory at ``P..P+m-1`` and tokens at ``P+m..P+m+t-1``.
+
+Attention is written by hand from the HF submodules (q/k/v/o projections, norms, MLP,
+rotary), with explicit boolean masks, so that training, the PyTorch reference and the
+exported step graph all run exactly the same math.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tandem.train.router import Router, RouterConfig
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    DynamicCache,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from tandem.errors import TandemError, TrainingError
+
+KV = tuple[Tensor, Tensor]  # (key, value), each (1, h_kv, P, dh)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+LAYER_ASSIGNMENTS = ("last", "proportional")
+TANDEM_CONFIG_FILE = "tandem_config.json"
+TANDEM_WEIGHTS_FILE = "tandem.safetensors"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_supported(config: PretrainedConfig, role: str, error: type[TandemError] = TrainingError) -> None:
+    """Raise ``error`` unless ``config`` is an architecture whose layers we can drive by hand."""
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise error(
+            f"{role} is a {config.model_type!r} model; supported architectures are "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}. Pick a model of one of these families"
+        )
+
+
+def check_pair(
+    large_config: PretrainedConfig,
+    small_config: PretrainedConfig,
+    error: type[TandemError] = TrainingError,
+) -> None:
+    """Raise ``error`` unless M_L and M_S are supported and share one vocabulary."""
+    check_supported(large_config, "M_L", error)
+    check_supported(small_config, "M_S", error)
+    if large_config.vocab_size != small_config.vocab_size:
+        raise error(
+            f"M_S has vocab size {small_config.vocab_size} but M_L has {large_config.vocab_size}; "
+            "both must use M_L's tokenizer (build M_S with create_drafter_config(large.config, ...))"
+        )
+
+
+# --------------------------------------------------------------------------- layer map
+
+
+def layer_map(assignment: str, num_large_layers: int, num_small_layers: int) -> list[int]:
+    """``[ℓ(1), ..., ℓ(L_S)]`` for ``last`` or ``proportional`` (round half up)."""
+    if assignment == "last":
+        return [num_large_layers] * num_small_layers
+    if assignment == "proportional":
+        # floor(j * L_L / L_S + 0.5) in integer arithmetic: exact round half up.
+        return [(2 * j * num_large_layers + num_small_layers) // (2 * num_small_layers)
+                for j in range(1, num_small_layers + 1)]
+    raise TrainingError(f"unknown layer assignment {assignment!r}; use one of {', '.join(LAYER_ASSIGNMENTS)}")
+
+
+# --------------------------------------------------------------------------- HF steps
+
+
+def empty_past(config: PretrainedConfig, batch: int = 1, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> list[KV]:
+    """A zero-length KV cache ``(batch, h_kv, 0, dh)`` per layer of a model with ``config``."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (batch, config.num_key_value_heads, 0, head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(config.num_hidden_layers)]
+
+
+def _hf_step(model: PreTrainedModel, input_ids: Tensor, past: list[KV],
+             output_hidden_states: bool) -> tuple[Tensor, list[KV], tuple[Tensor, ...] | None]:
+    """One HF forward over ``input_ids (B, T)`` after ``past``; tokens at positions ``P..P+T-1``."""
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(past):
+        cache.update(k, v, i)
+    start = past[0][0].shape[2]
+    position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    out = model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
+                output_hidden_states=output_hidden_states)
+    present = [(layer.keys, layer.values) for layer in cache.layers]  # each (B, h_kv, P+T, dh)
+    return out.logits, present, out.hidden_states
+
+
+def large_step(large: PreTrainedModel, input_ids: Tensor, past: list[KV],
+               layers: list[int]) -> tuple[Tensor, list[KV], list[Tensor]]:
+    """M_L block step: logits ``(B, T, V)``, present K/V ``(B, h_kv, P+T, dh)`` and the
+    representations ``x^(l)`` ``(B, T, d_L)`` for each ``l`` in ``layers``, in that order."""
+    logits, present, hidden = _hf_step(large, input_ids, past, output_hidden_states=True)
+    return logits, present, [hidden[layer] for layer in layers]
+
+
+def plain_step(model: PreTrainedModel, input_ids: Tensor, past: list[KV]) -> tuple[Tensor, list[KV]]:
+    """An ordinary causal-LM step (the vanilla drafter): logits ``(B, T, V)`` and present K/V."""
+    logits, present, _ = _hf_step(model, input_ids, past, output_hidden_states=False)
+    return logits, present
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def create_drafter_config(
+    large_config: PretrainedConfig,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+) -> PretrainedConfig:
+    """A shallow M_S config of M_L's family with M_L's vocabulary, special tokens and rotary.
+
+    Defaults: M_L's head width (``num_heads = hidden_size // head_dim_L``), no GQA, and an
+    MLP ``intermediate_size`` in M_L's ratio to the width.
+    """
+    check_supported(large_config, "M_L")
+    large_head_dim = getattr(large_config, "head_dim", None) or (
+        large_config.hidden_size // large_config.num_attention_heads)
+    num_heads = num_heads or max(1, hidden_size // large_head_dim)
+    num_kv_heads = num_kv_heads or num_heads
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise TrainingError(
+            f"M_S hidden size {hidden_size} with {num_heads} heads and {num_kv_heads} KV heads: the width "
+            "must be divisible by the head count and the head count by the KV head count"
+        )
+    ratio = large_config.intermediate_size / large_config.hidden_size
+    values = large_config.to_dict()
+    values.update(
+        num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        intermediate_size=intermediate_size or max(1, round(ratio * hidden_size)),
+    )
+    if "layer_types" in values:
+        values["layer_types"] = None  # re-derived from num_hidden_layers by the config class
+    values.pop("architectures", None)
+    return type(large_config).from_dict(values)
+
+
+def create_drafter(large: PreTrainedModel, config: PretrainedConfig, copy_embeddings: bool = True,
+                   seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised M_S; input/output embeddings copied from M_L when widths match."""
+    check_pair(large.config, config)
+    torch.manual_seed(seed)
+    small = AutoModelForCausalLM.from_config(config)
+    if copy_embeddings and config.hidden_size == large.config.hidden_size:
+        with torch.no_grad():
+            small.get_input_embeddings().weight.copy_(large.get_input_embeddings().weight)
+            if not config.tie_word_embeddings:
+                small.get_output_embeddings().weight.copy_(large.get_output_embeddings().weight)
+    return small.float()
+
+
+@dataclass
+class TandemConfig:
+    """How M_S reads M_L. ``layer_map[j-1] = ℓ(j)``; ``large_layers`` = sorted unique ``ℓ``."""
+
+    layer_assignment: str
+    layer_map: list[int]
+    large_layers: list[int]
+    large_hidden_size: int
+    large_num_layers: int
+    vocab_size: int
+    router: RouterConfig | None = None
+    extra: dict = field(default_factory=dict)  # free-form provenance (training settings, M_L path)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TandemConfig:
+        values = json.loads(text)
+        router = values.pop("router", None)
+        return cls(**values, router=RouterConfig(**router) if router else None)
+
+
+def create_tandem(
+    large: PreTrainedModel,
+    small_or_config: PreTrainedModel | PretrainedConfig,
+    layer_assignment: str = "proportional",
+    router: RouterConfig | bool = False,
+    copy_embeddings: bool = True,
+    seed: int = 0,
+) -> TandemSmall:
+    """Wrap M_S (a model, or a config to instantiate) for M_L with fresh random projections.
+
+    ``router=True`` adds a router with default settings.
+    """
+    if isinstance(small_or_config, PreTrainedModel):
+        small = small_or_config
+        check_pair(large.config, small.config)
+    else:
+        small = create_drafter(large, small_or_config, copy_embeddings=copy_embeddings, seed=seed)
+    lmap = layer_map(layer_assignment, large.config.num_hidden_layers, small.config.num_hidden_layers)
+    if router is True:
+        router = RouterConfig(embed_dim=small.config.hidden_size)
+    config = TandemConfig(
+        layer_assignment=layer_assignment,
+        layer_map=lmap,
+        large_layers=sorted(set(lmap)),
+        large_hidden_size=large.config.hidden_size,
+        large_num_layers=large.config.num_hidden_layers,
+        vocab_size=large.config.vocab_size,
+        router=router or None,
+    )
+    torch.manual_seed(seed + 1)
+    return TandemSmall(small, config)
+
+
+# --------------------------------------------------------------------------- block mask
+
+
+def block_starts(batch: int, length: int, block_length: int, offsets: Tensor | None = None) -> Tensor:
+    """Start ``s(i)`` of the block holding each position: ``(B, N)`` long.
+
+    Blocks are ``[o + bγ, o + (b+1)γ)`` with ``o = offsets[b]`` (0 when None); positions
+    before ``o`` form a first, shorter block starting at 0.
+    """
+    pos = torch.arange(length).expand(batch, length)  # (B, N)
+    o = torch.zeros(batch, 1, dtype=torch.long) if offsets is None else offsets.view(batch, 1).long()
+    starts = o + torch.div(pos - o, block_length, rounding_mode="floor") * block_length
+    return torch.where(pos < o, torch.zeros_like(pos), starts)
+
+
+def block_mask(starts: Tensor) -> Tensor:
+    """Training-mode mask ``(B, N, 2N)`` from block starts ``(B, N)``.
+
+    Keys ``[:N]`` are memory at positions ``0..N-1`` (visible when ``m <= s(i) - 1``), keys
+    ``[N:]`` are M_S's own at ``0..N-1`` (visible when ``s(i) <= m <= i``).
+    """
+    n = starts.shape[1]
+    key_pos = torch.arange(n, device=starts.device)  # (N,)
+    query_pos = key_pos.view(1, n, 1)
+    s = starts.unsqueeze(-1)  # (B, N, 1)
+    memory = key_pos < s  # (B, N, N)
+    own = (key_pos >= s) & (key_pos <= query_pos)  # (B, N, N)
+    return torch.cat([memory, own], dim=-1)
+
+
+# --------------------------------------------------------------------------- tandem M_S
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x ``(B, h, n, dh)``, cos/sin ``(B, n, dh)``."""
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """``(B, n, heads * dh)`` -> ``(B, heads, n, dh)``."""
+    b, n, width = x.shape
+    return x.view(b, n, heads, width // heads).transpose(1, 2)
+
+
+def _repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """GQA: ``(B, h_kv, n, dh)`` -> ``(B, h_kv * groups, n, dh)``, each KV head repeated in place."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x.unsqueeze(2).expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+
+
+def _sliding_windows(config: PretrainedConfig) -> list[int | None]:
+    """Per layer, the sliding-window size HF applies (None: full attention)."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or ["sliding_attention"] * config.num_hidden_layers
+    return [window if window and kind == "sliding_attention" else None for kind in types]
+
+
+class TandemSmall(nn.Module):
+    """M_S plus one projection ``W_T^(j)`` (d_L -> d_S) per layer and an optional router.
+
+    Invariant: position ``m`` of layer ``j``'s keys/values holds memory K/V (from
+    ``W_T^(j) x_m^(ℓ(j))`` through layer ``j``'s input norm, k/v projections and rotary at
+    ``m``) once M_L has covered ``m``, and M_S's own K/V otherwise. Queries always come from
+    M_S's own residual stream; MLPs, norms and the head are M_S's ordinary computation.
+    """
+
+    def __init__(self, small: PreTrainedModel, config: TandemConfig) -> None:
+        super().__init__()
+        check_supported(small.config, "M_S")
+        if len(config.layer_map) != small.config.num_hidden_layers:
+            raise TrainingError(
+                f"tandem config maps {len(config.layer_map)} M_S layers but M_S has "
+                f"{small.config.num_hidden_layers}; recreate it with create_tandem"
+            )
+        self.config = config
+        self.small = small
+        self.projections = nn.ModuleList(
+            nn.Linear(config.large_hidden_size, small.config.hidden_size, bias=False)
+            for _ in config.layer_map
+        )
+        self.router = Router(config.router) if config.router else None
+        self._memory_index = [config.large_layers.index(layer) for layer in config.layer_map]
+        self._windows = _sliding_windows(small.config)
+
+    def _forward(self, input_ids: Tensor, token_pos: Tensor, memory: list[Tensor], memory_pos: Tensor,
+                 mask: Tensor, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
+        """Layers + head. Keys per layer are ``[past, memory, own]`` at positions
+        ``key_pos = [0..P-1, memory_pos, token_pos]``; ``mask (B, n, keys)`` is True where
+        visible. Returns logits ``(B, n, V)`` and per-layer ``(k, v)`` over all keys."""
+        cfg = self.small.config
+        groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        backbone = self.small.model
+        y = backbone.embed_tokens(input_ids)  # (B, n, d_S)
+        cos, sin = backbone.rotary_emb(y, token_pos.unsqueeze(0))  # (1, n, dh)
+        mem_cos, mem_sin = backbone.rotary_emb(y, memory_pos.unsqueeze(0))  # (1, m, dh)
+        past_len = 0 if past is None else past[0][0].shape[2]
+        key_pos = torch.cat([torch.arange(past_len, device=token_pos.device), memory_pos, token_pos])
+        distance = token_pos.view(-1, 1) - key_pos.view(1, -1)  # (n, keys)
+        batch, n = input_ids.shape
+        present: list[KV] = []
+        for j, layer in enumerate(backbone.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(y)
+            q = _split_heads(attn.q_proj(h), cfg.num_attention_heads)  # (B, nh, n, dh)
+            k = _split_heads(attn.k_proj(h), cfg.num_key_value_heads)  # (B, h_kv, n, dh)
+            v = _split_heads(attn.v_proj(h), cfg.num_key_value_heads)
+            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+
+            mem = layer.input_layernorm(self.projections[j](memory[self._memory_index[j]]))  # (B, m, d_S)
+            mem_k = _split_heads(attn.k_proj(mem), cfg.num_key_value_heads)  # (B, h_kv, m, dh)
+            mem_v = _split_heads(attn.v_proj(mem), cfg.num_key_value_heads)
+            mem_k = _rotary(mem_k, mem_cos, mem_sin)  # (B, h_kv, m, dh)
+
+            keys = [mem_k, k] if past is None else [past[j][0], mem_k, k]
+            values = [mem_v, v] if past is None else [past[j][1], mem_v, v]
+            keys_all, values_all = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # (B, h_kv, keys, dh)
+            present.append((keys_all, values_all))
+
+            visible = mask if self._windows[j] is None else mask & (distance < self._windows[j])
+            k_rep, v_rep = _repeat_kv(keys_all, groups), _repeat_kv(values_all, groups)  # (B, nh, keys, dh)
+            scores = (q @ k_rep.transpose(-1, -2)) * attn.scaling  # (B, nh, n, keys)
+            scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
+            out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v_rep  # (B, nh, n, dh)
+            y = y + attn.o_proj(out.transpose(1, 2).reshape(batch, n, -1))
+            y = y + layer.mlp(layer.post_attention_layernorm(y))
+        logits = self.small.lm_head(backbone.norm(y))  # (B, n, V)
+        return logits, present
+
+    def step(self, input_ids: Tensor, memory: list[Tensor],
+             past: list[KV]) -> tuple[Tensor, list[KV], Tensor | None]:
+        """Append ``m`` memory rows then ``t`` tokens after ``past`` (length ``P``).
+
+        input_ids ``(1, t)``; memory: ``(1, m, d_L)`` per ``large_layers`` entry; past: ``(k, v)``
+        ``(1, h_kv, P, dh)`` per layer. Returns logits ``(1, t, V)``, present
+        ``(1, h_kv, P+m+t, dh)`` and the router score ``(1, t)`` (None without a router).
+        """
+        past_len = past[0][0].shape[2]
+        m, t = memory[0].shape[1], input_ids.shape[1]
+        device = input_ids.device
+        memory_pos = torch.arange(past_len, past_len + m, device=device)
+        token_pos = torch.arange(past_len + m, past_len + m + t, device=device)
+        key_pos = torch.arange(past_len + m + t, device=device)
+        mask = (key_pos.view(1, -1) <= token_pos.view(-1, 1)).unsqueeze(0)  # (1, t, P+m+t)
+        logits, present = self._forward(input_ids, token_pos, memory, memory_pos, mask, past)
+        score = None if self.router is None else self.router(logits, self.small.get_input_embeddings().weight)
+        return logits, present, score
+
+    def forward_train(self, input_ids: Tensor, reps: list[Tensor], block_starts: Tensor) -> Tensor:
+        """Training-mode forward: logits ``(B, N, V)``.
+
+        input_ids ``(B, N)``; reps: ``(B, N, d_L)`` per ``large_layers`` entry (M_L's
+        representations of the same positions); block_starts ``(B, N)``: ``s(i)``, see
+        :func:`block_starts`. Query ``i`` sees memory at ``m <= s(i) - 1`` and own keys at
+        ``s(i) <= m <= i``.
+        """
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        logits, _ = self._forward(input_ids, pos, reps, pos, block_mask(block_starts), None)
+        return logits
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """M_S as an HF folder, plus ``tandem_config.json`` and ``tandem.safetensors``."""
+        folder = Path(folder)
+        self.small.save_pretrained(folder)
+        (folder / TANDEM_CONFIG_FILE).write_text(self.config.to_json())
+        tensors = {f"projections.{j}.weight": p.weight for j, p in enumerate(self.projections)}
+        if self.router is not None:
+            tensors.update({f"router.{k}": v for k, v in self.router.state_dict().items()})
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, folder / TANDEM_WEIGHTS_FILE)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> TandemSmall:
+        """Load a folder written by :meth:`save_pretrained`."""
+        folder = Path(folder)
+        missing = [name for name in ("config.json", TANDEM_CONFIG_FILE, TANDEM_WEIGHTS_FILE)
+                   if not (folder / name).exists()]
+        if missing:
+            raise TrainingError(
+                f"{folder} is not a tandem M_S folder (missing {', '.join(missing)}); "
+                "write one with TandemSmall.save_pretrained or `tandem train --mode tandem`"
+            )
+        check_supported(AutoConfig.from_pretrained(folder), "M_S")
+        small = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = cls(small, TandemConfig.from_json((folder / TANDEM_CONFIG_FILE).read_text()))
+        extra = model.load_state_dict(load_file(folder / TANDEM_WEIGHTS_FILE), strict=False)
+        wrong = [k for k in extra.missing_keys if not k.startswith("small.")] + extra.unexpected_keys
+        if wrong:
+            raise TrainingError(f"{folder / TANDEM_WEIGHTS_FILE} does not match its config: {wrong}")
+        return model.eval()
