@@ -1,0 +1,366 @@
+"""PyTorch reference decoding loops for every mode (docs/CONTRACTS.md, "Decoding modes").
+
+The C++ loop is tested token for token against these functions, so they follow the contract
+literally and favour clarity over speed. One round of every mode is :func:`decode_round`:
+
+    g  = min(γ_mode, room - 1)              drafts this round (γ_mode: 0 | γ-1 | γ | max block)
+    d  = draft(g)                           M_S steps; d_k = choose(q_k)
+    p  = verify([t, d_1..d_g])              one M_L block pass: p_1..p_{g+1}
+    n, x = accept(d, q, p)                  x: correction, bonus, or M_L's next-block token
+    emit(d_1..d_n, x)                       stops at EOS / max_new_tokens / context limit
+    rewind(n)                               M_L to covered+1+n; drafter per mode; t = x
+
+Modes: ``large`` (γ_mode = 0), ``tandem`` (standalone Tandem, γ_mode = γ-1, every draft
+accepted), ``speed`` (tandem drafter, lossless) and ``vanilla`` (plain HF drafter, lossless).
+``adaptive`` (speed/vanilla) drafts up to ``max_block_length`` and stops early on the router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tandem.train.model import KV, TandemSmall, empty_past, large_step, plain_step
+from tandem.train.sampling import (
+    SamplingParams,
+    accept_greedy,
+    accept_sampled,
+    greedy_choose,
+    probs_from_logits,
+    sample,
+)
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from tandem.errors import InvalidArgumentError
+
+MODES = ("large", "tandem", "speed", "vanilla")
+FINISH_REASONS = ("eos", "max_new_tokens", "length")
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. Sampling fields are used only when ``do_sample``."""
+
+    mode: str  # "large" | "tandem" | "speed" | "vanilla"
+    block_length: int = 4  # γ: drafts per round (speed/vanilla); block size incl. M_L's token (tandem)
+    adaptive: bool = False  # speed/vanilla: draft until the router score drops below the threshold
+    router_threshold: float = 0.8  # τ
+    min_block_length: int = 1  # adaptive: drafts made before the router may stop a round
+    max_block_length: int = 16  # adaptive: most drafts per round
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    eos_token_ids: tuple[int, ...] = ()
+    context_length: int | None = None  # max prompt + generated tokens; None: M_L's max positions
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.block_length < 1:
+            raise InvalidArgumentError(f"block_length must be >= 1, got {self.block_length}")
+        if self.max_new_tokens < 1:
+            raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.adaptive:
+            if self.mode not in ("speed", "vanilla"):
+                raise InvalidArgumentError(
+                    f"adaptive block length needs mode 'speed' or 'vanilla', got {self.mode!r}; "
+                    "set adaptive=False or change the mode"
+                )
+            if not 0 <= self.min_block_length <= self.max_block_length or self.max_block_length < 1:
+                raise InvalidArgumentError(
+                    "need 0 <= min_block_length <= max_block_length and max_block_length >= 1, got "
+                    f"min_block_length={self.min_block_length}, max_block_length={self.max_block_length}"
+                )
+        self.eos_token_ids = tuple(self.eos_token_ids)
+        if self.do_sample:
+            self.sampling_params()  # validates temperature, top_k, top_p
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def gamma(self) -> int:
+        """γ_mode: the most drafts in one round before clamping to the room left."""
+        if self.mode == "large":
+            return 0
+        if self.mode == "tandem":
+            return self.block_length - 1
+        return self.max_block_length if self.adaptive else self.block_length
+
+
+@dataclass
+class ReferenceResult:
+    ids: list[int] = field(default_factory=list)  # generated tokens only, EOS included if hit
+    finish_reason: str = ""  # "eos" | "max_new_tokens" | "length"
+    accepted: list[int] = field(default_factory=list)  # per round: drafts accepted (n)
+    drafted: list[int] = field(default_factory=list)  # per round: drafts made (g after stopping)
+    large_calls: int = 0  # M_L passes, prefill included
+    small_calls: int = 0  # drafter passes (vanilla: prompt prefill included)
+    p_logits: list[Tensor] = field(default_factory=list)  # per emitted token: M_L logits [V] at it
+
+
+@dataclass
+class DecodeState:
+    """Everything that changes during decoding.
+
+    Invariants between rounds: ``tokens = prompt + result.ids``; ``t = tokens[-1]`` is the
+    pending token and ``len(tokens) == covered + 1`` (M_L has processed all but ``t``).
+    Tandem drafter: ``small_past`` holds memory K/V for positions ``[0, covered - m)`` and
+    ``pending_memory`` (``[1, m, d_L]`` per large layer) the M_L reps of ``[covered - m, covered)``.
+    Plain drafter: ``small_past`` holds own K/V of ``tokens[:len]``.
+    """
+
+    tokens: list[int]
+    covered: int
+    large_past: list[KV]  # [1, h, covered, dh] per M_L layer
+    small_past: list[KV]  # [1, h, len, dh] per drafter layer ([] without a drafter)
+    pending_memory: list[Tensor]  # [1, m, d_L] per tandem.config.large_layers entry
+    result: ReferenceResult = field(default_factory=ReferenceResult)
+
+    @property
+    def small_len(self) -> int:
+        return self.small_past[0][0].shape[2] if self.small_past else 0
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models of one decoding run; ``tandem`` xor ``drafter`` is set for speculative modes."""
+
+    large: PreTrainedModel
+    tandem: TandemSmall | None
+    drafter: PreTrainedModel | None
+
+    @property
+    def layers(self) -> list[int]:
+        """M_L representation layers the drafter reads (none without a tandem drafter)."""
+        return list(self.tandem.config.large_layers) if self.tandem is not None else []
+
+    def has_router(self) -> bool:
+        if self.tandem is not None:
+            return self.tandem.router is not None
+        return getattr(self.drafter, "router", None) is not None
+
+
+def _ids(tokens: list[int]) -> Tensor:
+    return torch.tensor([tokens], dtype=torch.long)  # [1, T]
+
+
+def rewind_to(past: list[KV], length: int) -> list[KV]:
+    """Keep positions ``[0, length)`` of every layer's K/V."""
+    return [(k[:, :, :length], v[:, :, :length]) for k, v in past]
+
+
+def choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
+    """choose(logits [V]): argmax of raw logits, or a sample of the processed distribution."""
+    if not config.do_sample:
+        return greedy_choose(logits)
+    return sample(probs_from_logits(logits, config.sampling_params()), generator)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def emit(state: DecodeState, config: GenerationConfig, context_length: int,
+         tokens: list[int], p_logits: list[Tensor]) -> None:
+    """Append ``tokens`` one by one; stop at the first EOS, at ``max_new_tokens`` or at the
+    context limit (checked in that order after each token)."""
+    result = state.result
+    for token, logits in zip(tokens, p_logits, strict=True):
+        state.tokens.append(token)
+        result.ids.append(token)
+        result.p_logits.append(logits)
+        if token in config.eos_token_ids:
+            result.finish_reason = "eos"
+        elif len(result.ids) == config.max_new_tokens:
+            result.finish_reason = "max_new_tokens"
+        elif len(state.tokens) == context_length:
+            result.finish_reason = "length"
+        if result.finish_reason:
+            return
+
+
+def prefill(models: Models, prompt: list[int], config: GenerationConfig, context_length: int,
+            generator: torch.Generator | None) -> DecodeState:
+    """M_L runs on the prompt and chooses ``t``; its prompt reps become M_S's pending memory.
+    The vanilla drafter runs on the prompt too; the tandem M_S never sees prompt tokens."""
+    logits, large_past, reps = large_step(
+        models.large, _ids(prompt), empty_past(models.large.config), models.layers)
+    state = DecodeState(tokens=list(prompt), covered=len(prompt), large_past=large_past,
+                        small_past=[], pending_memory=reps)
+    state.result.large_calls += 1
+    if models.tandem is not None:
+        state.small_past = empty_past(models.tandem.small.config)
+    if models.drafter is not None:
+        _, state.small_past = plain_step(models.drafter, _ids(prompt), empty_past(models.drafter.config))
+        state.result.small_calls += 1
+    last = logits[0, -1]  # [V]
+    emit(state, config, context_length, [choose(last, config, generator)], [last])
+    return state
+
+
+def small_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
+    """One drafter call on ``tokens`` (tandem: after the pending memory rows, which it consumes).
+    Returns M_S logits ``[V]`` at the last token and the router score there (None: no router)."""
+    state.result.small_calls += 1
+    if models.tandem is not None:
+        logits, state.small_past, score = models.tandem.step(
+            _ids(tokens), state.pending_memory, state.small_past)
+        state.pending_memory = [r[:, :0] for r in state.pending_memory]  # now in the cache
+    else:
+        logits, state.small_past = plain_step(models.drafter, _ids(tokens), state.small_past)
+        router = getattr(models.drafter, "router", None)
+        score = None if router is None else router(logits, models.drafter.get_input_embeddings().weight)
+    return logits[0, -1], None if score is None else float(score[0, -1])
+
+
+def draft(models: Models, state: DecodeState, config: GenerationConfig, g: int,
+          generator: torch.Generator | None) -> tuple[list[int], list[Tensor]]:
+    """M_S proposes ``d_1..d_g`` after ``t``; returns them and their M_S logits ``q_k [V]``.
+
+    Step 1 feeds every token the drafter has not seen (tandem: just ``t``, after the pending
+    memory), step k feeds ``d_{k-1}``. Adaptive: at step ``k > min_block_length`` a router
+    score ``< τ`` ends the round before ``d_k`` is drafted (that M_S call is spent).
+    """
+    drafts: list[int] = []
+    q_logits: list[Tensor] = []
+    feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.small_len:]
+    for k in range(1, g + 1):
+        logits, score = small_step(models, state, feed)
+        if config.adaptive and k > config.min_block_length and score < config.router_threshold:
+            break
+        drafts.append(choose(logits, config, generator))
+        q_logits.append(logits)
+        feed = [drafts[-1]]
+    return drafts, q_logits
+
+
+def verify(models: Models, state: DecodeState, drafts: list[int]) -> tuple[Tensor, list[Tensor]]:
+    """M_L block pass over ``[t, d_1..d_g]`` at positions ``covered..covered+g``.
+    Returns ``p_1..p_{g+1}`` as logits ``[g+1, V]`` and the reps ``[1, g+1, d_L]`` per layer."""
+    logits, state.large_past, reps = large_step(
+        models.large, _ids([state.tokens[-1], *drafts]), state.large_past, models.layers)
+    state.result.large_calls += 1
+    return logits[0], reps
+
+
+def accept(drafts: list[int], q_logits: list[Tensor], p_logits: Tensor, config: GenerationConfig,
+           generator: torch.Generator | None) -> tuple[int, int]:
+    """``(n, x)``: drafts accepted and the token M_L adds after ``d_n``."""
+    if config.mode == "tandem":
+        # Standalone Tandem trusts M_S: every draft stands, M_L adds the next block's first token.
+        return len(drafts), choose(p_logits[len(drafts)], config, generator)
+    if not config.do_sample:
+        return accept_greedy(drafts, p_logits)
+    params = config.sampling_params()
+    p = probs_from_logits(p_logits, params)  # [g+1, V]
+    q = probs_from_logits(torch.stack(q_logits), params) if q_logits else p[:0]  # [g, V]
+    return accept_sampled(drafts, q, p, generator)
+
+
+def rewind(models: Models, state: DecodeState, n: int, g: int, reps: list[Tensor]) -> None:
+    """Drop what the rejected drafts left in the caches; M_L has now covered ``t, d_1..d_n``."""
+    covered = state.covered
+    state.large_past = rewind_to(state.large_past, covered + 1 + n)
+    if models.tandem is not None:
+        # M_S back to its memory-only prefix; M_L's reps of t, d_1..d_n become pending memory
+        # (appended to any memory not consumed yet, when this round drafted nothing).
+        pending = state.pending_memory[0].shape[1]
+        state.small_past = rewind_to(state.small_past, covered - pending)
+        state.pending_memory = [torch.cat([old, new[:, : n + 1]], dim=1)
+                                for old, new in zip(state.pending_memory, reps, strict=True)]
+    elif models.drafter is not None:
+        # Keep the drafter's own K/V of accepted tokens only: t, d_1..d_{min(n, g-1)}.
+        state.small_past = rewind_to(state.small_past, covered + min(n + 1, g))
+    state.covered = covered + 1 + n
+
+
+def decode_round(models: Models, state: DecodeState, config: GenerationConfig, context_length: int,
+                 generator: torch.Generator | None) -> None:
+    """One round of any mode: draft, verify, accept, emit, rewind."""
+    room = min(config.max_new_tokens - len(state.result.ids), context_length - len(state.tokens))
+    g = min(config.gamma, room - 1)  # room >= 1 here: emit() ends decoding when it reaches 0
+    drafts, q_logits = draft(models, state, config, g, generator)
+    p_logits, reps = verify(models, state, drafts)  # [len(drafts)+1, V]
+    n, token = accept(drafts, q_logits, p_logits, config, generator)
+    state.result.drafted.append(len(drafts))
+    state.result.accepted.append(n)
+    emit(state, config, context_length, [*drafts[:n], token], list(p_logits[: n + 1]))
+    rewind(models, state, n, len(drafts), reps)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _check_inputs(models: Models, prompt_ids: list[int], config: GenerationConfig) -> int:
+    """Validate the models and the prompt against ``config``; returns the context length."""
+    vocab = models.large.config.vocab_size
+    if config.mode in ("tandem", "speed") and models.tandem is None:
+        raise InvalidArgumentError(f"mode {config.mode!r} needs a tandem M_S: pass tandem=...")
+    if config.mode == "vanilla" and models.drafter is None:
+        raise InvalidArgumentError("mode 'vanilla' needs a plain drafter: pass drafter=...")
+    for name, drafter_vocab in (("tandem M_S", models.tandem and models.tandem.config.vocab_size),
+                                ("drafter", models.drafter and models.drafter.config.vocab_size)):
+        if drafter_vocab not in (None, vocab):
+            raise InvalidArgumentError(
+                f"{name} vocab size {drafter_vocab} differs from M_L's {vocab}; "
+                "both must share M_L's tokenizer")
+    if config.adaptive and not models.has_router():
+        raise InvalidArgumentError(
+            "adaptive block length needs a router on the drafter (create_tandem(..., router=True), "
+            "or set drafter.router = Router.load(folder) for a plain drafter); or set adaptive=False")
+    max_positions = models.large.config.max_position_embeddings
+    context_length = max_positions if config.context_length is None else config.context_length
+    if not 2 <= context_length <= max_positions:
+        raise InvalidArgumentError(
+            f"context_length must be in [2, {max_positions}] (M_L's max_position_embeddings), "
+            f"got {context_length}")
+    if not 1 <= len(prompt_ids) < context_length:
+        raise InvalidArgumentError(
+            f"the prompt has {len(prompt_ids)} tokens; it needs 1 to {context_length - 1} "
+            "(context_length - 1) so that at least one token can be generated")
+    bad = [i for i in (*prompt_ids, *config.eos_token_ids) if not 0 <= i < vocab]
+    if bad:
+        raise InvalidArgumentError(f"token ids {bad[:5]} are outside M_L's vocabulary [0, {vocab})")
+    return context_length
+
+
+@torch.no_grad()
+def generate_reference(
+    large: PreTrainedModel,
+    prompt_ids: list[int],
+    config: GenerationConfig,
+    *,
+    tandem: TandemSmall | None = None,
+    drafter: PreTrainedModel | None = None,
+    generator: torch.Generator | None = None,
+) -> ReferenceResult:
+    """Decode ``prompt_ids`` in ``config.mode`` and return the generated tokens and statistics.
+
+    ``tandem``: the tandem M_S (modes tandem, speed). ``drafter``: a plain HF causal LM (mode
+    vanilla); for adaptive vanilla it carries a ``router`` attribute (a
+    :class:`tandem.train.router.Router`). ``generator`` drives every random draw when sampling.
+    """
+    models = Models(  # a model the mode does not use is ignored
+        large,
+        tandem if config.mode in ("tandem", "speed") else None,
+        drafter if config.mode == "vanilla" else None,
+    )
+    context_length = _check_inputs(models, prompt_ids, config)
+    state = prefill(models, list(prompt_ids), config, context_length, generator)
+    while not state.result.finish_reason:
+        decode_round(models, state, config, context_length, generator)
+    return state.result
+
+
+__all__ = [
+    "FINISH_REASONS",
+    "MODES",
+    "DecodeState",
+    "GenerationConfig",
+    "ReferenceResult",
+    "decode_round",
+    "generate_reference",
+]
