@@ -1,0 +1,169 @@
+// tandem: Tandem Transformers inference with ONNX Runtime.
+//
+// Public C++ API for applications that embed the runtime without Python.
+//
+//   auto model = tandem::Model::Load({.bundle_path = "bundles/default"});
+//   tandem::GenerateOptions opt;
+//   opt.mode = tandem::Mode::kSpeed;
+//   tandem::Generator gen(model, prompt_ids, opt);
+//   while (!gen.done()) for (int64_t tok : gen.Step()) { ... }
+//
+// Threading: a Model is immutable after Load and may be shared by any number of threads,
+// each with its own Generator. A Generator must be used by one thread at a time; a
+// concurrent call is refused with ErrorCode::kBusy (never undefined behaviour).
+//
+// Errors: every function here reports failure by throwing tandem::Error (derived from
+// std::runtime_error) with a code and a message that says what to fix. Nothing else is
+// thrown across this API. The C API in tandem_c.h never throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tandem {
+
+enum class ErrorCode {
+  kInvalidArgument = 1,  // a parameter, prompt or token id is out of range
+  kBundle = 2,           // bundle folder/manifest/graph missing, corrupt or inconsistent
+  kUnavailable = 3,      // the ONNX Runtime library is missing or too old
+  kBusy = 4,             // a Generator was used from two threads at once
+  kRuntime = 5,          // ONNX Runtime failed while running a graph
+  kDeviceUnavailable = 6,  // the requested execution provider (e.g. CUDA) is not available
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+// Decoding modes (TANDEM.md §2).
+enum class Mode {
+  kLarge,    // M_L alone, one token per step (baseline)
+  kTandem,   // standalone Tandem: M_L block + γ-1 tokens of M_S (lossy)
+  kSpeed,    // speculative decoding with the tandem drafter (lossless)
+  kVanilla,  // speculative decoding with the plain drafter draft.onnx (lossless)
+};
+
+enum class Device { kCpu, kCuda };
+
+enum class FinishReason {
+  kNotFinished,
+  kEos,           // an EOS token was emitted (it is part of the output)
+  kMaxNewTokens,  // max_new_tokens tokens were emitted
+  kLength,        // prompt + output reached the context length
+};
+
+const char* ToString(Mode mode) noexcept;
+const char* ToString(FinishReason reason) noexcept;
+// Parses "large" | "tandem" | "speed" | "vanilla"; throws kInvalidArgument otherwise.
+Mode ParseMode(const std::string& name);
+
+struct ModelOptions {
+  std::string bundle_path;          // folder holding tandem.json
+  Device device = Device::kCpu;     // kCuda needs an ONNX Runtime built with CUDA
+  int intra_op_threads = 0;         // 0: ONNX Runtime's default (one per core)
+  std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
+                                    // then the library found at build time, then dlopen's search
+};
+
+struct GenerateOptions {
+  Mode mode = Mode::kLarge;
+  int block_length = 0;             // γ; 0: the bundle's default
+  bool adaptive = false;            // speed/vanilla: let the router end each draft early
+  float router_threshold = -1.0f;   // τ; < 0: the bundle's default
+  int min_block_length = 1;         // adaptive: always draft at least this many
+  int max_block_length = 0;         // adaptive: draft at most this many; 0: bundle's maximum
+  int max_new_tokens = 128;         // >= 0
+  bool do_sample = false;           // false: greedy (argmax)
+  float temperature = 1.0f;         // > 0, used when do_sample
+  int top_k = 0;                    // 0: off
+  float top_p = 1.0f;               // in (0, 1]
+  uint64_t seed = 0;                // sampling RNG seed
+  std::vector<int64_t> eos_token_ids;  // empty: the bundle's EOS ids
+  bool ignore_eos = false;          // true: never stop on EOS
+};
+
+// Counters of one generation. Times in seconds.
+struct Stats {
+  int64_t prompt_tokens = 0;
+  int64_t new_tokens = 0;
+  int64_t rounds = 0;
+  int64_t large_calls = 0;
+  int64_t small_calls = 0;
+  int64_t drafted = 0;               // draft tokens proposed
+  int64_t accepted = 0;              // draft tokens accepted
+  std::vector<int64_t> accepted_histogram;  // [n] = rounds that accepted n drafts
+  double time_to_first_token = 0.0;
+  double total_time = 0.0;
+  double ort_time = 0.0;             // inside OrtSession::Run
+  double large_time = 0.0;           // part of ort_time spent in M_L
+  double small_time = 0.0;           // part of ort_time spent in M_S / drafter
+
+  double acceptance_rate() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
+  double tokens_per_second() const { return total_time > 0 ? double(new_tokens) / total_time : 0.0; }
+  double loop_time() const { return total_time - ort_time; }
+};
+
+class Model {
+ public:
+  // Loads the bundle and creates the ONNX Runtime sessions. Throws tandem::Error.
+  static std::shared_ptr<const Model> Load(const ModelOptions& options);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const std::string& bundle_path() const;
+  int64_t vocab_size() const;
+  int64_t context_length() const;
+  int default_block_length() const;
+  int max_block_length() const;
+  bool has_small() const;   // tandem drafter (modes tandem, speed)
+  bool has_draft() const;   // plain drafter (mode vanilla)
+  bool has_router(Mode mode) const;
+  const std::vector<int64_t>& eos_token_ids() const;
+  const std::string& tokenizer_path() const;  // empty if the bundle ships none
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// One request: owns KV caches, the pending token, RNG and stats.
+class Generator {
+ public:
+  // Validates options and the prompt, then runs the prefill (M_L over the prompt) and
+  // emits the first token. Throws tandem::Error.
+  Generator(std::shared_ptr<const Model> model, const std::vector<int64_t>& prompt,
+            const GenerateOptions& options);
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
+
+  // Runs one decoding round and returns the tokens it emitted (the first call also
+  // returns the token of the prefill). Returns an empty vector once done().
+  std::vector<int64_t> Step();
+  // Runs to the end and returns all generated tokens.
+  const std::vector<int64_t>& Run();
+
+  bool done() const;
+  FinishReason finish_reason() const;
+  const std::vector<int64_t>& tokens() const;  // generated so far
+  const Stats& stats() const;
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace tandem

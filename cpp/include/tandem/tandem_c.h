@@ -1,0 +1,68 @@
+/* tandem C API: for apps in C or other languages. Never throws; every call returns a
+ * status, and tandem_last_error() gives the message of the calling thread's last failure.
+ * Ranges are half-open. Handles are opaque; free them with their *_free function. */
+#ifndef TANDEM_C_H_
+#define TANDEM_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  TANDEM_OK = 0,
+  TANDEM_ERR_INVALID_ARGUMENT = 1,
+  TANDEM_ERR_BUNDLE = 2,
+  TANDEM_ERR_UNAVAILABLE = 3,
+  TANDEM_ERR_BUSY = 4,
+  TANDEM_ERR_RUNTIME = 5,
+  TANDEM_ERR_DEVICE_UNAVAILABLE = 6,
+  TANDEM_ERR_INTERNAL = 99
+} tandem_status;
+
+typedef struct tandem_model tandem_model;         /* shareable across threads */
+typedef struct tandem_generator tandem_generator; /* one thread at a time */
+
+typedef struct {
+  const char* mode;          /* "large" | "tandem" | "speed" | "vanilla"; NULL: "large" */
+  int block_length;          /* γ; 0: bundle default */
+  int adaptive;              /* nonzero: router-driven block length (speed, vanilla) */
+  float router_threshold;    /* τ; < 0: bundle default */
+  int max_new_tokens;        /* >= 0 */
+  int do_sample;             /* 0: greedy */
+  float temperature;         /* > 0 */
+  int top_k;                 /* 0: off */
+  float top_p;               /* (0, 1] */
+  uint64_t seed;
+} tandem_generate_params;
+
+/* Defaults: mode "large", bundle block length, greedy, 128 new tokens. */
+tandem_generate_params tandem_generate_default_params(void);
+
+/* Loads a bundle folder. threads: intra-op threads (0: one per core). ort_library: path to
+ * libonnxruntime.so, or NULL to search ($TANDEM_ORT_LIBRARY, build default, dlopen). */
+tandem_status tandem_model_load(const char* bundle_path, int threads, const char* ort_library,
+                                tandem_model** out);
+void tandem_model_free(tandem_model* model);
+int64_t tandem_model_vocab_size(const tandem_model* model);
+
+/* Runs the prefill over prompt[0, n_prompt). */
+tandem_status tandem_generator_create(const tandem_model* model, const int64_t* prompt, size_t n_prompt,
+                                      const tandem_generate_params* params, tandem_generator** out);
+void tandem_generator_free(tandem_generator* gen);
+/* One round. Writes up to `capacity` new tokens into out[0, *n_out); tokens that do not fit
+ * come with the next call. *done = 1 once every token has been returned. */
+tandem_status tandem_generator_step(tandem_generator* gen, int64_t* out, size_t capacity, size_t* n_out,
+                                    int* done);
+/* "eos" | "max_new_tokens" | "length" | "" (not finished). */
+const char* tandem_generator_finish_reason(const tandem_generator* gen);
+
+/* Message of the calling thread's last failed call ("" if none). Valid until the next call. */
+const char* tandem_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TANDEM_C_H_ */

@@ -1,0 +1,457 @@
+// Model (bundle + sessions) and Generator (one request): the decoding loop.
+//
+// The algorithm is docs/CONTRACTS.md "Decoding modes"; train/reference.py is the same
+// algorithm in PyTorch and the oracle of the tests. One round = draft → verify → accept →
+// emit → rewind; `large` is a round with no drafts, `tandem` a round that accepts all.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <unordered_set>
+
+#include "bundle.hpp"
+#include "graph.hpp"
+#include "ort_env.hpp"
+#include "sampling.hpp"
+#include "tandem/tandem.hpp"
+
+namespace tandem {
+
+using detail::Graph;
+using detail::KvCache;
+using detail::RunArgs;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+[[noreturn]] void Invalid(const std::string& what) { throw Error(ErrorCode::kInvalidArgument, what); }
+
+constexpr int64_t kPrefillChunk = 256;  // prompt positions per M_L / drafter call in a prefill
+
+}  // namespace
+
+const char* ToString(Mode mode) noexcept {
+  switch (mode) {
+    case Mode::kLarge: return "large";
+    case Mode::kTandem: return "tandem";
+    case Mode::kSpeed: return "speed";
+    case Mode::kVanilla: return "vanilla";
+  }
+  return "?";
+}
+
+const char* ToString(FinishReason reason) noexcept {
+  switch (reason) {
+    case FinishReason::kNotFinished: return "";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kMaxNewTokens: return "max_new_tokens";
+    case FinishReason::kLength: return "length";
+  }
+  return "?";
+}
+
+Mode ParseMode(const std::string& name) {
+  for (Mode m : {Mode::kLarge, Mode::kTandem, Mode::kSpeed, Mode::kVanilla})
+    if (name == ToString(m)) return m;
+  Invalid("unknown mode \"" + name + "\": use large, tandem, speed or vanilla");
+}
+
+// ---------------------------------------------------------------------------------------
+// Model
+
+struct Model::Impl {
+  detail::Manifest manifest;
+  std::unique_ptr<Graph> large, small, draft;
+  std::vector<int> small_memory_source;  // small memory input i reads large reps output [i]
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
+  if (options.intra_op_threads < 0) Invalid("intra_op_threads must be >= 0 (0: one per core)");
+  auto impl = std::make_unique<Impl>();
+  impl->manifest = detail::LoadManifest(options.bundle_path);
+  Ort::Env& env = detail::OrtEnvironment(options.ort_library);
+  Ort::SessionOptions so;
+  so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+  if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
+  so.SetInterOpNumThreads(1);
+  so.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
+  if (options.device == Device::kCuda) {
+    if (!detail::HasExecutionProvider("CUDAExecutionProvider"))
+      throw Error(ErrorCode::kDeviceUnavailable,
+                  "device=cuda asked for, but the ONNX Runtime in use (" + detail::LoadedOrtLibrary() +
+                      ") has no CUDAExecutionProvider; install onnxruntime-gpu or use device=cpu");
+    OrtCUDAProviderOptions cuda{};
+    so.AppendExecutionProvider_CUDA(cuda);
+  }
+  const auto& m = impl->manifest;
+  impl->large = std::make_unique<Graph>(m.large, env, so);
+  if (m.small) {
+    impl->small = std::make_unique<Graph>(*m.small, env, so);
+    for (int layer : m.small->memory_layers) {
+      auto it = std::find(m.large.rep_layers.begin(), m.large.rep_layers.end(), layer);
+      impl->small_memory_source.push_back(static_cast<int>(it - m.large.rep_layers.begin()));
+    }
+  }
+  if (m.draft) impl->draft = std::make_unique<Graph>(*m.draft, env, so);
+  return std::shared_ptr<const Model>(new Model(std::move(impl)));
+}
+
+const std::string& Model::bundle_path() const { return impl_->manifest.folder; }
+int64_t Model::vocab_size() const { return impl_->manifest.vocab_size; }
+int64_t Model::context_length() const { return impl_->manifest.context_length; }
+int Model::default_block_length() const { return impl_->manifest.default_block_length; }
+int Model::max_block_length() const { return impl_->manifest.max_block_length; }
+bool Model::has_small() const { return impl_->small != nullptr; }
+bool Model::has_draft() const { return impl_->draft != nullptr; }
+bool Model::has_router(Mode mode) const {
+  const Graph* g = mode == Mode::kVanilla ? impl_->draft.get() : impl_->small.get();
+  return g && !g->spec().router_score.empty();
+}
+const std::vector<int64_t>& Model::eos_token_ids() const { return impl_->manifest.eos_token_ids; }
+const std::string& Model::tokenizer_path() const { return impl_->manifest.tokenizer; }
+
+// ---------------------------------------------------------------------------------------
+// Generator state
+//
+// Invariants between rounds (TANDEM.md §2):
+//   seq = prompt + out; the pending token t = seq.back() has not been seen by M_L;
+//   large_kv.length() == covered == seq.size() - 1;
+//   tandem drafter: small_kv holds memory K/V for [0, covered - mem_rows); the M_L
+//     representations of the other mem_rows positions wait in rows [0, mem_rows) of `reps`;
+//   vanilla drafter: draft_kv holds own K/V for seq positions [0, draft_kv.length()).
+
+struct Generator::State {
+  std::shared_ptr<const Model> model;
+  const Model::Impl& m;
+  GenerateOptions opt;
+  detail::SamplingParams sampling;
+  std::unordered_set<int64_t> eos;
+  int gamma = 0;  // drafts per round before clamping (γ for speed/vanilla, γ-1 for tandem)
+  float tau = 0.8f;
+  const Graph* drafter = nullptr;  // small (tandem, speed) or draft (vanilla)
+  bool use_memory = false;         // tandem drafter: M_L representations flow to M_S
+
+  std::vector<int64_t> seq;
+  size_t prompt_len = 0;
+  std::vector<int64_t> out;
+  FinishReason finish = FinishReason::kNotFinished;
+  std::vector<int64_t> step_tokens;  // emitted by the running Step / prefill
+
+  KvCache large_kv;
+  std::optional<KvCache> drafter_kv;
+  Ort::IoBinding large_binding;
+  std::optional<Ort::IoBinding> drafter_binding;
+  std::vector<float> large_logits, drafter_logits, router;
+  std::vector<std::vector<float>> reps;  // per large reps output: [capacity, d_L]
+  int64_t mem_rows = 0;
+  std::vector<int64_t> block;              // [t, d_1..d_g]: the ids M_L verifies
+  std::vector<std::vector<float>> q;       // sampling: processed drafter distributions
+  std::vector<float> p;                    // sampling: processed M_L distribution
+  detail::Rng rng;
+  Stats stats;
+  Clock::time_point started;
+  std::atomic<bool> busy{false};
+
+  State(std::shared_ptr<const Model> model_in, const GenerateOptions& options)
+      : model(std::move(model_in)),
+        m(model->impl()),
+        opt(options),
+        large_kv(detail::MakeCache(m.manifest.large, m.manifest.context_length)),
+        large_binding(m.large->session()),
+        rng(options.seed) {}
+
+  int64_t V() const { return m.manifest.vocab_size; }
+  int64_t room() const {
+    return std::min<int64_t>(opt.max_new_tokens - static_cast<int64_t>(out.size()),
+                             m.manifest.context_length - static_cast<int64_t>(seq.size()));
+  }
+
+  // ---- choosing and emitting --------------------------------------------------------
+  int64_t Choose(const float* logits) {
+    if (!sampling.do_sample) return detail::Argmax(logits, V());
+    detail::ProcessLogits(logits, V(), sampling, p);
+    return detail::SampleFrom(p.data(), V(), rng);
+  }
+
+  // Appends one token to the output; returns false once generation has finished.
+  bool Emit(int64_t token) {
+    seq.push_back(token);
+    out.push_back(token);
+    step_tokens.push_back(token);
+    ++stats.new_tokens;
+    if (out.size() == 1) stats.time_to_first_token = Since(started);
+    if (!opt.ignore_eos && eos.count(token)) finish = FinishReason::kEos;
+    else if (static_cast<int64_t>(out.size()) >= opt.max_new_tokens) finish = FinishReason::kMaxNewTokens;
+    else if (static_cast<int64_t>(seq.size()) >= m.manifest.context_length) finish = FinishReason::kLength;
+    return finish == FinishReason::kNotFinished;
+  }
+
+  // ---- graph calls -----------------------------------------------------------------
+  // M_L over ids; logits rows land in large_logits, representations at row `rep_row`.
+  void RunLarge(const int64_t* ids, int64_t n, int64_t rep_row) {
+    RunArgs a;
+    a.ids = ids;
+    a.num_ids = n;
+    a.logits = large_logits.data();
+    for (auto& r : reps) a.reps.push_back(r.data() + rep_row * m.manifest.large.hidden_size);
+    double t = detail::RunGraph(*m.large, large_binding, large_kv, a);
+    stats.ort_time += t;
+    stats.large_time += t;
+    ++stats.large_calls;
+  }
+
+  // The drafter over ids (plus pending memory for the tandem drafter); logits of the last
+  // id in drafter_logits[(n-1)*V ...], router score in router[n-1].
+  void RunDrafter(const int64_t* ids, int64_t n, int64_t memory_rows) {
+    RunArgs a;
+    a.ids = ids;
+    a.num_ids = n;
+    a.memory_rows = memory_rows;
+    for (int src : m.small_memory_source) if (use_memory) a.memory.push_back(reps[src].data());
+    a.logits = drafter_logits.data();
+    a.router = router.empty() ? nullptr : router.data();
+    double t = detail::RunGraph(*drafter, *drafter_binding, *drafter_kv, a);
+    stats.ort_time += t;
+    stats.small_time += t;
+    ++stats.small_calls;
+  }
+
+  // ---- the phases of a round ---------------------------------------------------------
+  void Prefill() {
+    const int64_t n = static_cast<int64_t>(seq.size());
+    for (int64_t pos = 0; pos < n; pos += kPrefillChunk) {
+      const int64_t len = std::min(kPrefillChunk, n - pos);
+      RunLarge(seq.data() + pos, len, use_memory ? pos : 0);
+    }
+    if (use_memory) mem_rows = n;
+    const int64_t last = (n - 1) % kPrefillChunk;
+    Emit(Choose(large_logits.data() + last * V()));
+  }
+
+  // Drafts up to `max_drafts` tokens after t into block[1..]; returns how many.
+  int Draft(int max_drafts) {
+    for (int k = 1; k <= max_drafts; ++k) {
+      if (k == 1) FirstDraftCall();
+      else {
+        RunDrafter(&block.back(), 1, 0);
+        last_row_ = 0;
+      }
+      const float* logits = drafter_logits.data() + last_row_ * V();
+      if (opt.adaptive && k > opt.min_block_length && router[last_row_] < tau) return k - 1;
+      int64_t d;
+      if (sampling.do_sample) {
+        detail::ProcessLogits(logits, V(), sampling, q[k - 1]);
+        d = detail::SampleFrom(q[k - 1].data(), V(), rng);
+      } else {
+        d = detail::Argmax(logits, V());
+      }
+      block.push_back(d);
+    }
+    return max_drafts;
+  }
+
+  int64_t last_row_ = 0;  // row of drafter_logits / router holding the newest step
+
+  // First drafter call of a round: feeds the pending memory (tandem drafter) or every
+  // token the plain drafter has not seen, ending with t.
+  void FirstDraftCall() {
+    if (use_memory) {
+      RunDrafter(&block[0], 1, mem_rows);
+      mem_rows = 0;
+      last_row_ = 0;
+      return;
+    }
+    int64_t pos = drafter_kv->length();
+    const int64_t end = static_cast<int64_t>(seq.size());
+    while (pos < end) {
+      const int64_t len = std::min(kPrefillChunk, end - pos);
+      RunDrafter(seq.data() + pos, len, 0);
+      last_row_ = len - 1;
+      pos += len;
+    }
+  }
+
+  // Runs one round; emits its tokens. Requires !done.
+  void Round() {
+    const int64_t covered = large_kv.length();
+    const int64_t drafter_keep_base = drafter_kv ? drafter_kv->length() + (use_memory ? mem_rows : 0) : 0;
+    const int max_drafts = static_cast<int>(std::min<int64_t>(gamma, room() - 1));
+    block.assign(1, seq.back());
+    last_row_ = 0;
+    const int g = max_drafts > 0 ? Draft(max_drafts) : 0;
+
+    // verify: M_L over [t, d_1..d_g] gives p_1..p_{g+1}
+    const int64_t rep_row = use_memory ? mem_rows : 0;
+    RunLarge(block.data(), g + 1, rep_row);
+
+    // accept
+    int n = 0;
+    int64_t next;
+    if (opt.mode == Mode::kTandem) {
+      n = g;
+      next = Choose(large_logits.data() + g * V());
+    } else if (!sampling.do_sample) {
+      while (n < g && block[n + 1] == detail::Argmax(large_logits.data() + n * V(), V())) ++n;
+      next = detail::Argmax(large_logits.data() + n * V(), V());
+    } else {
+      next = -1;
+      for (; n < g; ++n) {
+        detail::ProcessLogits(large_logits.data() + n * V(), V(), sampling, p);
+        if (!detail::AcceptDraft(p.data(), q[n].data(), block[n + 1], rng)) {
+          next = detail::SampleResidual(p.data(), q[n].data(), V(), rng);  // p already processed
+          break;
+        }
+      }
+      if (next < 0) next = Choose(large_logits.data() + g * V());  // bonus from p_{g+1}
+    }
+    ++stats.rounds;
+    stats.drafted += g;
+    stats.accepted += n;
+    if (opt.mode != Mode::kLarge) {
+      if (stats.accepted_histogram.size() <= static_cast<size_t>(n)) stats.accepted_histogram.resize(n + 1, 0);
+      ++stats.accepted_histogram[n];
+    }
+
+    // emit d_1..d_n, then the correction / bonus token
+    for (int i = 1; i <= n; ++i)
+      if (!Emit(block[i])) return;
+    if (!Emit(next)) return;
+
+    // rewind: M_L keeps t, d_1..d_n; the drafter keeps what is still true
+    large_kv.RewindTo(covered + 1 + n);
+    if (use_memory) {
+      if (g > 0) drafter_kv->RewindTo(drafter_keep_base);
+      mem_rows = rep_row + n + 1;  // representations of t, d_1..d_n (rows written by verify)
+    } else if (drafter_kv && g > 0) {
+      drafter_kv->RewindTo(std::min(covered + 1 + n, drafter_kv->length()));
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Generator
+
+Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64_t>& prompt,
+                     const GenerateOptions& options) {
+  if (!model) Invalid("model is null");
+  const auto& man = model->impl().manifest;
+  const GenerateOptions& o = options;
+  if (o.max_new_tokens < 0) Invalid("max_new_tokens must be >= 0");
+  if (!std::isfinite(o.temperature) || o.temperature <= 0.0f)
+    Invalid("temperature must be a finite number > 0 (use do_sample=false for greedy)");
+  if (o.top_k < 0) Invalid("top_k must be >= 0 (0 disables it)");
+  if (!(o.top_p > 0.0f && o.top_p <= 1.0f)) Invalid("top_p must be in (0, 1]");
+  if (o.block_length < 0 || o.block_length > man.max_block_length)
+    Invalid("block_length must be in [1, " + std::to_string(man.max_block_length) + "] (0: the bundle default " +
+            std::to_string(man.default_block_length) + ")");
+  if (prompt.empty()) Invalid("the prompt is empty: give at least one token");
+  if (static_cast<int64_t>(prompt.size()) >= man.context_length)
+    Invalid("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
+            std::to_string(man.context_length) + ": shorten it to leave room for new tokens");
+  for (int64_t id : prompt)
+    if (id < 0 || id >= man.vocab_size)
+      Invalid("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(man.vocab_size) + ")");
+  for (int64_t id : o.eos_token_ids)
+    if (id < 0 || id >= man.vocab_size) Invalid("eos_token_id " + std::to_string(id) + " is outside the vocabulary");
+  if ((o.mode == Mode::kTandem || o.mode == Mode::kSpeed) && !model->has_small())
+    Invalid(std::string("mode ") + ToString(o.mode) + " needs a tandem drafter, but the bundle has no small.onnx");
+  if (o.mode == Mode::kVanilla && !model->has_draft())
+    Invalid("mode vanilla needs a plain drafter, but the bundle has no draft.onnx (export with a plain M_S)");
+  if (o.adaptive) {
+    if (o.mode != Mode::kSpeed && o.mode != Mode::kVanilla) Invalid("adaptive block length applies to speed and vanilla modes");
+    if (!model->has_router(o.mode)) Invalid("adaptive block length needs a router, and this bundle's drafter has none");
+    if (o.min_block_length < 1) Invalid("min_block_length must be >= 1");
+    if (o.max_block_length < 0 || o.max_block_length > man.max_block_length)
+      Invalid("max_block_length must be in [min_block_length, " + std::to_string(man.max_block_length) + "]");
+    if (o.max_block_length > 0 && o.max_block_length < o.min_block_length)
+      Invalid("max_block_length must be >= min_block_length");
+    if (!std::isfinite(o.router_threshold) && o.router_threshold >= 0) Invalid("router_threshold must be finite");
+  }
+
+  state_ = std::make_unique<State>(std::move(model), options);
+  State& s = *state_;
+  s.started = Clock::now();
+  s.sampling = {o.do_sample, o.temperature, o.top_k, o.top_p};
+  for (int64_t id : (o.eos_token_ids.empty() ? man.eos_token_ids : o.eos_token_ids)) s.eos.insert(id);
+  const int block = o.block_length > 0 ? o.block_length : man.default_block_length;
+  s.tau = o.router_threshold >= 0 ? o.router_threshold : man.router_threshold;
+  switch (o.mode) {
+    case Mode::kLarge: s.gamma = 0; break;
+    case Mode::kTandem: s.gamma = block - 1; break;
+    case Mode::kSpeed:
+    case Mode::kVanilla:
+      s.gamma = o.adaptive ? (o.max_block_length > 0 ? o.max_block_length : man.max_block_length) : block;
+      break;
+  }
+  s.use_memory = o.mode == Mode::kTandem || o.mode == Mode::kSpeed;
+  const auto& impl = s.m;
+  if (s.use_memory) s.drafter = impl.small.get();
+  if (o.mode == Mode::kVanilla) s.drafter = impl.draft.get();
+  const int64_t V = man.vocab_size, ctx = man.context_length;
+  s.large_logits.assign(static_cast<size_t>(std::max<int64_t>(kPrefillChunk, s.gamma + 1) * V), 0.0f);
+  const int64_t rep_rows = s.use_memory ? ctx + 1 : std::max<int64_t>(kPrefillChunk, s.gamma + 1);
+  for (size_t i = 0; i < man.large.reps.size(); ++i)
+    s.reps.emplace_back(static_cast<size_t>(rep_rows * man.large.hidden_size), 0.0f);
+  if (s.drafter) {
+    s.drafter_kv.emplace(detail::MakeCache(s.drafter->spec(), ctx));
+    s.drafter_binding.emplace(s.drafter->session());
+    s.drafter_logits.assign(static_cast<size_t>(kPrefillChunk * V), 0.0f);
+    if (!s.drafter->spec().router_score.empty()) s.router.assign(kPrefillChunk, 0.0f);
+    if (o.do_sample) s.q.assign(static_cast<size_t>(std::max(s.gamma, 1)), std::vector<float>());
+  }
+  s.seq = prompt;
+  s.prompt_len = prompt.size();
+  s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  if (o.max_new_tokens == 0) {
+    s.finish = FinishReason::kMaxNewTokens;
+  } else {
+    s.Prefill();
+  }
+  s.stats.total_time = Since(s.started);
+}
+
+Generator::~Generator() = default;
+
+namespace {
+struct BusyGuard {
+  std::atomic<bool>& flag;
+  explicit BusyGuard(std::atomic<bool>& f) : flag(f) {
+    if (flag.exchange(true))
+      throw Error(ErrorCode::kBusy, "this Generator is already running in another thread; use one Generator per thread");
+  }
+  ~BusyGuard() { flag.store(false); }
+};
+}  // namespace
+
+std::vector<int64_t> Generator::Step() {
+  State& s = *state_;
+  BusyGuard guard(s.busy);
+  std::vector<int64_t> emitted;
+  emitted.swap(s.step_tokens);  // the prefill's token, on the first call
+  if (s.finish != FinishReason::kNotFinished) return emitted;
+  auto t0 = Clock::now();
+  s.Round();
+  s.stats.total_time += Since(t0);
+  emitted.insert(emitted.end(), s.step_tokens.begin(), s.step_tokens.end());
+  s.step_tokens.clear();
+  return emitted;
+}
+
+const std::vector<int64_t>& Generator::Run() {
+  while (!done()) Step();
+  state_->step_tokens.clear();
+  return state_->out;
+}
+
+bool Generator::done() const { return state_->finish != FinishReason::kNotFinished && state_->step_tokens.empty(); }
+FinishReason Generator::finish_reason() const { return state_->finish; }
+const std::vector<int64_t>& Generator::tokens() const { return state_->out; }
+const Stats& Generator::stats() const { return state_->stats; }
+
+}  // namespace tandem

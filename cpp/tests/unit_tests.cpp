@@ -1,0 +1,201 @@
+// C++ unit tests of the pieces below the loop: sampling, KV cache, manifest checks,
+// library loading and the C API's error path. Run by ctest (and under ASan/UBSan by
+// `make sanitize`). The loop itself is tested from Python against the PyTorch reference.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "bundle.hpp"
+#include "graph.hpp"
+#include "sampling.hpp"
+#include "tandem/tandem.hpp"
+#include "tandem/tandem_c.h"
+
+namespace fs = std::filesystem;
+using namespace tandem;
+using namespace tandem::detail;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    ++g_checks;                                                                      \
+    if (!(cond)) {                                                                   \
+      ++g_failures;                                                                  \
+      std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";     \
+    }                                                                                \
+  } while (0)
+
+#define CHECK_NEAR(a, b, tol) CHECK(std::fabs((a) - (b)) <= (tol))
+
+// Expects `fn` to throw tandem::Error with `code` and a message containing `needle`.
+void CheckThrows(const std::function<void()>& fn, ErrorCode code, const std::string& needle) {
+  ++g_checks;
+  try {
+    fn();
+  } catch (const Error& e) {
+    if (e.code() == code && std::string(e.what()).find(needle) != std::string::npos) return;
+    ++g_failures;
+    std::cerr << "wrong error: code " << static_cast<int>(e.code()) << " message: " << e.what()
+              << " (wanted \"" << needle << "\")\n";
+    return;
+  }
+  ++g_failures;
+  std::cerr << "expected an error containing \"" << needle << "\"\n";
+}
+
+void TestArgmax() {
+  const float a[] = {0.1f, 3.0f, 3.0f, -1.0f};
+  CHECK(Argmax(a, 4) == 1);  // first maximum
+  const float b[] = {-5.0f};
+  CHECK(Argmax(b, 1) == 0);
+}
+
+void TestProcessLogits() {
+  struct Case {
+    std::vector<float> logits;
+    SamplingParams params;
+    std::vector<float> expected;
+  };
+  const float e = std::exp(1.0f);
+  std::vector<Case> cases = {
+      {{0.0f, 0.0f}, {true, 1.0f, 0, 1.0f}, {0.5f, 0.5f}},
+      {{1.0f, 0.0f}, {true, 1.0f, 0, 1.0f}, {e / (e + 1), 1 / (e + 1)}},
+      {{2.0f, 0.0f}, {true, 2.0f, 0, 1.0f}, {e / (e + 1), 1 / (e + 1)}},     // temperature
+      {{3.0f, 2.0f, 1.0f}, {true, 1.0f, 1, 1.0f}, {1.0f, 0.0f, 0.0f}},       // top-k 1
+      {{0.0f, 0.0f, -100.0f}, {true, 1.0f, 2, 1.0f}, {0.5f, 0.5f, 0.0f}},     // top-k 2
+      {{std::log(0.6f), std::log(0.3f), std::log(0.1f)}, {true, 1.0f, 0, 0.5f}, {1.0f, 0.0f, 0.0f}},  // top-p
+      {{std::log(0.6f), std::log(0.3f), std::log(0.1f)}, {true, 1.0f, 0, 0.85f}, {2.0f / 3, 1.0f / 3, 0.0f}},
+      {{std::log(0.6f), std::log(0.3f), std::log(0.1f)}, {true, 1.0f, 0, 0.9f}, {2.0f / 3, 1.0f / 3, 0.0f}},
+  };
+  std::vector<float> probs;
+  for (const Case& c : cases) {
+    ProcessLogits(c.logits.data(), static_cast<int64_t>(c.logits.size()), c.params, probs);
+    for (size_t i = 0; i < c.expected.size(); ++i) CHECK_NEAR(probs[i], c.expected[i], 1e-5f);
+  }
+}
+
+void TestSampling() {
+  Rng rng(7);
+  const float p[] = {0.0f, 0.25f, 0.75f};
+  int counts[3] = {0, 0, 0};
+  for (int i = 0; i < 20000; ++i) ++counts[SampleFrom(p, 3, rng)];
+  CHECK(counts[0] == 0);
+  CHECK_NEAR(counts[1] / 20000.0, 0.25, 0.02);
+  // acceptance: p(d)=0.2, q(d)=0.8 -> accept with probability 0.25
+  const float pp[] = {0.2f, 0.8f}, qq[] = {0.8f, 0.2f};
+  int accepted = 0;
+  for (int i = 0; i < 20000; ++i) accepted += AcceptDraft(pp, qq, 0, rng);
+  CHECK_NEAR(accepted / 20000.0, 0.25, 0.02);
+  for (int i = 0; i < 100; ++i) CHECK(AcceptDraft(pp, qq, 1, rng));  // p >= q: always
+  // residual norm(max(0, p - q)) = token 1 only
+  for (int i = 0; i < 100; ++i) CHECK(SampleResidual(pp, qq, 2, rng) == 1);
+  // p == q: residual empty, falls back to p
+  int ones = 0;
+  for (int i = 0; i < 1000; ++i) ones += SampleResidual(pp, pp, 2, rng) == 1;
+  CHECK(ones > 700);
+}
+
+void TestKvCache() {
+  // 2 heads, dh 1, capacity 8. Fill a present of length 3 per head, commit, rewind to 2.
+  KvCache kv(1, 2, 1, 8);
+  CHECK(kv.length() == 0);
+  CHECK(kv.past_shape() == std::vector<int64_t>({1, 2, 0, 1}));
+  float* present = kv.present(0, 0);
+  const float values[] = {10, 11, 12, 20, 21, 22};  // [h=2, L=3, dh=1]
+  std::memcpy(present, values, sizeof(values));
+  kv.Commit(3);
+  CHECK(kv.length() == 3);
+  CHECK(kv.past(0, 0) == present);
+  kv.RewindTo(2);
+  const float* past = kv.past(0, 0);
+  CHECK(past[0] == 10 && past[1] == 11 && past[2] == 20 && past[3] == 21);
+  CHECK(kv.past_shape() == std::vector<int64_t>({1, 2, 2, 1}));
+  CHECK(kv.present_shape(3) == std::vector<int64_t>({1, 2, 5, 1}));
+  kv.RewindTo(2);  // no-op
+  CHECK(kv.length() == 2);
+  CheckThrows([&] { kv.RewindTo(3); }, ErrorCode::kRuntime, "rewind");
+}
+
+void WriteFile(const fs::path& p, const std::string& text) {
+  std::ofstream(p) << text;
+}
+
+void TestManifest() {
+  fs::path dir = fs::temp_directory_path() / ("tandem_unit_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  CheckThrows([&] { LoadManifest((dir / "missing").string()); }, ErrorCode::kBundle, "not found");
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "no tandem.json");
+  WriteFile(dir / "tandem.json", "{not json");
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 99})");
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 1, "graphs": {}})");
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
+  auto graph = [](const std::string& file) {
+    return std::string(R"({"file": ")") + file + R"(", "num_layers": 1, "num_kv_heads": 1, "head_dim": 4,
+      "hidden_size": 4, "vocab_size": 8, "input_ids": "input_ids", "logits": "logits",
+      "past_keys": ["pk"], "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"]})";
+  };
+  auto manifest = [&](const std::string& file) {
+    return R"({"format": "tandem-bundle", "format_version": 1, "vocab_size": 8, "context_length": 16, "graphs": {"large": )" +
+           graph(file) + "}}";
+  };
+  WriteFile(dir / "tandem.json", manifest("../outside.onnx"));
+  WriteFile(dir.parent_path() / "outside.onnx", "x");
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
+  WriteFile(dir / "tandem.json", manifest("/etc/passwd"));
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "relative");
+  WriteFile(dir / "tandem.json", manifest("large.onnx"));
+  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "missing from the bundle");
+  WriteFile(dir / "large.onnx", "garbage");
+  Manifest m = LoadManifest(dir.string());
+  CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16);
+  // a corrupt graph is refused at load time, with a message naming the file
+  tandem::ModelOptions opt;
+  opt.bundle_path = dir.string();
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "corrupt");
+  fs::remove(dir.parent_path() / "outside.onnx");
+  fs::remove_all(dir);
+}
+
+void TestParseMode() {
+  CHECK(ParseMode("speed") == Mode::kSpeed);
+  CHECK(std::string(ToString(Mode::kVanilla)) == "vanilla");
+  CheckThrows([] { ParseMode("fast"); }, ErrorCode::kInvalidArgument, "unknown mode");
+}
+
+void TestCApiErrors() {
+  tandem_model* model = reinterpret_cast<tandem_model*>(0x1);
+  tandem_status st = tandem_model_load("/nonexistent/bundle", 1, nullptr, &model);
+  CHECK(st == TANDEM_ERR_BUNDLE);
+  CHECK(model == nullptr);
+  CHECK(std::strstr(tandem_last_error(), "not found") != nullptr);
+  CHECK(tandem_model_load(nullptr, 1, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
+  tandem_generate_params p = tandem_generate_default_params();
+  CHECK(std::string(p.mode) == "large" && p.max_new_tokens == 128);
+}
+
+}  // namespace
+
+int main() {
+  TestArgmax();
+  TestProcessLogits();
+  TestSampling();
+  TestKvCache();
+  TestManifest();
+  TestParseMode();
+  TestCApiErrors();
+  std::cout << g_checks - g_failures << " passed, " << g_failures << " failed\n";
+  return g_failures == 0 ? 0 : 1;
+}

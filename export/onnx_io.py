@@ -1,0 +1,90 @@
+"""Shared ONNX export plumbing: dynamo export with symbolic dims, and graph I/O naming.
+
+Each graph wrapper is an `nn.Module` whose `forward(input_ids, *extra, *past_flat)` returns
+`(logits, *present_flat, *extra_outputs)`; past/present are flattened as
+`k0, v0, k1, v1, ...` in the order of the manifest's `past_keys` / `past_values`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tandem.errors import ExportError
+
+
+def flatten_past(past: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    return [t for kv in past for t in kv]
+
+
+def unflatten_past(flat: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def empty_past(
+    num_layers: int, num_kv_heads: int, head_dim: int, length: int = 0, seed: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Past K/V `[1, h_kv, length, dh]` per layer: zeros, or seeded random values."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def make() -> torch.Tensor:
+        shape = (1, num_kv_heads, length, head_dim)
+        return torch.zeros(shape) if gen is None else torch.randn(shape, generator=gen)
+
+    return [(make(), make()) for _ in range(num_layers)]
+
+
+def export_graph(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic_shapes: tuple[object, ...],
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    opset: int = 20,
+) -> None:
+    """torch.onnx.export(dynamo=True) with explicit names; one file, no external data
+    unless the model is over 2 GB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+            raise ExportError(f"torch.onnx.export failed for {path.name}: {exc}") from exc
+    if program is None:
+        raise ExportError(f"torch.onnx.export returned nothing for {path.name}")
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = size > 1_800_000_000
+    for old in path.parent.glob(path.name + "*.data"):
+        old.unlink()
+    program.save(str(tmp), external_data=external)
+    if external:
+        # keep the data file name stable next to the final graph name
+        data = tmp.with_name(tmp.name + ".data")
+        if data.exists():
+            data.rename(path.with_name(path.name + ".data"))
+            import onnx
+
+            model = onnx.load(str(tmp), load_external_data=False)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = path.name + ".data"
+            onnx.save(model, str(tmp))
+    tmp.replace(path)

@@ -1,0 +1,163 @@
+"""The bundle manifest (`tandem.json`): graph I/O written once, as data.
+
+The exporter writes it; the C++ loop reads the graph names, I/O names and dims from it
+and never hard-codes them. Python reads it for the tokenizer and defaults.
+
+Layout of a bundle folder::
+
+    tandem.json      this manifest
+    large.onnx       M_L, block mode                      (always)
+    small.onnx       tandem M_S step graph                 (optional)
+    draft.onnx       plain M_S step graph (vanilla drafter) (optional)
+    tokenizer.json   Hugging Face `tokenizers` file        (optional for id-only use)
+
+KV cache layout of every graph: past `[1, h_kv, P, dh]` in, present `[1, h_kv, P + n, dh]`
+out, where `n` is the number of new positions of the call (`T` for M_L, `m + t` for M_S).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.errors import BundleError
+
+FORMAT = "tandem-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "tandem.json"
+GRAPH_ROLES = ("large", "small", "draft")
+
+
+@dataclass
+class GraphSpec:
+    """One ONNX graph of a bundle and its I/O names.
+
+    role ``large``: inputs ``input_ids`` + past; outputs ``logits``, present, ``reps``
+    (one output per entry of ``rep_layers``, `[1, T, hidden_size]`).
+    role ``small``: inputs ``input_ids``, ``memory`` (one per entry of ``memory_layers``,
+    `[1, m, memory_size]`) + past; outputs ``logits``, present, optional ``router_score``.
+    role ``draft``: inputs ``input_ids`` + past; outputs ``logits``, present, optional
+    ``router_score``.
+    """
+
+    file: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    input_ids: str = "input_ids"
+    logits: str = "logits"
+    past_keys: list[str] = field(default_factory=list)
+    past_values: list[str] = field(default_factory=list)
+    present_keys: list[str] = field(default_factory=list)
+    present_values: list[str] = field(default_factory=list)
+    # large only: representation outputs, one per M_L layer index in rep_layers.
+    rep_layers: list[int] = field(default_factory=list)
+    reps: list[str] = field(default_factory=list)
+    # small only: memory inputs, one per M_L layer index in memory_layers.
+    memory_layers: list[int] = field(default_factory=list)
+    memory: list[str] = field(default_factory=list)
+    memory_size: int = 0
+    router_score: str = ""
+    dtype: str = "float32"
+    precision: str = "fp32"
+
+    @staticmethod
+    def for_layers(
+        file: str,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        hidden_size: int,
+        vocab_size: int,
+        **extra: Any,
+    ) -> GraphSpec:
+        """Spec with the conventional names `past.{i}.key` / `present.{i}.key`."""
+        return GraphSpec(
+            file=file,
+            num_layers=num_layers,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            hidden_size=hidden_size,
+            vocab_size=vocab_size,
+            past_keys=[f"past.{i}.key" for i in range(num_layers)],
+            past_values=[f"past.{i}.value" for i in range(num_layers)],
+            present_keys=[f"present.{i}.key" for i in range(num_layers)],
+            present_values=[f"present.{i}.value" for i in range(num_layers)],
+            **extra,
+        )
+
+    def input_names(self) -> list[str]:
+        names = [self.input_ids, *self.memory]
+        for k, v in zip(self.past_keys, self.past_values, strict=True):
+            names += [k, v]
+        return names
+
+    def output_names(self) -> list[str]:
+        names = [self.logits]
+        for k, v in zip(self.present_keys, self.present_values, strict=True):
+            names += [k, v]
+        names += self.reps
+        if self.router_score:
+            names.append(self.router_score)
+        return names
+
+
+@dataclass
+class Manifest:
+    graphs: dict[str, GraphSpec]
+    vocab_size: int
+    context_length: int
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    tokenizer: str = ""
+    default_block_length: int = 4
+    max_block_length: int = 16
+    router_threshold: float = 0.8
+    precision: str = "fp32"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["graphs"] = {role: asdict(spec) for role, spec in self.graphs.items()}
+        return data
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @staticmethod
+    def load(folder: str | Path) -> Manifest:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BundleError(f"bundle folder not found: {folder} (export one with `tandem export`)")
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise BundleError(f"{folder} has no {MANIFEST_NAME}: is it a tandem bundle?")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path} is not valid JSON: {exc}; re-export the bundle") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BundleError(f"{path}: not a tandem manifest (format != {FORMAT!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{path}: format_version {data.get('format_version')!r} is not supported "
+                f"(this tandem reads version {FORMAT_VERSION}); re-export the bundle"
+            )
+        try:
+            graphs = {role: GraphSpec(**spec) for role, spec in data.pop("graphs").items()}
+            return Manifest(graphs=graphs, **data)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise BundleError(f"{path}: missing or unexpected keys ({exc}); re-export the bundle") from exc
