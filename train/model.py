@@ -429,3 +429,29 @@ class TandemSmall(nn.Module):
         if wrong:
             raise TrainingError(f"{folder / TANDEM_WEIGHTS_FILE} does not match its config: {wrong}")
         return model.eval()
+
+
+def drafter_logits(model: TandemSmall | PreTrainedModel, input_ids: Tensor, reps: list[Tensor],
+                   starts: Tensor) -> Tensor:
+    """Training-mode logits ``(B, N, V)`` of a tandem M_S (block mask from ``starts``) or a plain LM."""
+    if isinstance(model, TandemSmall):
+        return model.forward_train(input_ids, reps, starts)
+    return model(input_ids=input_ids).logits
+
+
+def create_lm_config(arch: str, vocab_size: int, num_layers: int, hidden_size: int, num_heads: int,
+                     num_kv_heads: int | None = None, intermediate_size: int | None = None,
+                     max_positions: int = 2048, eos_id: int | None = None) -> PretrainedConfig:
+    """A from-scratch causal-LM config of ``arch`` (``llama``, ``qwen2`` or ``mistral``)."""
+    if arch not in SUPPORTED_MODEL_TYPES:
+        raise TrainingError(f"unknown architecture {arch!r}; use one of {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if hidden_size % num_heads or num_heads % (num_kv_heads or num_heads):
+        raise TrainingError(f"hidden size {hidden_size} must be divisible by {num_heads} heads, "
+                            f"and the heads by the {num_kv_heads} KV heads")
+    return AutoConfig.for_model(
+        arch, vocab_size=vocab_size, num_hidden_layers=num_layers, hidden_size=hidden_size,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads,
+        head_dim=hidden_size // num_heads, intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_positions, tie_word_embeddings=False,
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+    )

@@ -1,0 +1,168 @@
+"""``tandem train`` and ``tandem eval`` subcommands (registered by the main ``tandem`` CLI).
+
+    tandem train --mode lm --tokenizer tok/ --train-tokenizer 2048 --data src/ --out large/
+    tandem train --mode tandem --large large/ --layers 2 --hidden 128 --data src/ --out tandem/
+    tandem train --mode plain  --large large/ --layers 2 --hidden 128 --data src/ --out plain/
+    tandem eval --large large/ --model plain=plain/ --model tandem-distil=tandem/ --data src/
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from tandem.train.data import (
+    Corpus,
+    TextTokenizer,
+    collect_files,
+    consecutive_windows,
+    train_tokenizer,
+)
+from tandem.train.evaluate import evaluate, format_table, load_drafter, write_results
+from tandem.train.model import (
+    LAYER_ASSIGNMENTS,
+    SUPPORTED_MODEL_TYPES,
+    TandemSmall,
+    create_drafter,
+    create_drafter_config,
+    create_lm_config,
+    create_tandem,
+)
+from tandem.train.router import Router, RouterConfig
+from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from tandem.errors import TrainingError
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", nargs="+", required=True, help="text/code files or folders")
+    parser.add_argument("--heldout-fraction", type=float, default=0.05,
+                        help="share of files (by content hash) held out for evaluation")
+    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train``: pretrain an LM, or train a tandem / plain M_S for a frozen M_L."""
+    parser = subparsers.add_parser("train", help="train a tandem M_S, a plain M_S, or a from-scratch LM")
+    parser.add_argument("--mode", choices=MODES, default="tandem")
+    parser.add_argument("--large", type=Path, help="M_L folder (HF model + tokenizer.json); not used by --mode lm")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: --large)")
+    parser.add_argument("--train-tokenizer", type=int, metavar="VOCAB",
+                        help="--mode lm: first train a byte-level BPE of VOCAB tokens on --data into --tokenizer")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (also holds the checkpoint)")
+    parser.add_argument("--init", type=Path, help="start M_S from this HF folder instead of a new model")
+    parser.add_argument("--arch", choices=SUPPORTED_MODEL_TYPES, default="llama", help="--mode lm architecture")
+    parser.add_argument("--layers", type=int, default=2, help="layers of a new model")
+    parser.add_argument("--hidden", type=int, default=256, help="width of a new model")
+    parser.add_argument("--heads", type=int, help="attention heads of a new model")
+    parser.add_argument("--kv-heads", type=int, help="KV heads of a new model (GQA when fewer than heads)")
+    parser.add_argument("--intermediate", type=int, help="MLP width of a new model")
+    parser.add_argument("--max-positions", type=int, default=2048, help="--mode lm context length")
+    parser.add_argument("--layer-assignment", choices=LAYER_ASSIGNMENTS, default="proportional")
+    parser.add_argument("--no-router", action="store_true", help="do not train an adaptive-block router")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument("--loss", choices=LOSSES, help="default: ce-then-distil (tandem), distil (plain), ce (lm)")
+    parser.add_argument("--variable-boundaries", action="store_true",
+                        help="random block offset per training sequence")
+    _add_data_args(parser)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("int", "float") and flag not in ("--seq-len",):
+            parser.add_argument(flag, type=int if f.type == "int" else float, default=getattr(defaults, f.name))
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval``: accuracy and TV distance to M_L of drafters on held-out text."""
+    parser = subparsers.add_parser("eval", help="compare drafters with M_L on held-out text")
+    parser.add_argument("--large", type=Path, required=True, help="M_L folder (HF model + tokenizer.json)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                        help="a drafter to evaluate (tandem or plain folder); repeat for several")
+    parser.add_argument("--block-length", type=int, default=2, help="γ of the tandem block mask")
+    parser.add_argument("--max-windows", type=int, default=64, help="held-out windows to score")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    _add_data_args(parser)
+    parser.set_defaults(func=run_eval)
+    return parser
+
+
+def _load_large(folder: Path | None) -> PreTrainedModel:
+    if folder is None:
+        raise TrainingError("this command needs M_L: pass --large FOLDER")
+    if not (folder / "config.json").exists():
+        raise TrainingError(f"{folder} is not an HF model folder (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _build_model(args: argparse.Namespace, large: PreTrainedModel | None,
+                 tokenizer: TextTokenizer) -> tuple[TandemSmall | PreTrainedModel, Router | None]:
+    if args.mode == "lm":
+        if args.init is not None:
+            return AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32), None
+        config = create_lm_config(args.arch, tokenizer.vocab_size, args.layers, args.hidden,
+                                  args.heads or max(1, args.hidden // 64), args.kv_heads, args.intermediate,
+                                  args.max_positions, tokenizer.eos_id)
+        torch.manual_seed(args.seed)
+        return AutoModelForCausalLM.from_config(config).float(), None
+    if args.init is not None:
+        small = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        config = create_drafter_config(large.config, args.layers, args.hidden, args.heads, args.kv_heads,
+                                       args.intermediate)
+        small = create_drafter(large, config, seed=args.seed)
+    if args.mode == "tandem":
+        return create_tandem(large, small, args.layer_assignment, router=not args.no_router, seed=args.seed), None
+    router = None if args.no_router else Router(RouterConfig(embed_dim=small.config.hidden_size))
+    return small, router
+
+
+def run_train(args: argparse.Namespace) -> int:
+    tokenizer_folder = args.tokenizer or args.large
+    if tokenizer_folder is None:
+        raise TrainingError("pass --tokenizer FOLDER (or --large, whose tokenizer is used)")
+    if args.train_tokenizer:
+        if args.mode != "lm":
+            raise TrainingError("--train-tokenizer is for --mode lm; M_S must use M_L's tokenizer")
+        texts = (p.read_text(errors="replace") for p in collect_files(args.data))
+        train_tokenizer(texts, args.train_tokenizer, tokenizer_folder)
+    tokenizer = TextTokenizer.load(tokenizer_folder)
+    large = None if args.mode == "lm" else _load_large(args.large)
+    if large is not None and tokenizer.vocab_size > large.config.vocab_size:
+        raise TrainingError(f"tokenizer has {tokenizer.vocab_size} tokens but M_L's vocab is "
+                            f"{large.config.vocab_size}; use M_L's own tokenizer")
+    corpus = Corpus.build(args.data, tokenizer, args.heldout_fraction)
+    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    model, router = _build_model(args, large, tokenizer)
+    trainer = Trainer(model, large, corpus, config, args.out, router)
+    losses = trainer.train(resume=not args.no_resume)
+    router_error = trainer.fit_router()
+    summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error}
+    out = trainer.save(tokenizer_folder, summary)
+    print(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
+          f"router error {router_error})")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    large = _load_large(args.large)
+    drafters = {}
+    for spec in args.model:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            raise TrainingError(f"--model {spec!r}: write NAME=FOLDER, e.g. --model tandem=out/tandem")
+        drafters[name] = load_drafter(folder)
+    corpus = Corpus.build(args.data, TextTokenizer.load(args.large), args.heldout_fraction)
+    windows = consecutive_windows(corpus.heldout, args.seq_len + 1, args.max_windows)
+    results = evaluate(large, drafters, windows, args.block_length, args.batch_size, resolve_device(args.device))
+    print(format_table(results))
+    if args.json:
+        write_results(results, args.json)
+    return 0

@@ -1,0 +1,78 @@
+"""Held-out evaluation of drafters against M_L.
+
+For each model, over non-overlapping held-out windows: next-token accuracy, mean total
+variation distance to M_L's next-token distribution, and agreement (argmax equals M_L's
+argmax). Tandem models run the training-mode block mask with block length γ (offset 0),
+i.e. each block's queries see M_L's representations of every earlier block.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tandem.train.model import (
+    TANDEM_CONFIG_FILE,
+    TandemSmall,
+    block_starts,
+    drafter_logits,
+    empty_past,
+    large_step,
+)
+from tandem.train.router import total_variation
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+LARGE_NAME = "M_L"
+
+
+def load_drafter(folder: str | Path) -> TandemSmall | PreTrainedModel:
+    """A tandem M_S when ``folder`` has ``tandem_config.json``, else a plain HF causal LM."""
+    folder = Path(folder)
+    if (folder / TANDEM_CONFIG_FILE).exists():
+        return TandemSmall.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def evaluate(large: PreTrainedModel, drafters: dict[str, TandemSmall | PreTrainedModel], windows: torch.Tensor,
+             block_length: int, batch_size: int = 8, device: torch.device | str = "cpu") -> list[dict]:
+    """Metrics per model (M_L first) on ``windows (W, N+1)``: inputs ``[:, :-1]``, targets ``[:, 1:]``."""
+    large = large.to(device).eval()
+    layers = sorted({layer for m in drafters.values() if isinstance(m, TandemSmall) for layer in m.config.large_layers})
+    totals = {name: {"correct": 0.0, "tv": 0.0, "agree": 0.0} for name in [LARGE_NAME, *drafters]}
+    count = 0
+    for batch in windows.split(batch_size):
+        inputs, targets = batch[:, :-1].to(device), batch[:, 1:].to(device)
+        large_logits, _, reps = large_step(large, inputs, empty_past(large.config, inputs.shape[0], device=device),
+                                           layers)
+        large_top = large_logits.argmax(-1)  # (B, N)
+        totals[LARGE_NAME]["correct"] += (large_top == targets).sum().item()
+        totals[LARGE_NAME]["agree"] += targets.numel()
+        starts = block_starts(*inputs.shape, block_length).to(device)
+        for name, model in drafters.items():
+            model.to(device).eval()
+            own = [reps[layers.index(layer)] for layer in model.config.large_layers] if isinstance(
+                model, TandemSmall) else []
+            logits = drafter_logits(model, inputs, own, starts)  # (B, N, V)
+            totals[name]["correct"] += (logits.argmax(-1) == targets).sum().item()
+            totals[name]["tv"] += total_variation(logits, large_logits).sum().item()
+            totals[name]["agree"] += (logits.argmax(-1) == large_top).sum().item()
+        count += targets.numel()
+    return [
+        {"model": name, "accuracy": t["correct"] / count, "tv_to_large": t["tv"] / count,
+         "agreement_with_large": t["agree"] / count, "tokens": count, "block_length": block_length}
+        for name, t in totals.items()
+    ]
+
+
+def format_table(results: list[dict]) -> str:
+    """A fixed-width table of :func:`evaluate`'s results."""
+    lines = [f"{'model':<20} {'accuracy':>9} {'TV to M_L':>10} {'agree M_L':>10} {'tokens':>8}"]
+    lines += [f"{r['model']:<20} {r['accuracy']:>9.4f} {r['tv_to_large']:>10.4f} "
+              f"{r['agreement_with_large']:>10.4f} {r['tokens']:>8d}" for r in results]
+    return "\n".join(lines)
+
+
+def write_results(results: list[dict], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(results, indent=2))
