@@ -364,7 +364,7 @@ class TandemSmall(nn.Module):
             scores = (q @ k_rep.transpose(-1, -2)) * attn.scaling  # (B, nh, n, keys)
             scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
             out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v_rep  # (B, nh, n, dh)
-            y = y + attn.o_proj(out.transpose(1, 2).reshape(batch, n, -1))
+            y = y + attn.o_proj(out.transpose(1, 2).reshape(batch, n, q.shape[1] * q.shape[3]))
             y = y + layer.mlp(layer.post_attention_layernorm(y))
         logits = self.small.lm_head(backbone.norm(y))  # (B, n, V)
         return logits, present
@@ -373,7 +373,7 @@ class TandemSmall(nn.Module):
              past: list[KV]) -> tuple[Tensor, list[KV], Tensor | None]:
         """Append ``m`` memory rows then ``t`` tokens after ``past`` (length ``P``).
 
-        input_ids ``(1, t)``; memory: ``(1, m, d_L)`` per ``large_layers`` entry; past: ``(k, v)``
+        input_ids ``(1, t)`` (``t = 0``: memory only); memory: ``(1, m, d_L)`` per ``large_layers`` entry; past: ``(k, v)``
         ``(1, h_kv, P, dh)`` per layer. Returns logits ``(1, t, V)``, present
         ``(1, h_kv, P+m+t, dh)`` and the router score ``(1, t)`` (None without a router).
         """
