@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from tandem.export.arch import arch_of
 from tandem.export.onnx_io import empty_past, export_graph, flatten_past, unflatten_past
+from torch import nn
+
 from tandem.manifest import GraphSpec
 
 
@@ -50,7 +50,8 @@ def export_large(large: nn.Module, rep_layers: list[int], out_dir: Path) -> Grap
     ids = torch.zeros((1, 2), dtype=torch.long)
     T = torch.export.Dim("T", min=1, max=65536)
     P = torch.export.Dim("P", min=0, max=65536)
-    dynamic = ({1: T}, *({2: P} for _ in flatten_past(past)))
+    # nesting mirrors forward(input_ids, *past_flat)
+    dynamic = ({1: T}, tuple({2: P} for _ in flatten_past(past)))
     export_graph(
         LargeGraph(large, rep_layers),
         (ids, *flatten_past(past)),
