@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tandem.export.large import LargeGraph, export_large
-from tandem.export.small import PlainStepGraph, TandemStepGraph, export_plain, export_tandem
-from tandem.export.validate import LARGE_CASES, SMALL_CASES, max_abs_diffs
 from torch import nn
 
 from tandem.errors import ExportError
+from tandem.export.large import LargeGraph, export_large
+from tandem.export.small import PlainStepGraph, TandemStepGraph, export_plain, export_tandem
+from tandem.export.validate import LARGE_CASES, SMALL_CASES, max_abs_diffs
 from tandem.manifest import Manifest
 
 FP32_TOLERANCE = 1e-4

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tandem.export.arch import arch_of
-from tandem.export.onnx_io import empty_past, export_graph, flatten_past, unflatten_past
 from torch import nn
 
+from tandem.export.arch import arch_of
+from tandem.export.onnx_io import empty_past, export_graph, flatten_past, unflatten_past
 from tandem.manifest import GraphSpec
 
 

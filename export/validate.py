@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tandem.export.onnx_io import empty_past, flatten_past
 from torch import nn
 
+from tandem.export.onnx_io import empty_past, flatten_past
 from tandem.manifest import GraphSpec
 
 

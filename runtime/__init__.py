@@ -1,1 +1,5 @@
-"""tandem.runtime"""
+"""tandem.runtime: load a bundle and generate with the C++ loop (no torch needed)."""
+
+from tandem.runtime.api import GenerationResult, Stream, TandemModel, load
+
+__all__ = ["GenerationResult", "Stream", "TandemModel", "load"]

@@ -1,0 +1,276 @@
+"""The Python API over the C++ loop: `tandem.load(bundle).generate(...)` and `.stream(...)`.
+
+Needs only numpy-free pieces: the compiled `tandem._core`, `tokenizers` and the manifest.
+The GIL is released while C++ runs, so other Python threads keep going.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.errors import BundleError, InvalidArgumentError
+from tandem.manifest import Manifest
+from tandem.runtime.ort_library import find_ort_library
+
+MODES = ("large", "tandem", "speed", "vanilla")
+
+
+def _core() -> Any:
+    from tandem import _core
+
+    return _core
+
+
+@dataclass
+class GenerationResult:
+    """What one generation produced."""
+
+    text: str                # decoded new text ("" when the bundle has no tokenizer)
+    ids: list[int]           # the generated token ids (EOS included when hit)
+    finish_reason: str       # "eos" | "max_new_tokens" | "length" | "stop"
+    stats: dict[str, Any] = field(default_factory=dict)
+    prompt_ids: list[int] = field(default_factory=list)
+
+
+class _Detokenizer:
+    """Incremental decoding that never splits a multi-byte character: text is released
+    only once the pending tokens decode without a replacement character at the end."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] is context already shown
+        self.read = 0
+
+    def push(self, new_ids: Sequence[int]) -> str:
+        self.ids.extend(new_ids)
+        if self.tokenizer is None:
+            return ""
+        shown = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        full = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if full.endswith("\ufffd") or len(full) < len(shown):
+            return ""  # an incomplete UTF-8 sequence: wait for the next tokens
+        piece = full[len(shown) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is left at the end, replacement characters included."""
+        if self.tokenizer is None or self.read == len(self.ids):
+            return ""
+        shown = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        full = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return full[len(shown) :]
+
+
+class Stream:
+    """Iterator over text pieces of one generation; `.result` is set once it is exhausted.
+
+    Breaking out of the loop (or a KeyboardInterrupt) simply abandons this request: the
+    model stays usable.
+    """
+
+    def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: dict[str, Any]) -> None:
+        self._model = model
+        self._prompt_ids = prompt_ids
+        self._stop = stop
+        self._gen = _core().Generator(model._model, prompt_ids, **options)
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        detok = _Detokenizer(self._model.tokenizer)
+        text = ""
+        finish = ""
+        while True:
+            new = self._gen.step()
+            if not new:
+                break
+            piece = detok.push(new)
+            if self._stop and piece:
+                # stop strings are searched in the text so far; text ends before the match
+                start = max(0, len(text) - max(map(len, self._stop)))
+                text += piece
+                hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+                if hits:
+                    cut = min(hits)
+                    piece = piece[: len(piece) - (len(text) - cut)]
+                    text = text[:cut]
+                    finish = "stop"
+                    if piece:
+                        yield piece
+                    break
+            else:
+                text += piece
+            if piece:
+                yield piece
+        if not finish:
+            tail = detok.flush()
+            text += tail
+            if tail:
+                yield tail
+            finish = self._gen.finish_reason
+        self.result = GenerationResult(
+            text=text,
+            ids=list(detok.ids),
+            finish_reason=finish,
+            stats=self._gen.stats,
+            prompt_ids=self._prompt_ids,
+        )
+
+
+class TandemModel:
+    """A loaded bundle. Share it across threads freely; each call makes its own request."""
+
+    def __init__(self, bundle: str | os.PathLike[str], device: str = "cpu", threads: int = 0) -> None:
+        if device not in ("cpu", "cuda"):
+            raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if threads < 0:
+            raise InvalidArgumentError("threads must be >= 0 (0: one per core)")
+        self.manifest = Manifest.load(bundle)
+        self._model = _core().Model(str(bundle), device=device, threads=threads,
+                                    ort_library=find_ort_library() or "")
+        self.bundle_path = Path(self._model.bundle_path)
+        self.device = device
+        self.tokenizer = None
+        if self._model.tokenizer_path:
+            from tokenizers import Tokenizer
+
+            try:
+                self.tokenizer = Tokenizer.from_file(self._model.tokenizer_path)
+            except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+                raise BundleError(f"{self._model.tokenizer_path} is not a valid tokenizer file: {exc}") from exc
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self._model.vocab_size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self._model.context_length)
+
+    @property
+    def modes(self) -> list[str]:
+        """The decoding modes this bundle supports."""
+        out = ["large"]
+        if self._model.has_small:
+            out += ["tandem", "speed"]
+        if self._model.has_draft:
+            out.append("vanilla")
+        return out
+
+    def __repr__(self) -> str:
+        return f"TandemModel({str(self.bundle_path)!r}, modes={self.modes}, device={self.device!r})"
+
+    # -- tokens ------------------------------------------------------------------------
+    def encode(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgumentError(f"the prompt is not valid UTF-8: {exc}") from exc
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"the prompt is not valid Unicode text: {exc}") from exc
+        if self.tokenizer is None:
+            raise InvalidArgumentError(
+                f"{self.bundle_path} ships no tokenizer.json: pass token ids instead of text"
+            )
+        return list(self.tokenizer.encode(text).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- generation --------------------------------------------------------------------
+    def stream(
+        self,
+        prompt: str | bytes | Sequence[int],
+        *,
+        mode: str | None = None,
+        block_length: int | str | None = None,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_token_id: int | Sequence[int] | None = None,
+        stop: str | Sequence[str] | None = None,
+        router_threshold: float | None = None,
+        min_block_length: int = 1,
+        max_block_length: int | None = None,
+        ignore_eos: bool = False,
+    ) -> Stream:
+        """Like :meth:`generate`, but iterate over the result to get text pieces as they
+        are produced; the full :class:`GenerationResult` is in `.result` afterwards."""
+        if isinstance(prompt, str | bytes):
+            ids = self.encode(prompt)
+        else:
+            try:
+                ids = [int(i) for i in prompt]
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError("prompt must be text or a sequence of token ids") from exc
+        if not ids:
+            raise InvalidArgumentError("the prompt is empty: give some text or at least one token id")
+        mode = mode or ("speed" if "speed" in self.modes else "large")
+        if mode not in MODES:
+            raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        adaptive = block_length == "auto"
+        if isinstance(block_length, str) and not adaptive:
+            raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
+        if block_length is not None and not adaptive and int(block_length) < 1:
+            raise InvalidArgumentError(f"block_length must be >= 1, got {block_length}")
+        eos = [] if eos_token_id is None else (
+            [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+        )
+        stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
+        if any(not s for s in stops):
+            raise InvalidArgumentError("stop strings must be non-empty")
+        options = dict(
+            mode=mode,
+            block_length=0 if block_length is None or adaptive else int(block_length),
+            adaptive=adaptive,
+            router_threshold=-1.0 if router_threshold is None else float(router_threshold),
+            min_block_length=int(min_block_length),
+            max_block_length=int(max_block_length or 0),
+            max_new_tokens=int(max_new_tokens),
+            do_sample=bool(do_sample),
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            seed=int(seed),
+            eos_token_ids=eos,
+            ignore_eos=bool(ignore_eos),
+        )
+        return Stream(self, ids, stops, options)
+
+    def generate(self, prompt: str | bytes | Sequence[int], **options: Any) -> GenerationResult:
+        """Generate from text or token ids; takes the keyword arguments of :meth:`stream`.
+
+        mode: "large" | "tandem" | "speed" | "vanilla" (default: speed when the bundle has a
+        tandem drafter). block_length: γ, or "auto" for the router's adaptive length
+        (speed/vanilla). Sampling parameters follow Hugging Face names; `stop` strings end
+        the text before the match (finish_reason "stop").
+        """
+        stream = self.stream(prompt, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+
+def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", threads: int = 0) -> TandemModel:
+    """Load a bundle folder (default: the embedded default bundle, exported on first use)."""
+    if bundle is None:
+        from tandem.runtime.default import default_bundle
+
+        bundle = default_bundle()
+    return TandemModel(bundle, device=device, threads=threads)
