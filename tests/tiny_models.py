@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tandem.train.data import train_tokenizer
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -25,6 +24,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from tandem.train.data import train_tokenizer
 
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),

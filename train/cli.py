@@ -13,6 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from tandem.errors import TrainingError
 from tandem.train.data import (
     Corpus,
     TextTokenizer,
@@ -32,9 +35,6 @@ from tandem.train.model import (
 )
 from tandem.train.router import Router, RouterConfig
 from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
-from transformers import AutoModelForCausalLM, PreTrainedModel
-
-from tandem.errors import TrainingError
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
 from tandem.train.model import (
     TANDEM_CONFIG_FILE,
     TandemSmall,
@@ -21,7 +23,6 @@ from tandem.train.model import (
     large_step,
 )
 from tandem.train.router import total_variation
-from transformers import AutoModelForCausalLM, PreTrainedModel
 
 LARGE_NAME = "M_L"
 

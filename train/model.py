@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tandem.train.router import Router, RouterConfig
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -32,6 +31,7 @@ from transformers import (
 )
 
 from tandem.errors import TandemError, TrainingError
+from tandem.train.router import Router, RouterConfig
 
 KV = tuple[Tensor, Tensor]  # (key, value), each (1, h_kv, P, dh)
 

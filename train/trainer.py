@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tandem.train.data import Corpus, sample_windows
-from tandem.train.model import TandemSmall, block_starts, drafter_logits, empty_past, large_step
-from tandem.train.router import Router, fit_router, total_variation
 from torch import Tensor
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from tandem.errors import TrainingError
+from tandem.train.data import Corpus, sample_windows
+from tandem.train.model import TandemSmall, block_starts, drafter_logits, empty_past, large_step
+from tandem.train.router import Router, fit_router, total_variation
 
 MODES = ("tandem", "plain", "lm")
 LOSSES = ("ce", "distil", "ce-then-distil")

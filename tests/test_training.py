@@ -1,0 +1,167 @@
+"""Training: loss formula, loss decreases, exact resume, router, data split, CLI, evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import tiny_corpus, tiny_large, tiny_large_folder, tiny_tokenizer
+
+from tandem.errors import TrainingError
+from tandem.train.cli import add_eval_parser, add_train_parser
+from tandem.train.data import Corpus, TextTokenizer, consecutive_windows
+from tandem.train.evaluate import evaluate, format_table
+from tandem.train.model import TandemSmall, create_drafter_config, create_tandem
+from tandem.train.router import Router, RouterConfig, fit_router, total_variation
+from tandem.train.trainer import TrainConfig, Trainer, distil_loss, learning_rate_factor
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Corpus:
+    root = tmp_path_factory.mktemp("data")
+    return Corpus.build([tiny_corpus(root / "files")], TextTokenizer.load(tiny_tokenizer(root / "tok")))
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(steps=6, batch_size=4, seq_len=12, lr=3e-3, warmup_steps=1, block_length=2,
+                  router_batches=2, router_steps=10, checkpoint_every=0, device="cpu")
+    return TrainConfig(**{**values, **overrides})
+
+
+def make_tandem(router: bool = False) -> tuple:
+    large = tiny_large("llama", num_layers=2)
+    return large, create_tandem(large, create_drafter_config(large.config, 1, 32), router=router, seed=3)
+
+
+def test_distil_loss_formula():
+    torch.manual_seed(0)
+    logits, large_logits = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    targets = torch.randint(0, 7, (2, 3))
+    ce = F.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1))
+    p = large_logits.softmax(-1)
+    soft = -(p * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(distil_loss(logits, targets, large_logits), 0.5 * ce + 0.5 * soft)
+    # with M_L's own logits, the soft term is M_L's entropy + KL = entropy: minimum over M_S
+    torch.testing.assert_close(distil_loss(large_logits, targets, large_logits, weight=1.0),
+                               -(p * p.log()).sum(-1).mean())
+
+
+def test_schedule_and_loss_kinds():
+    cfg = tiny_config(steps=10, warmup_steps=2, ce_fraction=0.3)
+    assert learning_rate_factor(0, cfg) == 0.5 and learning_rate_factor(1, cfg) == 1.0
+    assert learning_rate_factor(10, cfg) == pytest.approx(cfg.min_lr_ratio)
+    large, tandem = make_tandem()
+    trainer = Trainer(tandem, large, Corpus(torch.arange(100), torch.arange(10)), cfg, "/tmp/unused")
+    assert [trainer.loss_kind(s) for s in range(10)] == ["ce"] * 3 + ["distil"] * 7
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_tandem_training_decreases_loss(corpus, tmp_path, variable):
+    large, tandem = make_tandem()
+    cfg = tiny_config(steps=30, loss="distil", variable_boundaries=variable, grad_accum=2)
+    trainer = Trainer(tandem, large, corpus, cfg, tmp_path)
+    windows = consecutive_windows(corpus.train, cfg.seq_len + 1, 8)
+    with torch.no_grad():
+        before = trainer.compute_loss(windows, "distil").item()
+    trainer.train(progress=False)
+    with torch.no_grad():
+        after = trainer.compute_loss(windows, "distil").item()
+    assert after < before - 0.1, (before, after)
+    assert not any(p.grad is not None for p in large.parameters())  # M_L stays frozen
+
+
+def test_resume_continues_identically(corpus, tmp_path):
+    def run(folder, stop_after=None) -> dict:
+        large, tandem = make_tandem()
+        trainer = Trainer(tandem, large, corpus, tiny_config(steps=4, loss="ce-then-distil"), folder)
+        trainer.train(stop_after=stop_after, progress=False)
+        return trainer.model.state_dict()
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)  # interrupted after 2 of 4 steps: checkpoint written
+    resumed = run(tmp_path / "b")  # a fresh process state resumes from it
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
+    with pytest.raises(TrainingError, match="other settings"):
+        large, tandem = make_tandem()
+        Trainer(tandem, large, corpus, tiny_config(steps=4, lr=1.0), tmp_path / "b").train(progress=False)
+
+
+def test_plain_and_lm_modes(corpus, tmp_path):
+    large = tiny_large("qwen2", num_layers=2, tie=True)
+    small = create_tandem(large, create_drafter_config(large.config, 1, 32)).small
+    router = Router(RouterConfig(embed_dim=32))
+    trainer = Trainer(small, large, corpus, tiny_config(mode="plain"), tmp_path / "plain", router)
+    losses = trainer.train(progress=False)
+    assert trainer.fit_router() < 0.5 and len(losses) == 6
+    trainer.save()
+    assert Router.load(tmp_path / "plain") is not None
+    lm = Trainer(tiny_large("llama"), None, corpus, tiny_config(mode="lm"), tmp_path / "lm")
+    assert len(lm.train(progress=False)) == 6
+    with pytest.raises(TrainingError, match="no M_L to distil"):
+        Trainer(tiny_large("llama"), None, corpus, tiny_config(mode="lm", loss="distil"), tmp_path / "x")
+    with pytest.raises(TrainingError, match="needs M_L"):
+        Trainer(small, None, corpus, tiny_config(mode="plain"), tmp_path / "y")
+
+
+def test_router_targets_and_fit():
+    torch.manual_seed(0)
+    router = Router(RouterConfig(embed_dim=8, top_k=3, hidden_size=16))
+    logits = torch.randn(2, 5, 20)
+    embed = torch.randn(20, 8)
+    feats = router.features(logits, embed)
+    assert feats.shape == (2, 5, 1 + 3 + 8)
+    assert router(logits, embed).shape == (2, 5)
+    assert total_variation(logits, logits).abs().max() < 1e-6
+    targets = torch.sigmoid(feats[..., 0] - feats[..., 0].mean()).flatten()  # learnable from entropy
+    error = fit_router(router, feats.flatten(0, 1), targets, steps=200, lr=1e-2)
+    assert error < 0.1
+
+
+def test_heldout_split_is_deterministic_by_content(tmp_path):
+    folder = tiny_corpus(tmp_path / "files", num_files=8)
+    tokenizer = TextTokenizer.load(tiny_tokenizer(tmp_path / "tok"))
+    a = Corpus.build([folder], tokenizer, heldout_fraction=0.3)
+    (folder / "mod0.py").rename(folder / "renamed.py")
+    b = Corpus.build([folder], tokenizer, heldout_fraction=0.3)
+    assert torch.equal(a.heldout, b.heldout) and a.heldout.numel() > 0
+    assert (a.train == tokenizer.eos_id).sum() + (a.heldout == tokenizer.eos_id).sum() == 8
+    with pytest.raises(TrainingError, match="does not exist"):
+        Corpus.build([tmp_path / "missing"], tokenizer)
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    large_dir = tiny_large_folder(tmp_path / "large", "llama", num_layers=2)
+    data = tiny_corpus(tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    common = ["--large", str(large_dir), "--data", str(data), "--steps", "3", "--batch-size", "2",
+              "--seq-len", "8", "--layers", "1", "--hidden", "32", "--router-steps", "5",
+              "--router-batches", "1", "--warmup-steps", "1", "--device", "cpu"]
+    for mode in ("tandem", "plain"):
+        args = parser.parse_args(["train", "--mode", mode, "--out", str(tmp_path / mode), *common])
+        assert args.func(args) == 0
+    assert TandemSmall.from_pretrained(tmp_path / "tandem").router is not None
+    assert (tmp_path / "plain" / "router.safetensors").exists()
+    assert (tmp_path / "tandem" / "tokenizer.json").exists()
+    args = parser.parse_args(["eval", "--large", str(large_dir), "--model", f"plain={tmp_path / 'plain'}",
+                              "--model", f"tandem={tmp_path / 'tandem'}", "--data", str(data),
+                              "--seq-len", "8", "--block-length", "3", "--json", str(tmp_path / "r.json")])
+    assert args.func(args) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in results] == ["M_L", "plain", "tandem"]
+    assert results[0]["tv_to_large"] == 0.0 and results[0]["agreement_with_large"] == 1.0
+    assert "tandem" in capsys.readouterr().out
+
+
+def test_evaluate_tandem_matches_manual_metrics(corpus):
+    large, tandem = make_tandem()
+    windows = consecutive_windows(corpus.heldout, 9, 2)
+    results = evaluate(large, {"t": tandem}, windows, block_length=2)
+    assert 0.0 <= results[1]["accuracy"] <= 1.0 and 0.0 < results[1]["tv_to_large"] < 1.0
+    assert "t" in format_table(results)
