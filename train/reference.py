@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from tandem.errors import InvalidArgumentError
 from tandem.train.model import KV, TandemSmall, empty_past, large_step, plain_step
 from tandem.train.sampling import (
     SamplingParams,
@@ -29,10 +33,6 @@ from tandem.train.sampling import (
     probs_from_logits,
     sample,
 )
-from torch import Tensor
-from transformers import PreTrainedModel
-
-from tandem.errors import InvalidArgumentError
 
 MODES = ("large", "tandem", "speed", "vanilla")
 FINISH_REASONS = ("eos", "max_new_tokens", "length")
