@@ -16,7 +16,7 @@ exported step graph all run exactly the same math.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -189,7 +189,6 @@ class TandemConfig:
     large_num_layers: int
     vocab_size: int
     router: RouterConfig | None = None
-    extra: dict = field(default_factory=dict)  # free-form provenance (training settings, M_L path)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
