@@ -121,8 +121,11 @@ def log(*probs: float) -> list[float]:
     ([0.0, 0.0, 0.0, 0.0], SamplingParams(), [0.25, 0.25, 0.25, 0.25]),
     ([2.0, 0.0], SamplingParams(temperature=2.0), [0.7310586, 0.2689414]),  # softmax([1, 0])
     ([1.0, 3.0, 2.0, 0.0], SamplingParams(top_k=1), [0.0, 1.0, 0.0, 0.0]),
-    ([1.0, 3.0, 3.0, 0.0], SamplingParams(top_k=1), [0.0, 1.0, 0.0, 0.0]),  # tie: lower id kept
-    ([0.0, 1.0, 1.0, 1.0], SamplingParams(top_k=2), [0.0, 0.5, 0.5, 0.0]),
+    ([1.0, 3.0, 3.0, 0.0], SamplingParams(top_k=1), [0.0, 0.5, 0.5, 0.0]),  # ties with k-th kept
+    ([0.0, 1.0, 1.0, 1.0], SamplingParams(top_k=2), [0.0, 1 / 3, 1 / 3, 1 / 3]),
+    ([0.0, 2.0, 1.0, 3.0], SamplingParams(top_k=2), [0.0, 0.2689414, 0.0, 0.7310586]),
+    # top-p ties: stable order, the lower id comes first and alone reaches the mass
+    ([1.0, 1.0, 0.0], SamplingParams(top_p=0.3), [1.0, 0.0, 0.0]),
     ([0.0, 0.0, 0.0, 0.0], SamplingParams(top_k=9), [0.25, 0.25, 0.25, 0.25]),  # k >= V: off
     # the smallest probability-ordered prefix with mass >= top_p survives
     (log(0.5, 0.3, 0.2), SamplingParams(top_p=0.4), [1.0, 0.0, 0.0]),
@@ -306,6 +309,12 @@ def test_eos_inside_drafted_block(models, large_refs, mode):
         assert len(got.p_logits) == len(got.ids)
 
 
+def test_zero_new_tokens(models):
+    large, tandem, _ = models
+    got = run(large, PROMPTS[0], "speed", tandem=tandem, max_new_tokens=0)
+    assert (got.ids, got.finish_reason, got.large_calls, got.small_calls) == ([], "max_new_tokens", 0, 0)
+
+
 def test_eos_at_prefill(models, large_refs):
     large, tandem, _ = models
     eos = large_refs[0].ids[0]
@@ -318,6 +327,7 @@ def test_max_new_tokens_clamps_the_block(models, large_refs, max_new_tokens):
     large, _, _ = models
     got = run(large, PROMPTS[0], "vanilla", drafter=large, block_length=4, max_new_tokens=max_new_tokens)
     assert got.ids == large_refs[0].ids[:max_new_tokens] and got.finish_reason == "max_new_tokens"
+    assert len(got.p_logits) == max_new_tokens
     # g = min(γ, room - 1) never drafts past the budget, so every round is fully accepted
     assert got.accepted == got.drafted
     assert 1 + sum(got.drafted) + len(got.drafted) == max_new_tokens
@@ -463,7 +473,8 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
 @pytest.mark.parametrize("kwargs", [
     {"mode": "beam"},
     {"mode": "speed", "block_length": 0},
-    {"mode": "large", "max_new_tokens": 0},
+    {"mode": "large", "max_new_tokens": -1},
+    {"mode": "vanilla", "adaptive": True, "min_block_length": 0},
     {"mode": "tandem", "adaptive": True},
     {"mode": "speed", "adaptive": True, "min_block_length": 5, "max_block_length": 4},
     {"mode": "speed", "do_sample": True, "temperature": 0.0},

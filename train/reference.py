@@ -46,7 +46,7 @@ class GenerationConfig:
     block_length: int = 4  # γ: drafts per round (speed/vanilla); block size incl. M_L's token (tandem)
     adaptive: bool = False  # speed/vanilla: draft until the router score drops below the threshold
     router_threshold: float = 0.8  # τ
-    min_block_length: int = 1  # adaptive: drafts made before the router may stop a round
+    min_block_length: int = 1  # adaptive: drafts made before the router may stop a round (>= 1)
     max_block_length: int = 16  # adaptive: most drafts per round
     max_new_tokens: int = 32
     do_sample: bool = False
@@ -61,17 +61,17 @@ class GenerationConfig:
             raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.block_length < 1:
             raise InvalidArgumentError(f"block_length must be >= 1, got {self.block_length}")
-        if self.max_new_tokens < 1:
-            raise InvalidArgumentError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_new_tokens < 0:
+            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.adaptive:
             if self.mode not in ("speed", "vanilla"):
                 raise InvalidArgumentError(
                     f"adaptive block length needs mode 'speed' or 'vanilla', got {self.mode!r}; "
                     "set adaptive=False or change the mode"
                 )
-            if not 0 <= self.min_block_length <= self.max_block_length or self.max_block_length < 1:
+            if not 1 <= self.min_block_length <= self.max_block_length:
                 raise InvalidArgumentError(
-                    "need 0 <= min_block_length <= max_block_length and max_block_length >= 1, got "
+                    "need 1 <= min_block_length <= max_block_length, got "
                     f"min_block_length={self.min_block_length}, max_block_length={self.max_block_length}"
                 )
         self.eos_token_ids = tuple(self.eos_token_ids)
@@ -349,6 +349,8 @@ def generate_reference(
         drafter if config.mode == "vanilla" else None,
     )
     context_length = _check_inputs(models, prompt_ids, config)
+    if config.max_new_tokens == 0:
+        return ReferenceResult(finish_reason="max_new_tokens")
     state = prefill(models, list(prompt_ids), config, context_length, generator)
     while not state.result.finish_reason:
         decode_round(models, state, config, context_length, generator)

@@ -4,8 +4,8 @@ Pure functions on torch tensors; the only state is the optional ``torch.Generato
 Vectors are 1-D over the vocabulary ``[V]``; blocks are ``[g, V]`` (one row per position).
 
 Order of processing (identical for the target ``p`` and the draft ``q``):
-temperature, then top-k, then top-p. Ties in the probability order are broken by the lower
-token id (a stable descending sort), so top-k keeps exactly ``k`` tokens.
+temperature, then top-k (tokens tied with the k-th largest logit are kept, as in HF), then
+top-p over the probabilities in a stable descending order (ties: lower token id first).
 """
 
 from __future__ import annotations
@@ -42,23 +42,24 @@ class SamplingParams:
 def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Processed sampling distribution ``[..., V]`` (fp32) from raw logits ``[..., V]``.
 
-    p = softmax(logits / T), restricted to the top-k tokens, renormalised, then restricted to
-    the smallest probability-ordered prefix whose mass is >= top_p (always >= 1 token) and
-    renormalised again.
+    p = softmax(logits / T) over the tokens whose logit is >= the k-th largest (ties kept),
+    then restricted to the smallest probability-ordered prefix whose mass is >= top_p (always
+    >= 1 token) and renormalised.
     """
     scaled = logits.float() / params.temperature
+    if 0 < params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]  # [..., 1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if params.top_p >= 1.0:
+        return probs
     # Stable descending sort: equal probabilities keep ascending token-id order.
-    sorted_logits, order = torch.sort(scaled, dim=-1, descending=True, stable=True)
-    vocab = scaled.shape[-1]
-    if 0 < params.top_k < vocab:
-        sorted_logits[..., params.top_k :] = float("-inf")
-    sorted_probs = torch.softmax(sorted_logits, dim=-1)
-    if params.top_p < 1.0:
-        # Keep rank r iff the mass strictly before it is < top_p: the smallest prefix whose
-        # mass reaches top_p. Rank 0 has mass 0 before it, so at least one token survives.
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs = torch.where(mass_before < params.top_p, sorted_probs, 0.0)
-        sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    # Keep rank r iff the mass strictly before it is < top_p: the smallest prefix whose mass
+    # reaches top_p. Rank 0 has mass 0 before it, so at least one token survives.
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_probs = torch.where(mass_before < params.top_p, sorted_probs, 0.0)
+    sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
     return torch.empty_like(sorted_probs).scatter_(-1, order, sorted_probs)
 
 
