@@ -458,6 +458,17 @@ def test_sampled_speculative_has_large_distribution(small_vocab_models, mode, sa
     assert 0.1 < acceptance < 0.9  # both acceptance and rejection were exercised
 
 
+@pytest.mark.parametrize("mode", ["large", "tandem", "speed", "vanilla"])
+def test_sampled_runs_are_reproducible(small_vocab_models, mode):
+    large, tandem, drafter = small_vocab_models
+    runs = [run(large, SAMPLED_PROMPT, mode, tandem=tandem, drafter=drafter, do_sample=True,
+                generator=torch.Generator().manual_seed(seed), block_length=3, max_new_tokens=12,
+                temperature=1.3)
+            for seed in (7, 7, 8)]
+    assert runs[0].ids == runs[1].ids and len(runs[0].ids) == 12
+    assert runs[0].ids != runs[2].ids
+
+
 def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, monkeypatch):
     """The oracle has power: accepting every draft (so the output follows q) must fail it."""
     def accept_all(drafts, q, p, generator=None):
