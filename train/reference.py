@@ -281,7 +281,9 @@ def decode_round(models: Models, state: DecodeState, config: GenerationConfig, c
                  generator: torch.Generator | None) -> None:
     """One round of any mode: draft, verify, accept, emit, rewind."""
     room = min(config.max_new_tokens - len(state.result.ids), context_length - len(state.tokens))
-    g = min(config.gamma, room - 1)  # room >= 1 here: emit() ends decoding when it reaches 0
+    # room >= 1 here (emit() ends decoding when it reaches 0). A round emits n + 1 <= g + 1
+    # tokens, so g <= room - 1 keeps every drafted token inside the budget and the context.
+    g = min(config.gamma, room - 1)
     drafts, q_logits = draft(models, state, config, g, generator)
     p_logits, reps = verify(models, state, drafts)  # [len(drafts)+1, V]
     n, token = accept(drafts, q_logits, p_logits, config, generator)
