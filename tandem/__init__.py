@@ -19,6 +19,8 @@ from tandem.errors import (
 
 __version__ = "0.1.0"
 
+from tandem.runtime import GenerationResult, TandemModel, load  # noqa: E402
+
 __all__ = [
     "BundleError",
     "BusyError",
@@ -27,6 +29,9 @@ __all__ = [
     "InvalidArgumentError",
     "RuntimeBackendError",
     "TandemError",
+    "GenerationResult",
+    "TandemModel",
     "TrainingError",
     "__version__",
+    "load",
 ]

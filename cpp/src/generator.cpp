@@ -231,6 +231,7 @@ struct Generator::State {
     }
     if (use_memory) mem_rows = n;
     const int64_t last = (n - 1) % kPrefillChunk;
+    if (drafter && !use_memory) CatchUpDrafter(n);  // the plain drafter reads the prompt too
     Emit(Choose(large_logits.data() + last * V()));
   }
 
@@ -267,9 +268,12 @@ struct Generator::State {
       last_row_ = 0;
       return;
     }
-    int64_t pos = drafter_kv->length();
-    const int64_t end = static_cast<int64_t>(seq.size());
-    while (pos < end) {
+    CatchUpDrafter(static_cast<int64_t>(seq.size()));
+  }
+
+  // Feeds the plain drafter seq[its length, end), in chunks.
+  void CatchUpDrafter(int64_t end) {
+    for (int64_t pos = drafter_kv->length(); pos < end;) {
       const int64_t len = std::min(kPrefillChunk, end - pos);
       RunDrafter(seq.data() + pos, len, 0);
       last_row_ = len - 1;
@@ -329,7 +333,7 @@ struct Generator::State {
       if (g > 0) drafter_kv->RewindTo(drafter_keep_base);
       mem_rows = rep_row + n + 1;  // representations of t, d_1..d_n (rows written by verify)
     } else if (drafter_kv && g > 0) {
-      drafter_kv->RewindTo(std::min(covered + 1 + n, drafter_kv->length()));
+      drafter_kv->RewindTo(covered + std::min(n + 1, g));  // own K/V of t, d_1..d_min(n, g-1)
     }
   }
 };

@@ -1,0 +1,175 @@
+"""The `tandem` command line.
+
+    tandem generate [BUNDLE] --prompt "def fib(n):" --mode speed --block-length 4 --stats
+    tandem export --large M_L/ --tandem M_S/ [--plain PLAIN/] --out bundle/
+    tandem train ...        (PyTorch side; see `tandem train --help`)
+    tandem eval ...
+    tandem bench [BUNDLE]   (benchmarks; see `tandem bench --help`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tandem.errors import TandemError
+
+TORCH_COMMANDS = ("train", "eval", "export")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with the C++ loop",
+                       description="Generate text from a bundle with the compiled loop.")
+    p.add_argument("bundle", nargs="?", type=Path,
+                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--ids", help="prompt as comma-separated token ids")
+    p.add_argument("--mode", choices=("large", "tandem", "speed", "vanilla"),
+                   help="decoding mode (default: speed when the bundle has a tandem drafter)")
+    p.add_argument("--block-length", default=None,
+                   help="γ, or 'auto' for the router's adaptive block length (default: bundle's)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--stats", action="store_true", help="print generation statistics to stderr")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from tandem.runtime import load
+
+    model = load(args.bundle, device=args.device, threads=args.threads)
+    block = args.block_length
+    if block is not None and block != "auto":
+        try:
+            block = int(block)
+        except ValueError:
+            raise SystemExit(f"--block-length must be an integer or 'auto', got {block!r}") from None
+    if args.ids is not None:
+        try:
+            prompt: str | list[int] = [int(x) for x in args.ids.split(",") if x.strip()]
+        except ValueError:
+            raise SystemExit("--ids must be comma-separated integers") from None
+    else:
+        prompt = args.prompt
+    stream = model.stream(
+        prompt, mode=args.mode, block_length=block, max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos,
+    )
+    for piece in stream:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    result = stream.result
+    assert result is not None
+    if args.json:
+        print(json.dumps({"text": result.text, "ids": result.ids, "finish_reason": result.finish_reason,
+                          "stats": result.stats}))
+    else:
+        if model.tokenizer is None:
+            sys.stdout.write(" ".join(map(str, result.ids)))
+        sys.stdout.write("\n")
+    if args.stats:
+        s = result.stats
+        print(
+            f"[{result.finish_reason}] {s['new_tokens']} tokens in {s['total_time']:.3f}s "
+            f"({s['tokens_per_second']:.1f} tok/s), rounds {s['rounds']}, M_L calls {s['large_calls']}, "
+            f"M_S calls {s['small_calls']}, acceptance {s['acceptance_rate']:.2f}, "
+            f"time in ORT {s['ort_time'] / max(s['total_time'], 1e-9):.0%}, "
+            f"first token {s['time_to_first_token'] * 1e3:.1f} ms",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export M_L (+ tandem M_S, + plain M_S) into a bundle",
+                       description="Export Hugging Face / tandem folders into a bundle the runtime loads.")
+    p.add_argument("--large", type=Path, required=True, help="M_L: a Hugging Face model folder")
+    p.add_argument("--tandem", type=Path, help="tandem M_S folder (from `tandem train --mode tandem`)")
+    p.add_argument("--plain", type=Path, help="plain M_S folder for vanilla speculative decoding")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: --large)")
+    p.add_argument("--block-length", type=int, default=4, help="default block length γ")
+    p.add_argument("--max-block-length", type=int, default=16)
+    p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode")
+    p.add_argument("--context-length", type=int, help="default: M_L's max_position_embeddings")
+    p.add_argument("--no-validate", action="store_true", help="skip the ORT vs PyTorch parity check")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from tandem.export.bundle import export_bundle
+
+    export_bundle(
+        args.large, args.out, tandem=args.tandem, plain=args.plain, tokenizer=args.tokenizer,
+        block_length=args.block_length, max_block_length=args.max_block_length,
+        router_threshold=args.router_threshold, context_length=args.context_length,
+        validate=not args.no_validate,
+    )
+    return 0
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="Tandem Transformers runtime: "
+                                     "train, export and run M_L + M_S pairs with ONNX Runtime.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(sub)
+    _add_export(sub)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    # train/eval import torch: register their full parsers only when asked for
+    if command in ("train", "eval"):
+        from tandem.train.cli import add_eval_parser, add_train_parser
+
+        add_train_parser(sub)
+        add_eval_parser(sub)
+    else:
+        sub.add_parser("train", help="train a tandem M_S, a plain M_S, or a from-scratch LM (needs torch)")
+        sub.add_parser("eval", help="held-out accuracy and agreement with M_L (needs torch)")
+    try:
+        from tandem.bench.cli import add_bench_parser
+    except ImportError:
+        pass
+    else:
+        add_bench_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("torch", "transformers", "onnx", "onnxscript", "safetensors"):
+            print(f"error: `tandem {args.command}` needs the PyTorch side: "
+                  "pip install 'tandem-runtime[torch]' (torch==2.13.0)", file=sys.stderr)
+            return 1
+        raise
+    except TandemError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
