@@ -1,0 +1,88 @@
+"""The C++ front ends without Python: the example program and an app built against an
+installed tandem with find_package, both checked against the Python API on one bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tandem.runtime import load
+from tandem.runtime.ort_library import find_ort_library
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = os.environ.get("TANDEM_EXAMPLE_BIN", str(ROOT / "build/cpp/cpp/tandem_generate"))
+SANITIZED = bool(os.environ.get("TANDEM_SANITIZED"))
+
+
+def _example() -> Path:
+    path = Path(EXAMPLE)
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: build it with `make cpp` (make test does)")
+    return path
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    if SANITIZED:
+        # ORT's own allocations are not ours to judge; our code is instrumented
+        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+        env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    return env
+
+
+def test_example_has_no_python():
+    out = subprocess.run(["ldd", str(_example())], capture_output=True, text=True, check=True).stdout
+    assert "libpython" not in out
+
+
+@pytest.mark.parametrize(("mode", "gamma"), [("large", 1), ("speed", 3), ("vanilla", 4), ("tandem", 2)])
+def test_example_matches_python(pair, mode, gamma):
+    prompt = [3, 14, 15, 92]
+    expected = load(pair.bundle, threads=1).generate(prompt, mode=mode, block_length=gamma, max_new_tokens=16)
+    cmd = [str(_example()), str(pair.bundle), "--ids", ",".join(map(str, prompt)), "--mode", mode,
+           "--block-length", str(gamma), "--max-new-tokens", "16", "--threads", "1",
+           "--ort-library", find_ort_library() or ""]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_clean_env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [int(x) for x in lines[0].split()] == expected.ids
+    assert lines[1] == f"finish_reason: {expected.finish_reason}"
+
+
+def test_example_reports_errors(pair, tmp_path):
+    run = subprocess.run([str(_example()), str(tmp_path / "nope"), "--ids", "1"], capture_output=True,
+                         text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and "bundle folder not found" in run.stderr
+    run = subprocess.run([str(_example()), str(pair.bundle), "--ids", "1", "--mode", "fast"],
+                         capture_output=True, text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 2 and "unknown mode" in run.stderr
+    run = subprocess.run([str(_example()), str(pair.bundle), "--ids", "999999"], capture_output=True,
+                         text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and "outside the vocabulary" in run.stderr
+
+
+@pytest.mark.skipif(SANITIZED, reason="the install/find_package check runs in the regular build")
+def test_installed_library_works_with_find_package(pair, tmp_path):
+    build = ROOT / "build/cpp"
+    if not (build / "CMakeCache.txt").is_file():
+        pytest.fail("build/cpp is not configured: run `make cpp` (make test does)")
+    cmake = shutil.which("cmake", path=str(ROOT / ".venv/bin")) or "cmake"
+    prefix = tmp_path / "prefix"
+    subprocess.run([cmake, "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True)
+    assert (prefix / "include/tandem/tandem.hpp").is_file()
+    consumer = tmp_path / "consumer"
+    subprocess.run([cmake, "-S", str(ROOT / "tests/cmake_consumer"), "-B", str(consumer), "-G", "Ninja",
+                    f"-DCMAKE_PREFIX_PATH={prefix}"], check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(consumer)], check=True, capture_output=True)
+    prompt = [3, 14, 15, 92]
+    run = subprocess.run([str(consumer / "consumer"), str(pair.bundle), *map(str, prompt)], capture_output=True,
+                         text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    expected = load(pair.bundle, threads=1).generate(prompt, mode="speed", max_new_tokens=12)
+    ids, reason = run.stdout.splitlines()
+    assert [int(x) for x in ids.split()] == expected.ids
+    assert reason == expected.finish_reason
