@@ -2,6 +2,7 @@
 #include "tandem/tandem_c.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 #include <memory>
@@ -15,6 +16,7 @@ struct tandem_model {
 struct tandem_generator {
   std::unique_ptr<tandem::Generator> gen;
   std::vector<int64_t> pending;  // tokens of a step that did not fit the caller's buffer
+  std::atomic<bool> busy{false};  // guards `pending` as Generator guards itself
 };
 
 namespace {
@@ -102,6 +104,13 @@ tandem_status tandem_generator_step(tandem_generator* gen, int64_t* out, size_t 
   return Guard([&] {
     Require(gen && out && n_out && done, "gen, out, n_out and done must not be NULL");
     *n_out = 0;
+    if (gen->busy.exchange(true))
+      throw tandem::Error(tandem::ErrorCode::kBusy,
+                          "this generator is already running in another thread; use one generator per thread");
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag.store(false); }
+    } release{gen->busy};
     if (gen->pending.empty()) gen->pending = gen->gen->Step();
     const size_t n = std::min(capacity, gen->pending.size());
     std::memcpy(out, gen->pending.data(), n * sizeof(int64_t));

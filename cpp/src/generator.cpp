@@ -172,6 +172,9 @@ struct Generator::State {
                              m.manifest.context_length - static_cast<int64_t>(seq.size()));
   }
 
+  bool Done() const { return finish != FinishReason::kNotFinished && step_tokens.empty(); }
+  std::vector<int64_t> StepUnguarded();
+
   // ---- choosing and emitting --------------------------------------------------------
   int64_t Choose(const float* logits) {
     if (!sampling.do_sample) return detail::Argmax(logits, V());
@@ -375,7 +378,8 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
       Invalid("max_block_length must be in [min_block_length, " + std::to_string(man.max_block_length) + "]");
     if (o.max_block_length > 0 && o.max_block_length < o.min_block_length)
       Invalid("max_block_length must be >= min_block_length");
-    if (!std::isfinite(o.router_threshold) && o.router_threshold >= 0) Invalid("router_threshold must be finite");
+    if (std::isnan(o.router_threshold) || (std::isinf(o.router_threshold) && o.router_threshold > 0))
+      Invalid("router_threshold must be a finite number (< 0: the bundle default)");
   }
 
   state_ = std::make_unique<State>(std::move(model), options);
@@ -409,7 +413,10 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
     if (!s.drafter->spec().router_score.empty()) s.router.assign(kPrefillChunk, 0.0f);
     if (o.do_sample) s.q.assign(static_cast<size_t>(std::max(s.gamma, 1)), std::vector<float>());
   }
+  s.seq.reserve(static_cast<size_t>(ctx));
   s.seq = prompt;
+  // no reallocation while generating: a reader refused too late never sees freed memory
+  s.out.reserve(static_cast<size_t>(std::min<int64_t>(o.max_new_tokens, ctx)));
   s.prompt_len = prompt.size();
   s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   if (o.max_new_tokens == 0) {
@@ -434,8 +441,12 @@ struct BusyGuard {
 }  // namespace
 
 std::vector<int64_t> Generator::Step() {
-  State& s = *state_;
-  BusyGuard guard(s.busy);
+  BusyGuard guard(state_->busy);
+  return state_->StepUnguarded();
+}
+
+std::vector<int64_t> Generator::State::StepUnguarded() {
+  State& s = *this;
   std::vector<int64_t> emitted;
   emitted.swap(s.step_tokens);  // the prefill's token, on the first call
   if (s.finish != FinishReason::kNotFinished) return emitted;
@@ -448,14 +459,29 @@ std::vector<int64_t> Generator::Step() {
 }
 
 const std::vector<int64_t>& Generator::Run() {
-  while (!done()) Step();
+  BusyGuard guard(state_->busy);  // held for the whole run: another thread's call is refused
+  while (!state_->Done()) state_->StepUnguarded();
   state_->step_tokens.clear();
   return state_->out;
 }
 
-bool Generator::done() const { return state_->finish != FinishReason::kNotFinished && state_->step_tokens.empty(); }
-FinishReason Generator::finish_reason() const { return state_->finish; }
-const std::vector<int64_t>& Generator::tokens() const { return state_->out; }
-const Stats& Generator::stats() const { return state_->stats; }
+// The accessors read state that Step / Run write, so they too are refused while another
+// thread is inside Step / Run (instead of racing with it).
+bool Generator::done() const {
+  BusyGuard guard(state_->busy);
+  return state_->Done();
+}
+FinishReason Generator::finish_reason() const {
+  BusyGuard guard(state_->busy);
+  return state_->finish;
+}
+const std::vector<int64_t>& Generator::tokens() const {
+  BusyGuard guard(state_->busy);
+  return state_->out;
+}
+const Stats& Generator::stats() const {
+  BusyGuard guard(state_->busy);
+  return state_->stats;
+}
 
 }  // namespace tandem

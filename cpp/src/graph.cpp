@@ -1,7 +1,15 @@
 #include "graph.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -33,9 +41,163 @@ std::map<std::string, PortInfo> Ports(Ort::Session& s, bool inputs) {
   return out;
 }
 
+
+// ---- external data check ------------------------------------------------------------
+// ONNX Runtime reads an initializer's external data from `location`, relative to the model
+// file. A bundle must never make it read a file outside the bundle, whatever the ONNX
+// Runtime version in use checks itself, so the .onnx protobuf is scanned before loading:
+// every TensorProto (initializers, sparse initializers, Constant / attribute tensors, and
+// those of subgraphs and functions) whose external_data `location` is absolute, contains
+// "..", or resolves (symlinks included) outside the model's folder is refused. The scan
+// reads only the protobuf wire format, so it needs no protobuf library.
+
+struct Scanner {
+  const std::filesystem::path dir;  // canonical folder of the model file
+  const std::string& file;
+
+  struct Field {
+    uint64_t number = 0;
+    int wire = 0;
+    const uint8_t* data = nullptr;  // length-delimited payload
+    uint64_t size = 0;
+  };
+
+  [[noreturn]] void Corrupt() const {
+    throw Error(ErrorCode::kBundle, "cannot load " + file + " (not a valid ONNX protobuf); the file is truncated or corrupt: re-export the bundle");
+  }
+
+  static bool Varint(const uint8_t*& p, const uint8_t* end, uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+      const uint8_t b = *p++;
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+
+  // Calls fn(field) for each field of the message [p, end).
+  template <typename F>
+  void Fields(const uint8_t* p, const uint8_t* end, F&& fn) const {
+    while (p < end) {
+      Field f;
+      uint64_t tag = 0, v = 0;
+      if (!Varint(p, end, tag)) Corrupt();
+      f.number = tag >> 3;
+      f.wire = static_cast<int>(tag & 7);
+      switch (f.wire) {
+        case 0: if (!Varint(p, end, v)) Corrupt(); break;
+        case 1: if (end - p < 8) Corrupt(); p += 8; break;
+        case 5: if (end - p < 4) Corrupt(); p += 4; break;
+        case 2:
+          if (!Varint(p, end, f.size) || f.size > static_cast<uint64_t>(end - p)) Corrupt();
+          f.data = p;
+          p += f.size;
+          fn(f);
+          break;
+        default: Corrupt();  // groups are not used by ONNX
+      }
+    }
+  }
+
+  void CheckLocation(const std::string& location) const {
+    namespace fs = std::filesystem;
+    const fs::path rel(location);
+    bool ok = !location.empty() && !rel.is_absolute();
+    for (const auto& part : rel) ok = ok && part != "..";
+    if (ok) {
+      std::error_code ec;
+      const fs::path full = fs::weakly_canonical(dir / rel, ec);
+      auto [d_end, _] = std::mismatch(dir.begin(), dir.end(), full.begin(), full.end());
+      ok = !ec && d_end == dir.end();
+    }
+    if (!ok)
+      throw Error(ErrorCode::kBundle, file + " reads external data from \"" + location +
+                                          "\", outside the bundle folder; refused (external data files must "
+                                          "lie next to the .onnx file: re-export the bundle)");
+  }
+
+  void Tensor(const Field& t, int depth) const {
+    Fields(t.data, t.data + t.size, [&](const Field& f) {
+      if (f.number != 13) return;  // TensorProto.external_data
+      std::string key, value;
+      Fields(f.data, f.data + f.size, [&](const Field& kv) {
+        if (kv.number == 1) key.assign(reinterpret_cast<const char*>(kv.data), kv.size);
+        if (kv.number == 2) value.assign(reinterpret_cast<const char*>(kv.data), kv.size);
+      });
+      if (key == "location") CheckLocation(value);
+    });
+  }
+
+  void Sparse(const Field& s, int depth) const {  // SparseTensorProto: values 1, indices 2
+    Fields(s.data, s.data + s.size, [&](const Field& f) {
+      if (f.number == 1 || f.number == 2) Tensor(f, depth + 1);
+    });
+  }
+
+  void Node(const Field& n, int depth) const {  // NodeProto.attribute 5
+    Fields(n.data, n.data + n.size, [&](const Field& f) {
+      if (f.number != 5) return;
+      Fields(f.data, f.data + f.size, [&](const Field& a) {  // AttributeProto
+        if (a.number == 5 || a.number == 10) Tensor(a, depth + 1);          // t, tensors
+        else if (a.number == 6 || a.number == 11) Graph(a, depth + 1);     // g, graphs
+        else if (a.number == 22 || a.number == 23) Sparse(a, depth + 1);  // sparse_tensor(s)
+      });
+    });
+  }
+
+  void Graph(const Field& g, int depth) const {  // GraphProto
+    if (depth > 64) Corrupt();
+    Fields(g.data, g.data + g.size, [&](const Field& f) {
+      if (f.wire != 2) return;
+      if (f.number == 1) Node(f, depth + 1);          // node
+      else if (f.number == 5) Tensor(f, depth + 1);   // initializer
+      else if (f.number == 15) Sparse(f, depth + 1);  // sparse_initializer
+    });
+  }
+
+  void Model(const uint8_t* p, const uint8_t* end) const {  // ModelProto
+    Fields(p, end, [&](const Field& f) {
+      if (f.wire != 2) return;
+      if (f.number == 7) Graph(f, 0);  // graph
+      else if (f.number == 25)         // functions: FunctionProto.node 7
+        Fields(f.data, f.data + f.size, [&](const Field& n) { if (n.number == 7 && n.wire == 2) Node(n, 1); });
+      else if (f.number == 20)         // training_info: initialization 1, algorithm 2
+        Fields(f.data, f.data + f.size, [&](const Field& g) { if ((g.number == 1 || g.number == 2) && g.wire == 2) Graph(g, 1); });
+    });
+  }
+};
+
+// Refuses a model whose external data lies outside its folder (see Scanner).
+void CheckExternalData(const std::string& file) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path dir = fs::canonical(fs::path(file).parent_path(), ec);
+  if (ec) throw Error(ErrorCode::kBundle, "cannot open the folder of " + file + ": " + ec.message());
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorCode::kBundle, "cannot open " + file + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_size == 0) {
+    ::close(fd);
+    return;  // empty or unreadable: ONNX Runtime reports it as corrupt
+  }
+  void* map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) throw Error(ErrorCode::kBundle, "cannot read " + file + ": " + std::strerror(errno));
+  const auto* p = static_cast<const uint8_t*>(map);
+  try {
+    Scanner{dir, file}.Model(p, p + st.st_size);
+  } catch (...) {
+    ::munmap(map, static_cast<size_t>(st.st_size));
+    throw;
+  }
+  ::munmap(map, static_cast<size_t>(st.st_size));
+}
+
 }  // namespace
 
 Graph::Graph(const GraphSpec& spec, Ort::Env& env, const Ort::SessionOptions& options) : spec_(spec) {
+  CheckExternalData(spec.file);
   try {
     session_ = std::make_unique<Ort::Session>(env, spec.file.c_str(), options);
   } catch (const Ort::Exception& e) {
