@@ -14,8 +14,9 @@ from torch import nn
 
 from tandem.errors import ExportError
 from tandem.export.large import LargeGraph, export_large
+from tandem.export.quantize import check_precision, quantize_graph
 from tandem.export.small import PlainStepGraph, TandemStepGraph, export_plain, export_tandem
-from tandem.export.validate import LARGE_CASES, SMALL_CASES, max_abs_diffs
+from tandem.export.validate import CASES, max_abs_diffs
 from tandem.manifest import Manifest
 
 FP32_TOLERANCE = 1e-4
@@ -109,14 +110,20 @@ def export_bundle(
     router_threshold: float = 0.8,
     context_length: int | None = None,
     validate: bool = True,
+    precision: str = "fp32",
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
     """Export M_L (and optionally the tandem M_S and a plain drafter) into `out_dir`.
 
     `tokenizer`: a folder or `tokenizer.json` file; default: M_L's folder when it has one.
+    `precision`: fp32, fp16 (for CUDA), int8 or int4 (weight-only, for CPU); see
+    `tandem.export.quantize`. Graphs are exported and validated in fp32, then converted;
+    with `validate`, `validation[role]["argmax_agreement_vs_fp32"]` records how often the
+    converted graph's argmax matches the fp32 PyTorch module over the validation cases.
     Returns the manifest written to `out_dir/tandem.json`.
     """
     say = progress or (lambda _msg: None)
+    check_precision(precision)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     large_model, large_src = _load_large(large)
@@ -164,15 +171,15 @@ def export_bundle(
             raise ExportError(f"no tokenizer.json at {tok_src}")
 
     validation: dict[str, Any] = {}
+    modules: dict[str, nn.Module] = {}
     if validate:
-        modules = {"large": LargeGraph(large_model, rep_layers)}
+        modules["large"] = LargeGraph(large_model, rep_layers)
         if tandem_model is not None:
             modules["small"] = TandemStepGraph(tandem_model)
         if plain_model is not None:
             modules["draft"] = PlainStepGraph(plain_model, plain_router)
         for role, module in modules.items():
-            cases = SMALL_CASES if role == "small" else LARGE_CASES
-            diffs = max_abs_diffs(module, out / graphs[role].file, graphs[role], cases)
+            diffs = max_abs_diffs(module, out / graphs[role].file, graphs[role], CASES[role])
             validation[role] = diffs
             worst = max(v for k, v in diffs.items() if k != "argmax_agreement")
             say(f"validated {graphs[role].file}: max |ORT - PyTorch| = {worst:.2e}")
@@ -181,6 +188,18 @@ def export_bundle(
                     f"{graphs[role].file} disagrees with PyTorch by {worst:.2e} (> {FP32_TOLERANCE}); "
                     "the export is wrong, please report it"
                 )
+    if precision != "fp32":
+        for role, spec in graphs.items():
+            say(f"converting {spec.file} to {precision}")
+            quantize_graph(out / spec.file, out / spec.file, precision)
+            spec.precision = precision
+            if role in modules:
+                diffs = max_abs_diffs(modules[role], out / spec.file, spec, CASES[role])
+                agreement = diffs.pop("argmax_agreement")
+                validation[role]["argmax_agreement_vs_fp32"] = agreement
+                validation[role]["max_abs_diff_vs_fp32"] = max(diffs.values())
+                say(f"validated {spec.file} ({precision}): argmax agrees with fp32 PyTorch "
+                    f"at {agreement:.0%} of positions")
 
     generation_config = getattr(large_model, "generation_config", None)
     manifest = Manifest(
@@ -194,7 +213,7 @@ def export_bundle(
         default_block_length=block_length,
         max_block_length=max_block_length,
         router_threshold=router_threshold,
-        precision="fp32",
+        precision=precision,
         provenance={
             "large": {"source": large_src, "hash": _folder_hash(Path(large_src)) if large_src else ""},
             "small": {"source": tandem_src, "hash": _folder_hash(Path(tandem_src)) if tandem_src else ""},

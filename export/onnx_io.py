@@ -16,6 +16,9 @@ from torch import nn
 
 from tandem.errors import ExportError
 
+# graphs whose tensors exceed this are saved with external data (protobuf's limit is 2 GB)
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
 
 def flatten_past(past: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     return [t for kv in past for t in kv]
@@ -70,7 +73,7 @@ def export_graph(
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {path.name}")
     size = sum(p.numel() * p.element_size() for p in module.parameters())
-    external = size > 1_800_000_000
+    external = size > EXTERNAL_DATA_BYTES
     for old in path.parent.glob(path.name + "*.data"):
         old.unlink()
     program.save(str(tmp), external_data=external)

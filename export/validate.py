@@ -29,6 +29,8 @@ class Case:
 # prefill, cached chunks of 1 and several tokens; memory chunks of 0, 1 and several rows
 LARGE_CASES = [Case(6, 0), Case(1, 6), Case(4, 7)]
 SMALL_CASES = [Case(1, 0, 5), Case(1, 5, 0), Case(1, 6, 1), Case(3, 7, 4)]
+# validation cases per graph role
+CASES = {"large": LARGE_CASES, "small": SMALL_CASES, "draft": LARGE_CASES}
 
 
 def case_inputs(spec: GraphSpec, case: Case, seed: int = 0) -> list[torch.Tensor]:

@@ -108,6 +108,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode")
     p.add_argument("--context-length", type=int, help="default: M_L's max_position_embeddings")
     p.add_argument("--no-validate", action="store_true", help="skip the ORT vs PyTorch parity check")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
+                   help="weights of every graph: fp32; fp16 (for CUDA); int8 or int4 weight-only "
+                        "(MatMulNBits, for CPU). I/O stays float32 (default: fp32)")
     p.set_defaults(func=_run_export)
 
 
@@ -118,7 +121,7 @@ def _run_export(args: argparse.Namespace) -> int:
         args.large, args.out, tandem=args.tandem, plain=args.plain, tokenizer=args.tokenizer,
         block_length=args.block_length, max_block_length=args.max_block_length,
         router_threshold=args.router_threshold, context_length=args.context_length,
-        validate=not args.no_validate,
+        validate=not args.no_validate, precision=args.precision,
     )
     return 0
 
