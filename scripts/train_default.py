@@ -1,0 +1,482 @@
+#!/usr/bin/env python
+"""Train the default M_L / M_S pair shipped in ``tandem/models/default`` (issue 6, part 1).
+
+One script, CPU only, deterministic seeds:
+
+1. file list: ``*.py`` of the CPython 3.11 standard library (top level + a few packages,
+   no test folders), pinned by a sorted list with per-file SHA-256 (``data_files.txt``);
+   held-out split by file content hash (``tandem.train.data.heldout_score``, 5 %);
+2. byte-level BPE tokenizer (HF ``tokenizers``) trained on the training files only;
+3. M_L: Llama from scratch (plain next-token CE);
+4. tandem M_S: 1 layer, Tandem-CE then Tandem-Distil, variable block boundaries, + router;
+5. plain M_S: same size, Distil only (vanilla speculative decoding baseline), + router;
+6. fp16 safetensors HF folders ``{large,tandem,plain}/`` in ``--out``;
+7. ``tandem eval`` on the held-out split, ``c`` measured with PyTorch single-token steps,
+   and ``MODEL_CARD.md`` written from the measured numbers.
+
+    .venv/bin/python scripts/train_default.py                 # full run (~45-60 min on 2 cores)
+    .venv/bin/python scripts/train_default.py --quick --out /tmp/td-quick   # smoke run (~2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
+PACKAGES = ("asyncio", "collections", "concurrent", "email", "http", "importlib", "json", "logging",
+            "multiprocessing", "urllib", "xml")
+EXCLUDED_PARTS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
+HELDOUT_FRACTION = 0.05
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO / "tandem/models/default",
+                   help="output folder: large/, tandem/, plain/, MODEL_CARD.md, data_files.txt")
+    p.add_argument("--work", type=Path, help="scratch folder for checkpoints (default: build/train_default[_quick])")
+    p.add_argument("--stdlib", type=Path, default=DEFAULT_STDLIB, help="CPython 3.11 Lib folder")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models, few files, few steps")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--large-layers", type=int, default=4)
+    p.add_argument("--large-hidden", type=int, default=256)
+    p.add_argument("--large-heads", type=int, default=4)
+    p.add_argument("--large-kv-heads", type=int, default=2)
+    p.add_argument("--large-intermediate", type=int, default=704)
+    p.add_argument("--large-steps", type=int, default=500)
+    p.add_argument("--large-lr", type=float, default=2e-3)
+    p.add_argument("--small-layers", type=int, default=1)
+    p.add_argument("--small-hidden", type=int, default=128)
+    p.add_argument("--small-heads", type=int, default=2)
+    p.add_argument("--small-intermediate", type=int, default=352)
+    p.add_argument("--small-steps", type=int, default=350, help="steps of each M_S (tandem and plain)")
+    p.add_argument("--small-lr", type=float, default=2e-3)
+    p.add_argument("--block-length", type=int, default=4, help="γ of the tandem training mask and of the eval")
+    p.add_argument("--eval-windows", type=int, default=128)
+    p.add_argument("--skip-eval", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.vocab, args.seq_len, args.batch_size = 512, 128, 4
+        args.large_layers, args.large_hidden, args.large_heads, args.large_kv_heads = 2, 64, 2, 1
+        args.large_intermediate, args.large_steps = 128, 20
+        args.small_hidden, args.small_heads, args.small_intermediate, args.small_steps = 32, 1, 64, 20
+        args.eval_windows = 8
+    args.work = args.work or REPO / ("build/train_default_quick" if args.quick else "build/train_default")
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_file_list(stdlib: Path, quick: bool) -> list[Path]:
+    """Sorted ``*.py`` files: the top level of Lib plus PACKAGES, without test folders."""
+    if not (stdlib / "os.py").is_file():
+        raise SystemExit(f"{stdlib} is not a CPython Lib folder (no os.py); pass --stdlib")
+    files = [p for p in stdlib.glob("*.py") if p.is_file()]
+    for pkg in PACKAGES:
+        files += [p for p in (stdlib / pkg).rglob("*.py")
+                  if p.is_file() and not EXCLUDED_PARTS & set(p.relative_to(stdlib).parts)]
+    files = sorted(set(files), key=lambda p: p.relative_to(stdlib).as_posix())
+    return files[:60] if quick else files
+
+
+def split_files(files: list[Path]) -> tuple[list[Path], list[Path], dict[Path, float]]:
+    """Same rule as ``tandem.train.data.Corpus.build``: the files scoring below the fraction are held out."""
+    from tandem.train.data import heldout_score
+
+    scores = {f: heldout_score(f.read_bytes()) for f in files}
+    ranked = sorted(files, key=lambda f: scores[f])
+    n_heldout = max(1, sum(scores[f] < HELDOUT_FRACTION for f in files))
+    heldout = set(ranked[:n_heldout])
+    return [f for f in files if f not in heldout], [f for f in files if f in heldout], scores
+
+
+def write_file_list(files: list[Path], heldout: list[Path], stdlib: Path, path: Path) -> str:
+    """``sha256  split  relpath`` per file, sorted by path; returns the SHA-256 of this list."""
+    held = set(heldout)
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {'heldout' if f in held else 'train  '}  "
+             f"{f.relative_to(stdlib).as_posix()}" for f in files]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def run(self, name, fn, *a, **kw):
+        print(f"\n=== {name} ===", flush=True)
+        t = time.perf_counter()
+        result = fn(*a, **kw)
+        self.times[name] = time.perf_counter() - t
+        print(f"=== {name}: {self.times[name]:.1f}s ===", flush=True)
+        return result
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_fp16(model, folder: Path, extra_files: list[Path]) -> None:
+    """Write ``model`` (HF model or TandemSmall) with fp16 safetensors; copy ``extra_files``."""
+    import copy
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    half = copy.deepcopy(model).half()
+    half.save_pretrained(folder)
+    for f in extra_files:
+        if f.exists():
+            shutil.copy(f, folder / f.name)
+
+
+def train_one(name: str, model, large, corpus, config, work: Path, router=None) -> dict:
+    from tandem.train.trainer import Trainer
+
+    trainer = Trainer(model, large, corpus, config, work, router)
+    t = time.perf_counter()
+    losses = trainer.train(resume=True)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    router_error = trainer.fit_router()
+    router_s = time.perf_counter() - t
+    tail = losses[-20:] if losses else []
+    ce_steps = sum(trainer.loss_kind(s) == "ce" for s in range(config.steps))
+    return {
+        "name": name, "trainer": trainer, "steps": trainer.step, "losses": losses,
+        "final_loss": losses[-1] if losses else None,
+        "final_loss_mean20": sum(tail) / len(tail) if tail else None,
+        "ce_steps": ce_steps, "distil_steps": config.steps - ce_steps,
+        "tokens_seen": config.steps * config.batch_size * config.seq_len * config.grad_accum,
+        "train_s": train_s, "router_s": router_s, "router_mae": router_error,
+        "config": asdict(config),
+    }
+
+
+# --------------------------------------------------------------------------- c
+
+
+def measure_c(large, tandem, plain, past_len: int = 256, reps: int = 200) -> dict:
+    """Median wall time of single-token PyTorch steps (batch 1, fp32, past ``past_len``)."""
+    import torch
+    from tqdm import tqdm
+
+    from tandem.train.model import empty_past, large_step, plain_step
+
+    vocab = large.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(vocab, (1, past_len), generator=g)
+    x = torch.randint(vocab, (1, 1), generator=g)
+    layers = tandem.config.large_layers
+    d_l = large.config.hidden_size
+    with torch.no_grad():
+        _, large_past, reps_l = large_step(large, prompt, empty_past(large.config), layers)
+        _, tandem_past, _ = tandem.step(prompt[:, :0], reps_l, empty_past(tandem.small.config))
+        _, plain_past = plain_step(plain, prompt, empty_past(plain.config))
+        one_mem = [torch.randn(1, 1, d_l, generator=g) for _ in layers]
+        no_mem = [torch.zeros(1, 0, d_l) for _ in layers]
+        cases = {
+            "large": lambda: large_step(large, x, large_past, layers),
+            "tandem": lambda: tandem.step(x, no_mem, tandem_past),
+            "tandem_1mem": lambda: tandem.step(x, one_mem, tandem_past),
+            "plain": lambda: plain_step(plain, x, plain_past),
+        }
+        samples = {k: [] for k in cases}
+        for _ in range(20):
+            for f in cases.values():
+                f()
+        for _ in tqdm(range(reps), desc="measure c"):
+            for k, f in cases.items():  # interleaved so that CPU contention hits all alike
+                t = time.perf_counter()
+                f()
+                samples[k].append(time.perf_counter() - t)
+    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    return {"median_ms": ms, "past_len": past_len, "reps": reps,
+            "c_tandem": ms["tandem"] / ms["large"], "c_tandem_1mem": ms["tandem_1mem"] / ms["large"],
+            "c_plain": ms["plain"] / ms["large"]}
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def run_eval(out: Path, files: list[Path], block_length: int, windows: int, seq_len: int, log: Path) -> str:
+    """``tandem eval`` (the CLI) on the held-out split; returns its table."""
+    cmd = [str(Path(sys.executable).parent / "tandem"), "eval", "--large", str(out / "large"),
+           "--model", f"plain={out / 'plain'}", "--model", f"tandem-distil={out / 'tandem'}",
+           "--block-length", str(block_length), "--max-windows", str(windows), "--seq-len", str(seq_len),
+           "--heldout-fraction", str(HELDOUT_FRACTION), "--device", "cpu",
+           "--json", str(log), "--data", *map(str, files)]
+    if not Path(cmd[0]).exists():
+        cmd[:1] = [sys.executable, "-m", "tandem.cli"]
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    print(result.stdout, flush=True)
+    return result.stdout.strip()
+
+
+# --------------------------------------------------------------------------- card
+
+
+def write_card(out: Path, a, info: dict) -> None:
+    L, T, P = info["large"], info["tandem"], info["plain"]
+    c = info["c"]
+    sizes = info["sizes_mb"]
+
+    def loss_row(r):
+        return (f"| {r['name']} | {r['steps']} | {r['tokens_seen']:,} | {r['ce_steps']} CE + {r['distil_steps']} Distil "
+                f"| {r['final_loss_mean20']:.3f} | {r['train_s'] / 60:.1f} min |")
+
+    eval_blocks = "\n\n".join(f"Block length γ = {g} (`tandem eval --block-length {g} --max-windows "
+                              f"{a.eval_windows} --seq-len {a.seq_len}`):\n\n```\n{t}\n```"
+                              for g, t in info["eval_tables"].items())
+    text = f"""# Default tandem pair (`tandem/models/default`)
+
+A small Llama M_L trained from scratch, with a 1-layer Tandem-Distil M_S, a plain distilled M_S
+(for vanilla speculative decoding) and adaptive-block routers, all trained on one 2-core CPU
+by `scripts/train_default.py`. They are toy-sized: they exist so that the runtime, exporter,
+benchmarks and tests have a real, reproducible pair that is shipped with the repo.
+{info['status_note']}
+Reproduce (CPU, deterministic seeds; {info['total_min']:.0f} min wall on this machine):
+
+```
+{info['command']}
+```
+
+## Data
+
+- Corpus: the `*.py` files of the **CPython {info['python_version']}** standard library
+  (`{a.stdlib}`; PSF License), top level plus the packages {', '.join(f'`{p}`' for p in PACKAGES)};
+  folders named {', '.join(f'`{p}`' for p in sorted(EXCLUDED_PARTS))} excluded.
+- Pinned list: [`data_files.txt`](data_files.txt), sorted by path, one line per file:
+  `sha256  split  path`. {info['n_files']} files, {info['corpus_mb']:.2f} MB;
+  SHA-256 of `data_files.txt`: `{info['list_sha256']}`.
+- Held-out split: by file content, `tandem.train.data.heldout_score(bytes) < {HELDOUT_FRACTION}`
+  (first 8 bytes of the file's SHA-256 / 2^64), the same rule `tandem train/eval --heldout-fraction
+  {HELDOUT_FRACTION}` apply: {info['n_heldout']} held-out files ({info['heldout_tokens']:,} tokens),
+  {info['n_files'] - info['n_heldout']} training files ({info['train_tokens']:,} tokens). Each file's tokens
+  end with `<|endoftext|>`; training samples random windows of {a.seq_len + 1} tokens.
+- Tokenizer: byte-level BPE, HF `tokenizers`, vocab {info['vocab']} (EOS `<|endoftext|>`),
+  trained on the training files only; `large/tokenizer.json` (copied into every folder).
+
+## Models
+
+| folder | role | architecture | parameters | fp16 size |
+| --- | --- | --- | --- | --- |
+| `large/` | M_L | Llama, {a.large_layers} layers, width {a.large_hidden}, {a.large_heads} heads / {a.large_kv_heads} KV heads (GQA), MLP {a.large_intermediate}, context {a.seq_len}, untied embeddings | {info['params']['large']:,} | {sizes['large']:.2f} MB |
+| `tandem/` | tandem M_S (Tandem-Distil) | Llama, {a.small_layers} layer, width {a.small_hidden}, {a.small_heads} heads, MLP {a.small_intermediate}; `W_T` {a.large_hidden}→{a.small_hidden} reading `x^({info['layer_map']})` (`proportional` = last layer here); router | {info['params']['tandem']:,} | {sizes['tandem']:.2f} MB |
+| `plain/` | plain M_S (Distil) | same as the tandem M_S without `W_T`; router in `router.safetensors` | {info['params']['plain']:,} | {sizes['plain']:.2f} MB |
+
+Total committed: {sizes['total']:.2f} MB (weights stored fp16; load them as fp32, e.g.
+`AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`, which `TandemSmall.from_pretrained`,
+`Router.load` and the exporter do).
+
+## Training
+
+AdamW (β 0.9/0.95, weight decay 0.1), linear warmup 50 steps then cosine to 0.1×, grad clip 1.0,
+batch {a.batch_size} × {a.seq_len} tokens, fp32 on CPU, `torch.set_num_threads({a.threads})`, seed {a.seed}.
+M_L lr {a.large_lr}; each M_S lr {a.small_lr}.
+Tandem M_S: Tandem-CE for the first half of the steps, then Tandem-Distil (0.5·CE(data) + 0.5·CE(M_L)),
+block length γ = {a.block_length} with variable block boundaries (random offset per sequence).
+Plain M_S: Distil for all steps, same data, batch and steps.
+Routers: fitted after training on {T['config']['router_batches']} training batches (target 1 − TV(M_S, M_L)).
+
+| model | steps | tokens seen | loss schedule | final loss (mean of last 20 steps) | wall |
+| --- | --- | --- | --- | --- | --- |
+{loss_row(L)}
+{loss_row(T)}
+{loss_row(P)}
+
+M_L's loss is next-token CE (nats); the M_S losses in their Distil phase are 0.5·CE + 0.5·soft CE
+against M_L, so they are not directly comparable with M_L's.
+Router mean absolute error on its fitting data: tandem {T['router_mae']:.4f}, plain {P['router_mae']:.4f}.
+Stage wall times (s): {', '.join(f'{k} {v:.0f}' for k, v in info['times'].items())}.
+
+## Held-out evaluation (`tandem eval`)
+
+Next-token accuracy against the data, mean total-variation distance to M_L's next-token
+distribution, and agreement of the argmax with M_L's argmax, over non-overlapping held-out windows.
+The tandem M_S uses the training-mode block mask with offset 0 (each block sees M_L's
+representations of all earlier blocks).
+
+{eval_blocks}
+
+## Cost ratio `c`
+
+`c` = time of one M_S step / time of one M_L step, measured with **PyTorch** single-token steps
+(batch 1, fp32, KV cache of {c['past_len']} tokens, median of {c['reps']} interleaved runs,
+`torch.set_num_threads({a.threads})`) on {info['cpu']} (shared with other jobs, so
+absolute times are noisy; the interleaving keeps the ratio fair):
+
+| step | median ms | c |
+| --- | --- | --- |
+| M_L (`large_step`, 1 token) | {c['median_ms']['large']:.3f} | 1 |
+| tandem M_S (`TandemSmall.step`, 1 token, no memory) | {c['median_ms']['tandem']:.3f} | {c['c_tandem']:.3f} |
+| tandem M_S, 1 token + 1 memory row (first step of a round) | {c['median_ms']['tandem_1mem']:.3f} | {c['c_tandem_1mem']:.3f} |
+| plain M_S (`plain_step`, 1 token) | {c['median_ms']['plain']:.3f} | {c['c_plain']:.3f} |
+
+## Files
+
+`large/`: `config.json`, `generation_config.json`, `model.safetensors` (fp16), `tokenizer.json`,
+`tokenizer_config.json`, `training_summary.json`. `tandem/`: the M_S HF folder plus
+`tandem_config.json` and `tandem.safetensors` (`W_T` + router, fp16). `plain/`: HF folder plus
+`router_config.json` and `router.safetensors` (fp16). `train_default.json`: every number above.
+"""
+    (out / "MODEL_CARD.md").write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    a = parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from tandem.train.data import Corpus, TextTokenizer, train_tokenizer
+    from tandem.train.model import create_drafter, create_drafter_config, create_lm_config, create_tandem
+    from tandem.train.router import Router, RouterConfig
+    from tandem.train.trainer import TrainConfig
+
+    start = time.perf_counter()
+    clock = Clock()
+    out, work = a.out.resolve(), a.work.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    # 1. files and split
+    files = build_file_list(a.stdlib, a.quick)
+    train_files, heldout_files, _ = split_files(files)
+    list_sha = write_file_list(files, heldout_files, a.stdlib, out / "data_files.txt")
+    corpus_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"{len(files)} files ({corpus_mb:.2f} MB), {len(heldout_files)} held out; list sha256 {list_sha}")
+
+    # 2. tokenizer (training files only)
+    tok_dir = work / "tokenizer"
+
+    def texts():
+        for f in tqdm(train_files, desc="tokenizer: read files"):
+            yield f.read_text(errors="replace")
+
+    clock.run("tokenizer", train_tokenizer, texts(), a.vocab, tok_dir)
+    tokenizer = TextTokenizer.load(tok_dir)
+    corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, HELDOUT_FRACTION)
+    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+
+    def cfg(mode, steps, lr, **kw):
+        return TrainConfig(mode=mode, steps=steps, lr=lr, batch_size=a.batch_size, seq_len=a.seq_len,
+                           seed=a.seed, device="cpu", router_batches=2 if a.quick else 8,
+                           warmup_steps=5 if a.quick else 50, **kw)
+
+    # 3. M_L
+    lm_config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
+                                 a.large_kv_heads, a.large_intermediate, a.seq_len, tokenizer.eos_id)
+    torch.manual_seed(a.seed)
+    large = AutoModelForCausalLM.from_config(lm_config).float()
+    L = clock.run("train M_L", train_one, "M_L", large, None, corpus, cfg("lm", a.large_steps, a.large_lr),
+                  work / "large")
+    large = L["trainer"].model.eval().requires_grad_(False)
+    L["trainer"].save(tok_dir, {"final_loss": L["final_loss"]})
+    tok_files = [tok_dir / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    save_fp16(large, out / "large", tok_files + [work / "large/training_summary.json"])
+    # M_S are trained against M_L as shipped (fp16 weights, run in fp32)
+    large = AutoModelForCausalLM.from_pretrained(out / "large", dtype=torch.float32).eval()
+
+    small_config = create_drafter_config(large.config, a.small_layers, a.small_hidden, a.small_heads,
+                                         None, a.small_intermediate)
+
+    # 4. tandem M_S (Tandem-CE then Tandem-Distil, variable boundaries) + router
+    tandem = create_tandem(large, small_config, "proportional", router=True, seed=a.seed)
+    T = clock.run("train tandem M_S", train_one, "tandem M_S (Tandem-Distil)", tandem, large, corpus,
+                  cfg("tandem", a.small_steps, a.small_lr, loss="ce-then-distil", block_length=a.block_length,
+                      variable_boundaries=True), work / "tandem")
+    T["trainer"].save(tok_dir, {"final_loss": T["final_loss"], "router_mean_abs_error": T["router_mae"]})
+    save_fp16(T["trainer"].model, out / "tandem", tok_files + [work / "tandem/training_summary.json"])
+
+    # 5. plain M_S (Distil) + router
+    plain = create_drafter(large, small_config, seed=a.seed)
+    P = clock.run("train plain M_S", train_one, "plain M_S (Distil)", plain, large, corpus,
+                  cfg("plain", a.small_steps, a.small_lr, loss="distil"), work / "plain",
+                  router=Router(RouterConfig(embed_dim=a.small_hidden)))
+    P["trainer"].save(tok_dir, {"final_loss": P["final_loss"], "router_mean_abs_error": P["router_mae"]})
+    save_fp16(P["trainer"].model, out / "plain", tok_files + [work / "plain/training_summary.json"])
+    P["trainer"].router.half().save(out / "plain")
+
+    # 6. reload what is shipped (fp16 files -> fp32 models), eval, c
+    from tandem.train.model import TandemSmall
+
+    large = AutoModelForCausalLM.from_pretrained(out / "large", dtype=torch.float32).eval()
+    tandem = TandemSmall.from_pretrained(out / "tandem")
+    plain = AutoModelForCausalLM.from_pretrained(out / "plain", dtype=torch.float32).eval()
+    assert Router.load(out / "plain") is not None and tandem.router is not None
+    tables = {}
+    if not a.skip_eval:
+        for gamma in sorted({a.block_length, 2}, reverse=True):
+            tables[gamma] = clock.run(f"tandem eval γ={gamma}", run_eval, out, files, gamma, a.eval_windows,
+                                      a.seq_len, work / f"eval_g{gamma}.json")
+    c = clock.run("measure c", measure_c, large, tandem, plain, past_len=min(256, a.seq_len - 2),
+                  reps=50 if a.quick else 200)
+    print(json.dumps(c, indent=2))
+
+    sizes = {k: folder_mb(out / k) for k in ("large", "tandem", "plain")}
+    sizes["total"] = sum(sizes.values())
+    total_min = (time.perf_counter() - start) / 60
+    cmd = "cd /work/main && .venv/bin/python scripts/train_default.py" + (" --quick" if a.quick else "")
+    if a.out.resolve() != (REPO / "tandem/models/default").resolve():
+        cmd += f" --out {a.out}"
+    info = {
+        "command": cmd, "python_version": "3.11.7",
+        "n_files": len(files), "n_heldout": len(heldout_files), "corpus_mb": corpus_mb, "list_sha256": list_sha,
+        "train_tokens": corpus.train.numel(), "heldout_tokens": corpus.heldout.numel(),
+        "vocab": tokenizer.vocab_size, "layer_map": tandem.config.layer_map[0],
+        "params": {"large": params(large), "tandem": params(tandem), "plain": params(plain)},
+        "large": L, "tandem": T, "plain": P, "times": clock.times, "c": c, "sizes_mb": sizes,
+        "eval_tables": tables, "total_min": total_min,
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "status_note": "\n**Quick smoke run: not the shipped models.**\n" if a.quick else "",
+        "args": {k: str(v) for k, v in vars(a).items()},
+    }
+    try:
+        model_name = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")][0]
+        info["cpu"] = f"{model_name} ({os.cpu_count()} cores visible), torch {torch.__version__}"
+    except (OSError, IndexError):
+        pass
+    write_card(out, a, info)
+    record = {k: v for k, v in info.items() if k not in ("large", "tandem", "plain")}
+    for key, r in (("large", L), ("tandem", T), ("plain", P)):
+        record[key] = {k: v for k, v in r.items() if k not in ("trainer", "losses")}
+        record[key]["loss_every_10"] = r["losses"][::10]
+    (out / "train_default.json").write_text(json.dumps(record, indent=2, default=str))
+    print(f"\ndone in {total_min:.1f} min; sizes {sizes}")
+    print((out / "MODEL_CARD.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
