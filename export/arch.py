@@ -1,7 +1,9 @@
 """Per-architecture facts the exporter needs: one small entry per supported family.
 
-Adding a family = one entry here plus a tiny fixture in tests/tiny_models.py
-(`test_every_arch_has_fixture` fails otherwise).
+The families are `tandem.train.model.SUPPORTED_MODEL_TYPES` (the tandem attention drives
+their layers by hand). Adding one = support there, plus a tiny fixture in
+tests/tiny_models.py and an entry in tests/test_foundation.py's ARCHS
+(`test_every_supported_arch_has_a_fixture` fails otherwise).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem.errors import ExportError
+from tandem.train.model import SUPPORTED_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Arch:
         }
 
 
-SUPPORTED: dict[str, Arch] = {name: Arch(name) for name in ("llama", "qwen2", "mistral")}
+SUPPORTED: dict[str, Arch] = {name: Arch(name) for name in SUPPORTED_MODEL_TYPES}
 
 
 def arch_of(model: Any) -> Arch:

@@ -41,6 +41,14 @@ ARCHS = {
 }
 
 
+def test_every_supported_arch_has_a_fixture():
+    from tiny_models import ARCHITECTURES
+
+    from tandem.export.arch import SUPPORTED
+
+    assert set(SUPPORTED) == set(ARCHITECTURES) == set(ARCHS)
+
+
 @dataclass
 class Exported:
     large: object
