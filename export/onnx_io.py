@@ -7,6 +7,7 @@ Each graph wrapper is an `nn.Module` whose `forward(input_ids, *extra, *past_fla
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,8 @@ def export_graph(
     unless the model is over 2 GB."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    # the exporter logs one warning per torchvision op it cannot register: noise for us
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
