@@ -17,6 +17,7 @@ from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
 
 MODES = ("large", "tandem", "speed", "vanilla")
+_INT32_MAX = 2**31 - 1  # C++ `int` parameters
 
 
 def _core() -> Any:
@@ -129,7 +130,7 @@ class TandemModel:
     def __init__(self, bundle: str | os.PathLike[str], device: str = "cpu", threads: int = 0) -> None:
         if device not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if threads < 0:
+        if not 0 <= threads <= _INT32_MAX:
             raise InvalidArgumentError("threads must be >= 0 (0: one per core)")
         self.manifest = Manifest.load(bundle)
         self._model = _core().Model(str(bundle), device=device, threads=threads,
@@ -144,6 +145,12 @@ class TandemModel:
                 self.tokenizer = Tokenizer.from_file(self._model.tokenizer_path)
             except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
                 raise BundleError(f"{self._model.tokenizer_path} is not a valid tokenizer file: {exc}") from exc
+            tok_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+            if tok_vocab > self.vocab_size:
+                raise BundleError(
+                    f"{self._model.tokenizer_path} has {tok_vocab} tokens but the graphs' vocabulary has "
+                    f"{self.vocab_size}: the tokenizer belongs to another model; re-export the bundle"
+                )
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -220,17 +227,30 @@ class TandemModel:
                 raise InvalidArgumentError("prompt must be text or a sequence of token ids") from exc
         if not ids:
             raise InvalidArgumentError("the prompt is empty: give some text or at least one token id")
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("top_k", top_k, 0),
+                                 ("min_block_length", min_block_length, 1)):
+            if not low <= int(value) <= _INT32_MAX:
+                raise InvalidArgumentError(f"{name} must be in [{low}, {_INT32_MAX}], got {value}")
+        if not 0 <= int(seed) < 2**64:
+            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
         mode = mode or ("speed" if "speed" in self.modes else "large")
         if mode not in MODES:
             raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         adaptive = block_length == "auto"
         if isinstance(block_length, str) and not adaptive:
             raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
-        if block_length is not None and not adaptive and int(block_length) < 1:
+        if block_length is not None and not adaptive and not 1 <= int(block_length) <= _INT32_MAX:
             raise InvalidArgumentError(f"block_length must be >= 1, got {block_length}")
+        if max_block_length is not None and not 0 <= int(max_block_length) <= _INT32_MAX:
+            raise InvalidArgumentError(f"max_block_length must be >= 1, got {max_block_length}")
         eos = [] if eos_token_id is None else (
             [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
         )
+        if any(not 0 <= e < self.vocab_size for e in eos):
+            raise InvalidArgumentError(f"eos_token_id {eos} is outside the vocabulary [0, {self.vocab_size})")
         stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
         if any(not s for s in stops):
             raise InvalidArgumentError("stop strings must be non-empty")

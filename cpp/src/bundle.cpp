@@ -101,7 +101,10 @@ Manifest LoadManifest(const std::string& folder_in) {
   try {
     doc = json::parse(in);
   } catch (const json::exception& e) {
-    throw Error(ErrorCode::kBundle, path.string() + " is not valid JSON (" + e.what() + "); re-export the bundle");
+    std::string why = e.what();  // may quote bytes of the file: keep the message ASCII
+    for (char& c : why)
+      if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+    throw Error(ErrorCode::kBundle, path.string() + " is not valid JSON (" + why + "); re-export the bundle");
   }
   const std::string where = path.string();
   if (!doc.is_object() || GetOr<std::string>(doc, "format", "", where) != kFormat)
