@@ -98,6 +98,23 @@ def _check_tokenizer(tokenizer_file: Path, vocab_size: int) -> None:
         )
 
 
+def _check_same_tokenizer(tokenizer_file: Path, other: Path | None, role: str) -> None:
+    """Refuse an M_S folder that ships a tokenizer other than M_L's."""
+    if other is None or not other.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        same = Tokenizer.from_file(str(other)).get_vocab() == Tokenizer.from_file(str(tokenizer_file)).get_vocab()
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise ExportError(f"{other} is not a Hugging Face tokenizers file: {exc}") from exc
+    if not same:
+        raise ExportError(
+            f"the {role} ships a tokenizer ({other}) that differs from M_L's ({tokenizer_file}); "
+            "M_S must be trained with M_L's tokenizer"
+        )
+
+
 def export_bundle(
     large: str | Path | nn.Module,
     out_dir: str | Path,
@@ -144,6 +161,21 @@ def export_bundle(
     if ctx < 2:
         raise ExportError("context_length must be >= 2")
 
+    # the tokenizer is checked up front, before any graph is exported
+    tok_file: Path | None = None
+    tok_src = tokenizer if tokenizer is not None else (large_src or None)
+    if tok_src is not None:
+        tok_file = Path(tok_src)
+        tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
+        if tok_file.is_file():
+            _check_tokenizer(tok_file, vocab)
+            for role, src in (("tandem M_S", tandem_src), ("plain M_S", plain_src)):
+                _check_same_tokenizer(tok_file, Path(src) / "tokenizer.json" if src else None, role)
+        elif tokenizer is not None:
+            raise ExportError(f"no tokenizer.json at {tok_src}")
+        else:
+            tok_file = None
+
     graphs = {}
     rep_layers = list(tandem_model.config.large_layers) if tandem_model is not None else []
     say("exporting large.onnx (M_L, block mode)")
@@ -159,16 +191,9 @@ def export_bundle(
             (out / f"{role}.onnx").unlink()  # stale graph of an earlier export
 
     tok_name = ""
-    tok_src = tokenizer if tokenizer is not None else (large_src or None)
-    if tok_src is not None:
-        tok_file = Path(tok_src)
-        tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
-        if tok_file.is_file():
-            _check_tokenizer(tok_file, vocab)
-            shutil.copyfile(tok_file, out / "tokenizer.json")
-            tok_name = "tokenizer.json"
-        elif tokenizer is not None:
-            raise ExportError(f"no tokenizer.json at {tok_src}")
+    if tok_file is not None:
+        shutil.copyfile(tok_file, out / "tokenizer.json")
+        tok_name = "tokenizer.json"
 
     validation: dict[str, Any] = {}
     modules: dict[str, nn.Module] = {}

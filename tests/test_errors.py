@@ -433,3 +433,18 @@ def test_trainer_builders_refuse_mismatched_models():
         create_tandem(large, tiny_config("qwen2", vocab_size=320))
     with pytest.raises(TrainingError, match="'gpt2'"):
         create_drafter_config(_gpt2().config, num_layers=1, hidden_size=16)
+
+
+def test_export_refuses_drafter_with_another_tokenizer(tmp_path):
+    from tiny_models import tiny_large, tiny_large_folder
+
+    from tandem.export.bundle import export_bundle
+    from tandem.train.data import train_tokenizer
+
+    large = tiny_large_folder(tmp_path / "large", "llama", num_layers=1)
+    plain = tmp_path / "plain"
+    tiny_large("llama", seed=5, num_layers=1).save_pretrained(plain)
+    train_tokenizer(["completely different words " * 50, "zebra quartz jukebox " * 50], 300, plain)
+    with pytest.raises(ExportError, match="plain M_S ships a tokenizer .* differs from M_L's"):
+        export_bundle(large, tmp_path / "b", plain=plain, progress=None)
+    assert not list((tmp_path / "b").glob("*.onnx")), "refused before writing any graph"
