@@ -116,8 +116,10 @@ def quantize_graph(
 ) -> None:
     """Write the fp32 graph `src` at `precision` to `dst` (`dst` may be `src`: in place).
 
-    Graph I/O names and types are unchanged. `external_data_bytes`: tensors above this size
-    go to the external data file `dst.name + ".data"` (lowered by tests only).
+    Graph I/O names and types are unchanged; `src` may keep its weights in external data.
+    ``fp32`` converts nothing: it re-saves the graph (inlining or externalising its data).
+    `external_data_bytes`: when the tensors exceed it, they go to the external data file
+    `dst.name + ".data"` (tests lower it to force that path).
     """
     check_precision(precision)
     src, dst = Path(src), Path(dst)

@@ -198,6 +198,17 @@ def test_external_data(pair: Pair, tmp_path: Path):
     assert not list(bundle.glob(".quantize-*"))  # no scratch folders left behind
 
 
+def test_fp16_reads_external_data(pair: Pair, tmp_path: Path):
+    """A source graph with external data (as export_graph writes for models over 2 GB)."""
+    graph = tmp_path / "large.onnx"
+    quantize_graph(pair.bundle / "large.onnx", graph, "fp32", external_data_bytes=0)
+    assert (tmp_path / "large.onnx.data").is_file()
+    quantize_graph(graph, graph, "fp16", external_data_bytes=0)
+    assert (tmp_path / "large.onnx.data").is_file()
+    assert io_types(graph) == io_types(pair.bundle / "large.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.onnx", "large.onnx.data"]
+
+
 def test_unknown_precision(pair: Pair, tmp_path: Path):
     with pytest.raises(ExportError, match="unknown precision 'int3'.*fp32, fp16, int8, int4"):
         quantize_graph(pair.bundle / "large.onnx", tmp_path / "large.onnx", "int3")
