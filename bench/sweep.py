@@ -165,7 +165,7 @@ def summarize(runs: dict[Config, Runs], costs: dict[str, Any]) -> list[dict[str,
             continue
         s = run.stats
         tps = statistics.median(run.tokens_per_second)
-        total = lambda key: sum(float(x[key]) for x in s)  # noqa: E731
+        total = lambda key, s=s: sum(float(x[key]) for x in s)  # noqa: E731
         rounds = total("rounds")
         drafted, accepted = total("drafted"), total("accepted")
         alpha = accepted / drafted if drafted else None
