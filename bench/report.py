@@ -110,6 +110,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
                 ax.axhline(r["speedup"], ls="--", lw=1, color="gray" if "vanilla" in r["family"] else "black",
                            label=f"{r['family']} (mean γ {r['drafted_per_round']:.1f})")
         ax.axhline(1.0, color="red", lw=0.8, label="large")
+        ax.set_xticks(sorted({r["block_length"] for r in rows if isinstance(r["block_length"], int)}))
         ax.set_xlabel("block length γ")
         ax.set_ylabel("speedup vs large (tokens/s ratio)")
         ax.set_title(f"{results['bundle']['name']} — {dec}")
