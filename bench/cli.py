@@ -180,24 +180,35 @@ def run_bench(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BenchError(f"cannot create the output folder {out}: {exc}") from exc
     prompt_set = load_prompts(args.prompts)
-    if args.quick:
-        prompt_set = prompt_set[:2]
 
     is_default = args.bundle is None
     model = load(args.bundle, threads=args.threads)
     if model.tokenizer is None:
         raise BenchError(f"{model.bundle_path} ships no tokenizer.json: the benchmark needs text prompts")
     prompts = [model.encode(p["prompt"]) for p in prompt_set]
-    room = model.context_length - max(map(len, prompts)) - max(args.block_lengths) - 2
+    notes_fit: list[str] = []
+    spare = max(args.block_lengths) + 2  # a speculative round may look γ+1 past the last token
+    fits = [len(ids) + 4 + spare <= model.context_length for ids in prompts]
+    if not any(fits):
+        raise BenchError(f"no prompt of {args.prompts} leaves room for 4 new tokens in the context "
+                         f"({model.context_length} tokens); use shorter prompts")
+    if not all(fits):
+        dropped = [p["name"] for p, ok in zip(prompt_set, fits, strict=True) if not ok]
+        notes_fit.append(f"prompts {', '.join(dropped)} skipped: too long for the context ({model.context_length})")
+        prompt_set = [p for p, ok in zip(prompt_set, fits, strict=True) if ok]
+        prompts = [ids for ids, ok in zip(prompts, fits, strict=True) if ok]
+    if args.quick:
+        prompt_set, prompts = prompt_set[:2], prompts[:2]
+    room = model.context_length - max(map(len, prompts)) - spare
     if room < args.max_new_tokens:
-        if room < 1:
-            raise BenchError(f"the longest prompt ({max(map(len, prompts))} tokens) leaves no room in the "
-                             f"context ({model.context_length}); use shorter prompts")
-        log(f"--max-new-tokens {args.max_new_tokens} does not fit the context ({model.context_length}); using {room}")
+        notes_fit.append(f"--max-new-tokens {args.max_new_tokens} does not fit the context "
+                         f"({model.context_length}); using {room}")
         args.max_new_tokens = room
+    for note in notes_fit:
+        log("note: " + note)
 
     configs, notes = sweep.make_configs(args.modes, args.block_lengths, args.decoding, model.modes)
-    warnings = list(notes)
+    warnings = notes_fit + notes
     idle = machine.wait_for_idle(args.max_load, args.wait_idle, log=log)
     if idle.get("warning"):
         warnings.append(idle["warning"])
