@@ -44,7 +44,8 @@ test-cpp: cpp
 	$(BIN)/ctest --test-dir $(CPPDIR) --output-on-failure
 
 test-python: build cpp
-	TANDEM_EXAMPLE_BIN=$(abspath $(CPPDIR))/cpp/tandem_generate $(BIN)/python -m pytest -q
+	TANDEM_EXAMPLE_BIN=$(abspath $(CPPDIR))/cpp/tandem_generate \
+	TANDEM_CONCURRENCY_BIN=$(abspath $(CPPDIR))/cpp/tandem_concurrency_test $(BIN)/python -m pytest -q
 
 lint: $(DEPS)
 	$(BIN)/ruff check .
@@ -56,7 +57,10 @@ sanitize: $(DEPS) $(HDRS)
 	$(BIN)/cmake -S . -B $(ASANDIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON -DPython_EXECUTABLE=$(abspath $(BIN)/python) > /dev/null
 	$(BIN)/cmake --build $(ASANDIR)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(BIN)/ctest --test-dir $(ASANDIR) --output-on-failure
-	TANDEM_EXAMPLE_BIN=$(abspath $(ASANDIR))/cpp/tandem_generate TANDEM_SANITIZED=1 $(BIN)/python -m pytest -q tests/test_cpp_example.py
+	TANDEM_EXAMPLE_BIN=$(abspath $(ASANDIR))/cpp/tandem_generate \
+	TANDEM_CONCURRENCY_BIN=$(abspath $(ASANDIR))/cpp/tandem_concurrency_test TANDEM_SANITIZED=1 \
+	ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(BIN)/python -m pytest -q tests/test_cpp_example.py tests/test_concurrency.py -k 'example or cpp_concurrency'
 
 demo: build
 	$(BIN)/python -m tandem.demo
