@@ -58,16 +58,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--large-heads", type=int, default=4)
     p.add_argument("--large-kv-heads", type=int, default=2)
     p.add_argument("--large-intermediate", type=int, default=704)
-    p.add_argument("--large-steps", type=int, default=500)
+    p.add_argument("--large-steps", type=int, default=240)
     p.add_argument("--large-lr", type=float, default=2e-3)
     p.add_argument("--small-layers", type=int, default=1)
     p.add_argument("--small-hidden", type=int, default=128)
     p.add_argument("--small-heads", type=int, default=2)
     p.add_argument("--small-intermediate", type=int, default=352)
-    p.add_argument("--small-steps", type=int, default=350, help="steps of each M_S (tandem and plain)")
+    p.add_argument("--small-steps", type=int, default=120, help="steps of each M_S (tandem and plain)")
     p.add_argument("--small-lr", type=float, default=2e-3)
+    p.add_argument("--small-batch-size", type=int, default=4)
+    p.add_argument("--small-warmup", type=int, default=20)
     p.add_argument("--block-length", type=int, default=4, help="γ of the tandem training mask and of the eval")
-    p.add_argument("--eval-windows", type=int, default=128)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--eval-block-lengths", type=int, nargs="+", help="γ values for tandem eval (default: --block-length)")
     p.add_argument("--skip-eval", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -76,6 +79,7 @@ def parse_args() -> argparse.Namespace:
         args.large_intermediate, args.large_steps = 128, 20
         args.small_hidden, args.small_heads, args.small_intermediate, args.small_steps = 32, 1, 64, 20
         args.eval_windows = 8
+        args.small_batch_size = 4
     args.work = args.work or REPO / ("build/train_default_quick" if args.quick else "build/train_default")
     return args
 
@@ -161,6 +165,11 @@ def train_one(name: str, model, large, corpus, config, work: Path, router=None) 
     t = time.perf_counter()
     losses = trainer.train(resume=True)
     train_s = time.perf_counter() - t
+    record = work / "losses.json"  # a rerun resumes from the checkpoints: keep the losses of the first run
+    if record.exists() and len(losses) < config.steps:
+        saved = json.loads(record.read_text())
+        losses, train_s = saved["losses"][: config.steps - len(losses)] + losses, saved["train_s"] + train_s
+    record.write_text(json.dumps({"losses": losses, "train_s": train_s}))
     t = time.perf_counter()
     router_error = trainer.fit_router()
     router_s = time.perf_counter() - t
@@ -295,9 +304,10 @@ Total committed: {sizes['total']:.2f} MB (weights stored fp16; load them as fp32
 
 ## Training
 
-AdamW (β 0.9/0.95, weight decay 0.1), linear warmup 50 steps then cosine to 0.1×, grad clip 1.0,
-batch {a.batch_size} × {a.seq_len} tokens, fp32 on CPU, `torch.set_num_threads({a.threads})`, seed {a.seed}.
-M_L lr {a.large_lr}; each M_S lr {a.small_lr}.
+AdamW (β 0.9/0.95, weight decay 0.1), linear warmup then cosine to 0.1×, grad clip 1.0,
+fp32 on CPU, `torch.set_num_threads({a.threads})`, seed {a.seed}.
+M_L: lr {a.large_lr}, warmup 50, batch {a.batch_size} × {a.seq_len} tokens.
+Each M_S: lr {a.small_lr}, warmup {a.small_warmup}, batch {a.small_batch_size} × {a.seq_len} tokens.
 Tandem M_S: Tandem-CE for the first half of the steps, then Tandem-Distil (0.5·CE(data) + 0.5·CE(M_L)),
 block length γ = {a.block_length} with variable block boundaries (random offset per sequence).
 Plain M_S: Distil for all steps, same data, batch and steps.
@@ -336,6 +346,15 @@ absolute times are noisy; the interleaving keeps the ratio fair):
 | tandem M_S (`TandemSmall.step`, 1 token, no memory) | {c['median_ms']['tandem']:.3f} | {c['c_tandem']:.3f} |
 | tandem M_S, 1 token + 1 memory row (first step of a round) | {c['median_ms']['tandem_1mem']:.3f} | {c['c_tandem_1mem']:.3f} |
 | plain M_S (`plain_step`, 1 token) | {c['median_ms']['plain']:.3f} | {c['c_plain']:.3f} |
+
+## Limits
+
+- These are toy models for the runtime, exporter, tests and benchmarks: M_L saw
+  {L['tokens_seen']:,} tokens ({L['tokens_seen'] / max(1, info['train_tokens']):.2f} epochs of the training split),
+  far from compute-optimal, and each M_S {T['tokens_seen']:,}. The step counts were chosen so that the
+  whole run fits in about an hour on a 2-core CPU that other jobs were also using (they took
+  roughly half of it), so the step times above are slower than on an idle machine.
+- Held-out numbers are from {a.eval_windows} windows of {a.seq_len} tokens at most (see the token column).
 
 ## Files
 
@@ -388,10 +407,10 @@ def main() -> int:
     corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, HELDOUT_FRACTION)
     print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
 
-    def cfg(mode, steps, lr, **kw):
-        return TrainConfig(mode=mode, steps=steps, lr=lr, batch_size=a.batch_size, seq_len=a.seq_len,
+    def cfg(mode, steps, lr, batch_size=a.batch_size, warmup=50, **kw):
+        return TrainConfig(mode=mode, steps=steps, lr=lr, batch_size=batch_size, seq_len=a.seq_len,
                            seed=a.seed, device="cpu", router_batches=2 if a.quick else 8,
-                           warmup_steps=5 if a.quick else 50, **kw)
+                           warmup_steps=5 if a.quick else warmup, **kw)
 
     # 3. M_L
     lm_config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
@@ -413,7 +432,7 @@ def main() -> int:
     # 4. tandem M_S (Tandem-CE then Tandem-Distil, variable boundaries) + router
     tandem = create_tandem(large, small_config, "proportional", router=True, seed=a.seed)
     T = clock.run("train tandem M_S", train_one, "tandem M_S (Tandem-Distil)", tandem, large, corpus,
-                  cfg("tandem", a.small_steps, a.small_lr, loss="ce-then-distil", block_length=a.block_length,
+                  cfg("tandem", a.small_steps, a.small_lr, a.small_batch_size, a.small_warmup, loss="ce-then-distil", block_length=a.block_length,
                       variable_boundaries=True), work / "tandem")
     T["trainer"].save(tok_dir, {"final_loss": T["final_loss"], "router_mean_abs_error": T["router_mae"]})
     save_fp16(T["trainer"].model, out / "tandem", tok_files + [work / "tandem/training_summary.json"])
@@ -421,7 +440,7 @@ def main() -> int:
     # 5. plain M_S (Distil) + router
     plain = create_drafter(large, small_config, seed=a.seed)
     P = clock.run("train plain M_S", train_one, "plain M_S (Distil)", plain, large, corpus,
-                  cfg("plain", a.small_steps, a.small_lr, loss="distil"), work / "plain",
+                  cfg("plain", a.small_steps, a.small_lr, a.small_batch_size, a.small_warmup, loss="distil"), work / "plain",
                   router=Router(RouterConfig(embed_dim=a.small_hidden)))
     P["trainer"].save(tok_dir, {"final_loss": P["final_loss"], "router_mean_abs_error": P["router_mae"]})
     save_fp16(P["trainer"].model, out / "plain", tok_files + [work / "plain/training_summary.json"])
@@ -436,7 +455,7 @@ def main() -> int:
     assert Router.load(out / "plain") is not None and tandem.router is not None
     tables = {}
     if not a.skip_eval:
-        for gamma in sorted({a.block_length, 2}, reverse=True):
+        for gamma in a.eval_block_lengths or [a.block_length]:
             tables[gamma] = clock.run(f"tandem eval γ={gamma}", run_eval, out, files, gamma, a.eval_windows,
                                       a.seq_len, work / f"eval_g{gamma}.json")
     c = clock.run("measure c", measure_c, large, tandem, plain, past_len=min(256, a.seq_len - 2),
@@ -445,7 +464,9 @@ def main() -> int:
 
     sizes = {k: folder_mb(out / k) for k in ("large", "tandem", "plain")}
     sizes["total"] = sum(sizes.values())
-    total_min = (time.perf_counter() - start) / 60
+    for stage, r in (("train M_L", L), ("train tandem M_S", T), ("train plain M_S", P)):
+        clock.times[stage] = max(clock.times[stage], r["train_s"] + r["router_s"])  # resumed runs: first run's time
+    total_min = max(time.perf_counter() - start, sum(clock.times.values())) / 60
     cmd = "cd /work/main && .venv/bin/python scripts/train_default.py" + (" --quick" if a.quick else "")
     if a.out.resolve() != (REPO / "tandem/models/default").resolve():
         cmd += f" --out {a.out}"
