@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tandem.export.arch import arch_of
-from tandem.export.onnx_io import empty_past, export_graph, flatten_past, unflatten_past
+from tandem.export.onnx_io import export_step_graph, flatten_past, unflatten_past
 from tandem.manifest import GraphSpec
 
 
@@ -44,20 +44,4 @@ def large_spec(large: nn.Module, rep_layers: list[int], file: str = "large.onnx"
 
 def export_large(large: nn.Module, rep_layers: list[int], out_dir: Path) -> GraphSpec:
     """Write `large.onnx` (fp32) into out_dir and return its spec."""
-    spec = large_spec(large, rep_layers)
-    large = large.eval().float()
-    past = empty_past(spec.num_layers, spec.num_kv_heads, spec.head_dim, length=3, seed=0)
-    ids = torch.zeros((1, 2), dtype=torch.long)
-    T = torch.export.Dim("T", min=1, max=65536)
-    P = torch.export.Dim("P", min=0, max=65536)
-    # nesting mirrors forward(input_ids, *past_flat)
-    dynamic = ({1: T}, tuple({2: P} for _ in flatten_past(past)))
-    export_graph(
-        LargeGraph(large, rep_layers),
-        (ids, *flatten_past(past)),
-        dynamic,
-        spec.input_names(),
-        spec.output_names(),
-        out_dir / spec.file,
-    )
-    return spec
+    return export_step_graph(LargeGraph(large, rep_layers), large_spec(large, rep_layers), out_dir)

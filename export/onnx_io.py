@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tandem.errors import ExportError
+from tandem.manifest import GraphSpec
 
 # graphs whose tensors exceed this are saved with external data (protobuf's limit is 2 GB)
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -94,3 +95,21 @@ def export_graph(
                         entry.value = path.name + ".data"
             onnx.save(model, str(tmp))
     tmp.replace(path)
+
+
+def export_step_graph(module: nn.Module, spec: GraphSpec, out_dir: Path) -> GraphSpec:
+    """Export a graph wrapper with `forward(input_ids, *memory, *past_flat)` (any of the
+    three roles) to `out_dir / spec.file`, with the dims `spec` declares dynamic:
+    ids `[1, t]`, memory `[1, m, d_L]`, past `[1, h, P, dh]`."""
+    t = torch.export.Dim("t", min=1, max=65536)
+    m = torch.export.Dim("m", min=0, max=65536)
+    P = torch.export.Dim("P", min=0, max=65536)
+    ids = torch.zeros((1, 2), dtype=torch.long)
+    # distinct example tensors: the exporter would alias one tensor passed twice
+    memory = [torch.randn(1, 2, spec.memory_size) for _ in spec.memory]
+    past = flatten_past(empty_past(spec.num_layers, spec.num_kv_heads, spec.head_dim, length=3, seed=0))
+    # nesting mirrors forward(input_ids, *rest)
+    dynamic = ({1: t}, (*({1: m} for _ in memory), *({2: P} for _ in past)))
+    export_graph(module.eval().float(), (ids, *memory, *past), dynamic, spec.input_names(),
+                 spec.output_names(), out_dir / spec.file)
+    return spec

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tandem.export.arch import arch_of
-from tandem.export.onnx_io import empty_past, export_graph, flatten_past, unflatten_past
+from tandem.export.onnx_io import export_step_graph, flatten_past, unflatten_past
 from tandem.manifest import GraphSpec
 
 
@@ -65,49 +65,11 @@ def plain_spec(model: nn.Module, has_router: bool, file: str = "draft.onnx") -> 
     )
 
 
-def _dims() -> tuple[torch.export.Dim, torch.export.Dim, torch.export.Dim]:
-    return (
-        torch.export.Dim("t", min=1, max=65536),
-        torch.export.Dim("m", min=0, max=65536),
-        torch.export.Dim("P", min=0, max=65536),
-    )
-
-
 def export_tandem(tandem: nn.Module, out_dir: Path) -> GraphSpec:
     """Write `small.onnx` (fp32) for a `tandem.train.model.TandemSmall`."""
-    spec = tandem_spec(tandem)
-    tandem = tandem.eval().float()
-    t, m, P = _dims()
-    past = empty_past(spec.num_layers, spec.num_kv_heads, spec.head_dim, length=3, seed=0)
-    memory = [torch.randn(1, 2, spec.memory_size) for _ in spec.memory]
-    ids = torch.zeros((1, 2), dtype=torch.long)
-    # nesting mirrors forward(input_ids, *rest)
-    dynamic = ({1: t}, (*({1: m} for _ in memory), *({2: P} for _ in flatten_past(past))))
-    export_graph(
-        TandemStepGraph(tandem),
-        (ids, *memory, *flatten_past(past)),
-        dynamic,
-        spec.input_names(),
-        spec.output_names(),
-        out_dir / spec.file,
-    )
-    return spec
+    return export_step_graph(TandemStepGraph(tandem), tandem_spec(tandem), out_dir)
 
 
 def export_plain(model: nn.Module, router: nn.Module | None, out_dir: Path) -> GraphSpec:
     """Write `draft.onnx` (fp32) for an ordinary HF causal LM (the vanilla drafter)."""
-    spec = plain_spec(model, router is not None)
-    model = model.eval().float()
-    t, _, P = _dims()
-    past = empty_past(spec.num_layers, spec.num_kv_heads, spec.head_dim, length=3, seed=0)
-    ids = torch.zeros((1, 2), dtype=torch.long)
-    dynamic = ({1: t}, tuple({2: P} for _ in flatten_past(past)))
-    export_graph(
-        PlainStepGraph(model, router),
-        (ids, *flatten_past(past)),
-        dynamic,
-        spec.input_names(),
-        spec.output_names(),
-        out_dir / spec.file,
-    )
-    return spec
+    return export_step_graph(PlainStepGraph(model, router), plain_spec(model, router is not None), out_dir)
