@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--small-hidden", type=int, default=128)
     p.add_argument("--small-heads", type=int, default=2)
     p.add_argument("--small-intermediate", type=int, default=352)
-    p.add_argument("--small-steps", type=int, default=150, help="steps of each M_S (tandem and plain)")
+    p.add_argument("--small-steps", type=int, default=400, help="steps of each M_S (tandem and plain)")
     p.add_argument("--small-lr", type=float, default=2e-3)
     p.add_argument("--small-batch-size", type=int, default=8)
     p.add_argument("--small-warmup", type=int, default=20)
