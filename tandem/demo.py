@@ -12,7 +12,10 @@ import sys
 
 from tandem.runtime import load
 
-PROMPT = 'def parse_header(line):\n    """Split an HTTP header line into name and value."""\n'
+PROMPT = (
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
+    "    def __repr__(self):\n        return "
+)
 
 
 def main(argv: list[str] | None = None) -> int:
