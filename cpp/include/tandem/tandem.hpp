@@ -68,7 +68,8 @@ Mode ParseMode(const std::string& name);
 struct ModelOptions {
   std::string bundle_path;          // folder holding tandem.json
   Device device = Device::kCpu;     // kCuda needs an ONNX Runtime built with CUDA
-  int intra_op_threads = 0;         // 0: ONNX Runtime's default (one per core)
+  int intra_op_threads = 0;         // M_L's threads; 0: ONNX Runtime's default (one per core)
+  int drafter_threads = 1;          // M_S / drafter threads; 0: as intra_op_threads
   std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
                                     // then the library found at build time, then dlopen's search
 };
