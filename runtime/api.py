@@ -127,13 +127,18 @@ class Stream:
 class TandemModel:
     """A loaded bundle. Share it across threads freely; each call makes its own request."""
 
-    def __init__(self, bundle: str | os.PathLike[str], device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, bundle: str | os.PathLike[str], device: str = "cpu", threads: int = 0,
+                 drafter_threads: int = 1) -> None:
+        """threads: M_L's intra-op threads (0: one per core). drafter_threads: the drafters'
+        (default 1: a one-thread drafter does not contend with M_L's spinning workers)."""
         if device not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if not 0 <= threads <= _INT32_MAX:
             raise InvalidArgumentError("threads must be >= 0 (0: one per core)")
+        if not 0 <= drafter_threads <= _INT32_MAX:
+            raise InvalidArgumentError("drafter_threads must be >= 0 (0: as threads)")
         self.manifest = Manifest.load(bundle)
-        self._model = _core().Model(str(bundle), device=device, threads=threads,
+        self._model = _core().Model(str(bundle), device=device, threads=threads, drafter_threads=drafter_threads,
                                     ort_library=find_ort_library() or "")
         self.bundle_path = Path(self._model.bundle_path)
         self.device = device
@@ -287,10 +292,11 @@ class TandemModel:
         return stream.result
 
 
-def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", threads: int = 0) -> TandemModel:
+def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", threads: int = 0,
+         drafter_threads: int = 1) -> TandemModel:
     """Load a bundle folder (default: the embedded default bundle, exported on first use)."""
     if bundle is None:
         from tandem.runtime.default import default_bundle
 
         bundle = default_bundle()
-    return TandemModel(bundle, device=device, threads=threads)
+    return TandemModel(bundle, device=device, threads=threads, drafter_threads=drafter_threads)
