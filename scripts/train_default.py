@@ -30,8 +30,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
@@ -127,7 +129,7 @@ class Clock:
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
 
-    def run(self, name, fn, *a, **kw):
+    def run(self, name: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
         print(f"\n=== {name} ===", flush=True)
         t = time.perf_counter()
         result = fn(*a, **kw)
@@ -140,11 +142,11 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def params(module) -> int:
+def params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_fp16(model, folder: Path, extra_files: list[Path]) -> None:
+def save_fp16(model: Any, folder: Path, extra_files: list[Path]) -> None:
     """Write ``model`` (HF model or TandemSmall) with fp16 safetensors; copy ``extra_files``."""
     import copy
 
@@ -158,7 +160,8 @@ def save_fp16(model, folder: Path, extra_files: list[Path]) -> None:
             shutil.copy(f, folder / f.name)
 
 
-def train_one(name: str, model, large, corpus, config, work: Path, router=None) -> dict:
+def train_one(name: str, model: Any, large: Any, corpus: Any, config: Any, work: Path,
+              router: Any = None) -> dict:
     from tandem.train.trainer import Trainer
 
     trainer = Trainer(model, large, corpus, config, work, router)
@@ -189,7 +192,7 @@ def train_one(name: str, model, large, corpus, config, work: Path, router=None) 
 # --------------------------------------------------------------------------- c
 
 
-def measure_c(large, tandem, plain, past_len: int = 256, reps: int = 200) -> dict:
+def measure_c(large: Any, tandem: Any, plain: Any, past_len: int = 256, reps: int = 200) -> dict:
     """Median wall time of single-token PyTorch steps (batch 1, fp32, past ``past_len``)."""
     import torch
     from tqdm import tqdm
@@ -249,12 +252,12 @@ def run_eval(out: Path, files: list[Path], block_length: int, windows: int, seq_
 # --------------------------------------------------------------------------- card
 
 
-def write_card(out: Path, a, info: dict) -> None:
+def write_card(out: Path, a: argparse.Namespace, info: dict) -> None:
     L, T, P = info["large"], info["tandem"], info["plain"]
     c = info["c"]
     sizes = info["sizes_mb"]
 
-    def loss_row(r):
+    def loss_row(r: dict) -> str:
         return (f"| {r['name']} | {r['steps']} | {r['tokens_seen']:,} | {r['ce_steps']} CE + {r['distil_steps']} Distil "
                 f"| {r['final_loss_mean20']:.3f} | {r['train_s'] / 60:.1f} min |")
 
@@ -378,7 +381,12 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from tandem.train.data import Corpus, TextTokenizer, train_tokenizer
-    from tandem.train.model import create_drafter, create_drafter_config, create_lm_config, create_tandem
+    from tandem.train.model import (
+        create_drafter,
+        create_drafter_config,
+        create_lm_config,
+        create_tandem,
+    )
     from tandem.train.router import Router, RouterConfig
     from tandem.train.trainer import TrainConfig
 
@@ -407,7 +415,8 @@ def main() -> int:
     corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, HELDOUT_FRACTION)
     print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
 
-    def cfg(mode, steps, lr, batch_size=a.batch_size, warmup=50, **kw):
+    def cfg(mode: str, steps: int, lr: float, batch_size: int = a.batch_size, warmup: int = 50,
+            **kw: Any) -> Any:
         return TrainConfig(mode=mode, steps=steps, lr=lr, batch_size=batch_size, seq_len=a.seq_len,
                            seed=a.seed, device="cpu", router_batches=2 if a.quick else 8,
                            warmup_steps=5 if a.quick else warmup, **kw)
