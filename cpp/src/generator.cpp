@@ -146,7 +146,6 @@ struct Generator::State {
   bool use_memory = false;         // tandem drafter: M_L representations flow to M_S
 
   std::vector<int64_t> seq;
-  size_t prompt_len = 0;
   std::vector<int64_t> out;
   FinishReason finish = FinishReason::kNotFinished;
   std::vector<int64_t> step_tokens;  // emitted by the running Step / prefill
@@ -425,7 +424,6 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   s.seq = prompt;
   // no reallocation while generating: a reader refused too late never sees freed memory
   s.out.reserve(static_cast<size_t>(std::min<int64_t>(o.max_new_tokens, ctx)));
-  s.prompt_len = prompt.size();
   s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   if (o.max_new_tokens == 0) {
     s.finish = FinishReason::kMaxNewTokens;
