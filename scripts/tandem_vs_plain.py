@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Does a Tandem M_S beat a plain M_S of the same size? (issue 3's real training run)
+
+A tiny pair trained from scratch on one 2-core CPU, on the same CPython standard-library
+corpus, file list and held-out rule as the default pair (``scripts/train_default.py``):
+
+1. byte-level BPE tokenizer (training files only);
+2. M_L: Llama, plain next-token CE;
+3. four M_S of one size (same data order, steps, batch and schedule):
+   plain M_S (CE), plain M_S (Distil), Tandem-CE, Tandem-Distil (CE first, then Distil,
+   as in the paper);
+4. ``tandem.train.evaluate`` on the held-out files for each γ in ``--eval-block-lengths``:
+   next-token accuracy (overall and by position inside the block), TV distance and argmax
+   agreement with M_L;
+5. ``--report``: JSON + markdown table (default ``docs/results/tandem_vs_plain.{json,md}``).
+
+    .venv/bin/python scripts/tandem_vs_plain.py                       # full run (~35 min on 2 cores)
+    .venv/bin/python scripts/tandem_vs_plain.py --quick --report /tmp/q  # smoke run (~1 min)
+
+Trained models and checkpoints go to ``--work`` (a rerun resumes from them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_default as td  # noqa: E402  (the corpus, split and training helpers of the default pair)
+
+REPO = td.REPO
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--report", type=Path, default=REPO / "docs/results/tandem_vs_plain",
+                   help="report path without suffix: writes REPORT.json and REPORT.md")
+    p.add_argument("--work", type=Path, help="models and checkpoints (default: build/tandem_vs_plain[_quick])")
+    p.add_argument("--stdlib", type=Path, default=td.DEFAULT_STDLIB, help="CPython 3.11 Lib folder")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models, few files, few steps")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--large-layers", type=int, default=4)
+    p.add_argument("--large-hidden", type=int, default=192)
+    p.add_argument("--large-heads", type=int, default=4)
+    p.add_argument("--large-kv-heads", type=int, default=2)
+    p.add_argument("--large-intermediate", type=int, default=512)
+    p.add_argument("--large-steps", type=int, default=2000)
+    p.add_argument("--large-lr", type=float, default=3e-3)
+    p.add_argument("--small-layers", type=int, default=1)
+    p.add_argument("--small-hidden", type=int, default=64)
+    p.add_argument("--small-heads", type=int, default=2)
+    p.add_argument("--small-intermediate", type=int, default=176)
+    p.add_argument("--small-steps", type=int, default=1000, help="steps of each M_S")
+    p.add_argument("--small-lr", type=float, default=3e-3)
+    p.add_argument("--layer-assignment", choices=("last", "proportional"), default="proportional")
+    p.add_argument("--block-length", type=int, default=2, help="γ of the tandem training mask (paper: 2)")
+    p.add_argument("--variable-boundaries", action="store_true", help="random block offset per training sequence")
+    p.add_argument("--ce-fraction", type=float, default=0.5, help="Tandem-Distil: share of steps trained with CE")
+    p.add_argument("--eval-block-lengths", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--eval-windows", type=int, default=None, help="held-out windows (default: all)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.vocab, args.seq_len, args.batch_size = 300, 64, 4
+        args.large_layers, args.large_hidden, args.large_heads, args.large_kv_heads = 2, 32, 2, 1
+        args.large_intermediate, args.large_steps = 64, 10
+        args.small_hidden, args.small_heads, args.small_intermediate, args.small_steps = 16, 1, 32, 6
+        args.eval_windows = 8
+    args.work = args.work or REPO / ("build/tandem_vs_plain_quick" if args.quick else "build/tandem_vs_plain")
+    return args
+
+
+def cpu_name() -> str:
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        return f"{names[0]} ({os.cpu_count()} cores visible)"
+    except (OSError, IndexError):
+        return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores visible)"
+
+
+def render_markdown(record: dict) -> str:
+    a, evals = record["args"], record["eval"]
+    lines = [
+        "# Tandem M_S vs plain M_S on a tiny from-scratch pair",
+        "",
+        "Produced by `scripts/tandem_vs_plain.py` (issue 3's real training run); every number below was",
+        f"measured by that run on {record['cpu']}, torch {record['torch']}, CPU only, "
+        f"{record['total_min']:.0f} min wall.",
+        "",
+        "## Setup",
+        "",
+        f"- Data: the CPython {record['python_version']} standard-library `*.py` files of the default pair "
+        f"({record['n_files']} files), held-out split by content hash ({record['n_heldout']} files, "
+        f"{record['heldout_tokens']:,} tokens; {record['train_tokens']:,} training tokens).",
+        f"- Tokenizer: byte-level BPE, vocab {record['vocab']}, trained on the training files only.",
+        f"- M_L: Llama, {a['large_layers']} layers, width {a['large_hidden']}, {a['large_heads']} heads / "
+        f"{a['large_kv_heads']} KV heads, MLP {a['large_intermediate']}, {record['params']['large']:,} parameters; "
+        f"{a['large_steps']} steps of {a['batch_size']} × {a['seq_len']} tokens, lr {a['large_lr']}.",
+        f"- Each M_S: Llama, {a['small_layers']} layer(s), width {a['small_hidden']}, {a['small_heads']} heads, "
+        f"MLP {a['small_intermediate']}, randomly initialised (`create_drafter`; M_L's embeddings are copied only "
+        "when the widths match); "
+        f"{a['small_steps']} steps of {a['batch_size']} × {a['seq_len']} tokens, lr {a['small_lr']}, same data "
+        "order for all four. Tandem M_S: + `W_T` "
+        f"({a['large_hidden']}→{a['small_hidden']}, layer assignment `{a['layer_assignment']}` = M_L layer "
+        f"{record['layer_map']}), {record['params']['tandem']:,} parameters vs {record['params']['plain']:,}.",
+        f"- Tandem training mask: block length γ = {a['block_length']}"
+        + (", variable block boundaries" if a["variable_boundaries"] else ", fixed boundaries") + "; "
+        f"Tandem-Distil = Tandem-CE for {a['ce_fraction']:.0%} of the steps, then 0.5·CE + 0.5·CE(M_L).",
+        "- Evaluation: every non-overlapping held-out window of "
+        f"{a['seq_len']} tokens; tandem models use the training-mode block mask with offset 0.",
+        "",
+        "## Results",
+        "",
+    ]
+    for gamma, rows in evals.items():
+        lines += [f"### Evaluation block length γ = {gamma}", "",
+                  "| model | accuracy | TV to M_L | agreement with M_L | accuracy by block position |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in rows:
+            by_pos = " / ".join(f"{x:.3f}" for x in r["accuracy_by_block_position"])
+            lines.append(f"| {r['model']} | {r['accuracy']:.4f} | {r['tv_to_large']:.4f} | "
+                         f"{r['agreement_with_large']:.4f} | {by_pos} |")
+        lines += ["", f"{rows[0]['tokens']:,} held-out tokens.", ""]
+    lines += ["## Training", "", "| model | steps | final loss (mean of last 20 steps) | wall |", "| --- | --- | --- | --- |"]
+    for r in record["runs"].values():
+        lines.append(f"| {r['name']} | {r['steps']} ({r['ce_steps']} CE + {r['distil_steps']} Distil) | "
+                     f"{r['final_loss_mean20']:.3f} | {r['train_s'] / 60:.1f} min |")
+    lines += ["", "Distil losses mix CE with soft CE against M_L, so they are not comparable with CE losses.", "",
+              "Reproduce:", "", "```", record["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from tandem.train.data import Corpus, TextTokenizer, consecutive_windows, train_tokenizer
+    from tandem.train.evaluate import LARGE_NAME, evaluate, format_table
+    from tandem.train.model import (
+        create_drafter,
+        create_drafter_config,
+        create_lm_config,
+        create_tandem,
+    )
+    from tandem.train.trainer import TrainConfig
+
+    start = time.perf_counter()
+    clock = td.Clock()
+    work = a.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    files = td.build_file_list(a.stdlib, a.quick)
+    train_files, heldout_files, _ = td.split_files(files)
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        texts = (f.read_text(errors="replace") for f in tqdm(train_files, desc="tokenizer: read files"))
+        clock.run("tokenizer", train_tokenizer, texts, a.vocab, tok_dir)
+    tokenizer = TextTokenizer.load(tok_dir)
+    corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, td.HELDOUT_FRACTION)
+    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+
+    def cfg(mode: str, steps: int, lr: float, loss: str, **kw: Any) -> TrainConfig:
+        return TrainConfig(mode=mode, loss=loss, steps=steps, lr=lr, batch_size=a.batch_size, seq_len=a.seq_len,
+                           seed=a.seed, device="cpu", warmup_steps=5 if a.quick else 100, router_batches=0,
+                           **kw)
+
+    lm_config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
+                                 a.large_kv_heads, a.large_intermediate, a.seq_len, tokenizer.eos_id)
+    torch.manual_seed(a.seed)
+    large = AutoModelForCausalLM.from_config(lm_config).float()
+    runs = {"M_L": clock.run("train M_L", td.train_one, "M_L", large, None, corpus,
+                             cfg("lm", a.large_steps, a.large_lr, "ce"), work / "large")}
+    large = runs["M_L"]["trainer"].model.eval().requires_grad_(False)
+    runs["M_L"]["trainer"].save(tok_dir)
+
+    small_config = create_drafter_config(large.config, a.small_layers, a.small_hidden, a.small_heads, None,
+                                         a.small_intermediate)
+    tandem_kw = {"block_length": a.block_length, "variable_boundaries": a.variable_boundaries,
+                 "ce_fraction": a.ce_fraction}
+    specs = {  # name: (mode, loss, folder)
+        "plain M_S (CE)": ("plain", "ce", "plain_ce"),
+        "plain M_S (Distil)": ("plain", "distil", "plain_distil"),
+        "Tandem-CE": ("tandem", "ce", "tandem_ce"),
+        "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil"),
+    }
+    drafters = {}
+    for name, (mode, loss, folder) in specs.items():
+        small = create_drafter(large, small_config, seed=a.seed)
+        model = create_tandem(large, small, a.layer_assignment, seed=a.seed) if mode == "tandem" else small
+        kw = tandem_kw if mode == "tandem" else {}
+        runs[name] = clock.run(f"train {name}", td.train_one, name, model, large, corpus,
+                               cfg(mode, a.small_steps, a.small_lr, loss, **kw), work / folder)
+        runs[name]["trainer"].save(tok_dir)
+        drafters[name] = runs[name]["trainer"].model.eval()
+
+    windows = consecutive_windows(corpus.heldout, a.seq_len + 1, a.eval_windows)
+    evals = {}
+    for gamma in a.eval_block_lengths:
+        evals[str(gamma)] = clock.run(f"eval γ={gamma}", evaluate, large, drafters, windows, gamma, 16, "cpu",
+                                      progress=True)
+        print(format_table(evals[str(gamma)]), flush=True)
+
+    tandem_model = drafters["Tandem-Distil"]
+    record = {
+        "command": "cd /work/main && .venv/bin/python scripts/tandem_vs_plain.py"
+                   + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "python_version": "3.11.7", "cpu": cpu_name(), "torch": torch.__version__,
+        "n_files": len(files), "n_heldout": len(heldout_files),
+        "train_tokens": corpus.train.numel(), "heldout_tokens": corpus.heldout.numel(),
+        "vocab": tokenizer.vocab_size, "layer_map": tandem_model.config.layer_map,
+        "params": {"large": td.params(large), "tandem": td.params(tandem_model),
+                   "plain": td.params(drafters["plain M_S (Distil)"])},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "runs": {k: {f: v for f, v in r.items() if f not in ("trainer", "losses", "config")}
+                 | {"loss_every_10": r["losses"][::10], "config": r["config"]} for k, r in runs.items()},
+        "eval": evals, "times_s": clock.times, "total_min": (time.perf_counter() - start) / 60,
+    }
+    a.report.parent.mkdir(parents=True, exist_ok=True)
+    a.report.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+    a.report.with_suffix(".md").write_text(render_markdown(record))
+    for gamma, rows in evals.items():
+        acc = {r["model"]: r["accuracy"] for r in rows}
+        best_plain = max(acc["plain M_S (CE)"], acc["plain M_S (Distil)"])
+        verdict = "beats" if acc["Tandem-Distil"] > best_plain else "does NOT beat"
+        print(f"γ={gamma}: Tandem-Distil {acc['Tandem-Distil']:.4f} {verdict} the best plain M_S "
+              f"{best_plain:.4f} (M_L {acc[LARGE_NAME]:.4f})")
+    print(f"wrote {a.report.with_suffix('.md')} and .json in {record['total_min']:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
