@@ -7,8 +7,8 @@ corpus, file list and held-out rule as the default pair (``scripts/train_default
 1. byte-level BPE tokenizer (training files only);
 2. M_L: Llama, plain next-token CE;
 3. four M_S of one size (same data order, steps, batch and schedule):
-   plain M_S (CE), plain M_S (Distil), Tandem-CE, Tandem-Distil (CE first, then Distil,
-   as in the paper);
+   plain M_S (CE), plain M_S (Distil), Tandem-CE, Tandem-Distil; both Distil models follow
+   the paper's schedule, CE first, then Distil, with the same split;
 4. ``tandem.train.evaluate`` on the held-out files for each γ in ``--eval-block-lengths``:
    next-token accuracy (overall and by position inside the block), TV distance and argmax
    agreement with M_L;
@@ -63,10 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small-intermediate", type=int, default=176)
     p.add_argument("--small-steps", type=int, default=1000, help="steps of each M_S")
     p.add_argument("--small-lr", type=float, default=3e-3)
-    p.add_argument("--layer-assignment", choices=("last", "proportional"), default="proportional")
+    p.add_argument("--layer-assignment", default="proportional",
+                   help="last | proportional | M_L layer numbers (see `tandem train --help`)")
     p.add_argument("--block-length", type=int, default=2, help="γ of the tandem training mask (paper: 2)")
     p.add_argument("--variable-boundaries", action="store_true", help="random block offset per training sequence")
-    p.add_argument("--ce-fraction", type=float, default=0.5, help="Tandem-Distil: share of steps trained with CE")
+    p.add_argument("--ce-fraction", type=float, default=0.5,
+                   help="both Distil models: share of the steps trained with CE before Distil")
     p.add_argument("--eval-block-lengths", type=int, nargs="+", default=[2, 4])
     p.add_argument("--eval-windows", type=int, default=None, help="held-out windows (default: all)")
     args = p.parse_args(argv)
@@ -116,7 +118,8 @@ def render_markdown(record: dict) -> str:
         f"{record['layer_map']}), {record['params']['tandem']:,} parameters vs {record['params']['plain']:,}.",
         f"- Tandem training mask: block length γ = {a['block_length']}"
         + (", variable block boundaries" if a["variable_boundaries"] else ", fixed boundaries") + "; "
-        f"Tandem-Distil = Tandem-CE for {a['ce_fraction']:.0%} of the steps, then 0.5·CE + 0.5·CE(M_L).",
+        f"the Distil models (plain and tandem) train with CE for {a['ce_fraction']:.0%} of the steps, "
+        "then with 0.5·CE + 0.5·CE(M_L).",
         "- Evaluation: every non-overlapping held-out window of "
         f"{a['seq_len']} tokens; tandem models use the training-mode block mask with offset 0.",
         "",
@@ -190,11 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
     small_config = create_drafter_config(large.config, a.small_layers, a.small_hidden, a.small_heads, None,
                                          a.small_intermediate)
-    tandem_kw = {"block_length": a.block_length, "variable_boundaries": a.variable_boundaries,
-                 "ce_fraction": a.ce_fraction}
+    tandem_kw = {"block_length": a.block_length, "variable_boundaries": a.variable_boundaries}
     specs = {  # name: (mode, loss, folder)
         "plain M_S (CE)": ("plain", "ce", "plain_ce"),
-        "plain M_S (Distil)": ("plain", "distil", "plain_distil"),
+        "plain M_S (Distil)": ("plain", "ce-then-distil", "plain_distil"),
         "Tandem-CE": ("tandem", "ce", "tandem_ce"),
         "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil"),
     }
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         model = create_tandem(large, small, a.layer_assignment, seed=a.seed) if mode == "tandem" else small
         kw = tandem_kw if mode == "tandem" else {}
         runs[name] = clock.run(f"train {name}", td.train_one, name, model, large, corpus,
-                               cfg(mode, a.small_steps, a.small_lr, loss, **kw), work / folder)
+                               cfg(mode, a.small_steps, a.small_lr, loss, ce_fraction=a.ce_fraction, **kw),
+                               work / folder)
         runs[name]["trainer"].save(tok_dir)
         drafters[name] = runs[name]["trainer"].model.eval()
 

@@ -57,6 +57,16 @@ def test_layer_map_round_half_up():
         layer_map("first", 4, 2)
 
 
+def test_layer_map_explicit_layers():
+    assert layer_map("2", 4, 1) == [2]
+    assert layer_map("2", 4, 3) == [2, 2, 2]  # one layer for all
+    assert layer_map("1, 3", 4, 2) == [1, 3]
+    assert layer_map("0", 4, 1) == [0]  # the embedding output is a valid source
+    for bad in ("5", "1,2,3", "-1", "2,x"):
+        with pytest.raises(TrainingError, match="layer"):
+            layer_map(bad, 4, 2)
+
+
 @pytest.mark.parametrize("gamma", [1, 2, 3])
 def test_block_mask_matches_brute_force(gamma):
     n = 10

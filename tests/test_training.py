@@ -14,7 +14,13 @@ from tandem.errors import TrainingError
 from tandem.train.cli import add_eval_parser, add_train_parser
 from tandem.train.data import Corpus, TextTokenizer, consecutive_windows
 from tandem.train.evaluate import evaluate, format_table
-from tandem.train.model import TandemSmall, create_drafter_config, create_tandem
+from tandem.train.model import (
+    TandemSmall,
+    create_drafter_config,
+    create_tandem,
+    empty_past,
+    large_step,
+)
 from tandem.train.router import Router, RouterConfig, fit_router, total_variation
 from tandem.train.trainer import TrainConfig, Trainer, distil_loss, learning_rate_factor
 
@@ -161,7 +167,54 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 def test_evaluate_tandem_matches_manual_metrics(corpus):
     large, tandem = make_tandem()
-    windows = consecutive_windows(corpus.heldout, 9, 2)
-    results = evaluate(large, {"t": tandem}, windows, block_length=2)
-    assert 0.0 <= results[1]["accuracy"] <= 1.0 and 0.0 < results[1]["tv_to_large"] < 1.0
-    assert "t" in format_table(results)
+    windows = consecutive_windows(corpus.heldout, 9, 3)
+    gamma = 3
+    results = evaluate(large, {"t": tandem}, windows, block_length=gamma, batch_size=2)
+    assert [r["model"] for r in results] == ["M_L", "t"] and "t" in format_table(results)
+    # brute force: one window and one position at a time, the block start from the position itself
+    correct, agree, tv, per_pos, per_pos_n = 0, 0, 0.0, [0] * gamma, [0] * gamma
+    layers = tandem.config.large_layers
+    with torch.no_grad():
+        for window in windows:
+            inputs, targets = window[None, :-1], window[1:]
+            large_logits, _, reps = large_step(large, inputs, empty_past(large.config), layers)
+            for i in range(inputs.shape[1]):
+                starts = torch.tensor([[j - j % gamma for j in range(i + 1)]])
+                logits = tandem.forward_train(inputs[:, : i + 1], [r[:, : i + 1] for r in reps], starts)[0, i]
+                hit = int(logits.argmax() == targets[i])
+                correct += hit
+                per_pos[i % gamma] += hit
+                per_pos_n[i % gamma] += 1
+                agree += int(logits.argmax() == large_logits[0, i].argmax())
+                tv += 0.5 * (logits.softmax(-1) - large_logits[0, i].softmax(-1)).abs().sum().item()
+    n = windows[:, 1:].numel()
+    t = results[1]
+    assert t["tokens"] == n
+    assert t["accuracy"] == pytest.approx(correct / n)
+    assert t["agreement_with_large"] == pytest.approx(agree / n)
+    assert t["tv_to_large"] == pytest.approx(tv / n, abs=1e-5)
+    assert t["accuracy_by_block_position"] == pytest.approx([c / k for c, k in zip(per_pos, per_pos_n, strict=True)])
+    assert results[0]["agreement_with_large"] == 1.0 and results[0]["tv_to_large"] == 0.0
+
+
+def test_tandem_vs_plain_script_quick(tmp_path):
+    """The issue-3 experiment script end to end at smoke size (on this interpreter's stdlib)."""
+    import importlib.util
+    import sysconfig
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tandem_vs_plain.py"
+    spec = importlib.util.spec_from_file_location("tandem_vs_plain", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = tmp_path / "report"
+    assert module.main(["--quick", "--stdlib", sysconfig.get_paths()["stdlib"], "--work", str(tmp_path / "work"),
+                        "--report", str(report), "--eval-block-lengths", "2", "3"]) == 0
+    record = json.loads(report.with_suffix(".json").read_text())
+    assert set(record["eval"]) == {"2", "3"}
+    names = [r["model"] for r in record["eval"]["3"]]
+    assert names == ["M_L", "plain M_S (CE)", "plain M_S (Distil)", "Tandem-CE", "Tandem-Distil"]
+    assert all(len(r["accuracy_by_block_position"]) == 3 for r in record["eval"]["3"])
+    assert record["runs"]["Tandem-Distil"]["ce_steps"] == 3 and record["runs"]["Tandem-Distil"]["distil_steps"] == 3
+    text = report.with_suffix(".md").read_text()
+    assert "| Tandem-Distil |" in text and "γ = 3" in text

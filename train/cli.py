@@ -62,7 +62,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--kv-heads", type=int, help="KV heads of a new model (GQA when fewer than heads)")
     parser.add_argument("--intermediate", type=int, help="MLP width of a new model")
     parser.add_argument("--max-positions", type=int, default=2048, help="--mode lm context length")
-    parser.add_argument("--layer-assignment", choices=LAYER_ASSIGNMENTS, default="proportional")
+    parser.add_argument("--layer-assignment", default="proportional", metavar="|".join(LAYER_ASSIGNMENTS) + "|L[,L...]",
+                        help="which M_L layer feeds each M_S layer: last, proportional (default), or explicit "
+                             "M_L layer numbers (0 = embeddings), one per M_S layer or one for all, e.g. 2 or 2,4")
     parser.add_argument("--no-router", action="store_true", help="do not train an adaptive-block router")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--loss", choices=LOSSES, help="default: ce-then-distil (tandem), distil (plain), ce (lm)")

@@ -72,14 +72,26 @@ def check_pair(
 
 
 def layer_map(assignment: str, num_large_layers: int, num_small_layers: int) -> list[int]:
-    """``[ℓ(1), ..., ℓ(L_S)]`` for ``last`` or ``proportional`` (round half up)."""
+    """``[ℓ(1), ..., ℓ(L_S)]`` for ``last``, ``proportional`` (round half up), or an explicit
+    comma-separated list of M_L layers (``0`` = embedding output .. ``L_L``), one per M_S
+    layer, or a single layer for all of them (e.g. ``"2"`` or ``"2,4"``)."""
     if assignment == "last":
         return [num_large_layers] * num_small_layers
     if assignment == "proportional":
         # floor(j * L_L / L_S + 0.5) in integer arithmetic: exact round half up.
         return [(2 * j * num_large_layers + num_small_layers) // (2 * num_small_layers)
                 for j in range(1, num_small_layers + 1)]
-    raise TrainingError(f"unknown layer assignment {assignment!r}; use one of {', '.join(LAYER_ASSIGNMENTS)}")
+    parts = [part.strip() for part in assignment.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise TrainingError(f"unknown layer assignment {assignment!r}; use one of {', '.join(LAYER_ASSIGNMENTS)} "
+                            f"or M_L layer numbers such as '2' or '2,4'")
+    layers = [int(part) for part in parts]
+    if len(layers) == 1:
+        layers *= num_small_layers
+    if len(layers) != num_small_layers or max(layers) > num_large_layers:
+        raise TrainingError(f"layer assignment {assignment!r} must name one M_L layer (0..{num_large_layers}) "
+                            f"per M_S layer ({num_small_layers}), or a single layer for all")
+    return layers
 
 
 # --------------------------------------------------------------------------- HF steps
