@@ -435,6 +435,26 @@ def test_trainer_builders_refuse_mismatched_models():
         create_drafter_config(_gpt2().config, num_layers=1, hidden_size=16)
 
 
+def test_trainer_refuses_models_of_another_large(tmp_path):
+    from tiny_models import tiny_config, tiny_corpus, tiny_large, tiny_model, tiny_tokenizer
+
+    from tandem.train.data import Corpus, TextTokenizer
+    from tandem.train.model import create_drafter_config, create_tandem
+    from tandem.train.trainer import TrainConfig, Trainer
+
+    corpus = Corpus.build([tiny_corpus(tmp_path / "files")], TextTokenizer.load(tiny_tokenizer(tmp_path / "tok")))
+    config = TrainConfig(mode="plain", steps=1, batch_size=2, seq_len=8, device="cpu")
+    large = tiny_large("llama")
+    with pytest.raises(TrainingError, match="vocab size 320 but M_L has 300"):
+        Trainer(tiny_model(tiny_config("llama", vocab_size=320)), large, corpus, config,
+                tmp_path / "a")
+    other = tiny_large("llama", num_layers=3)
+    tandem = create_tandem(other, create_drafter_config(other.config, 1, 32))
+    with pytest.raises(TrainingError, match="built for an M_L of width .* and 3 layers"):
+        Trainer(tandem, large, corpus, TrainConfig(mode="tandem", steps=1, batch_size=2, seq_len=8, device="cpu"),
+                tmp_path / "b")
+
+
 def test_export_refuses_drafter_with_another_tokenizer(tmp_path):
     from tiny_models import tiny_large, tiny_large_folder
 

@@ -29,7 +29,14 @@ from transformers import PreTrainedModel
 
 from tandem.errors import TrainingError
 from tandem.train.data import Corpus, sample_windows
-from tandem.train.model import TandemSmall, block_starts, drafter_logits, empty_past, large_step
+from tandem.train.model import (
+    TandemSmall,
+    block_starts,
+    check_pair,
+    drafter_logits,
+    empty_past,
+    large_step,
+)
 from tandem.train.router import Router, fit_router, total_variation
 
 MODES = ("tandem", "plain", "lm")
@@ -115,6 +122,16 @@ class Trainer:
                                 "tandem mode trains a TandemSmall, plain and lm modes an HF model")
         if config.mode != "lm" and large is None:
             raise TrainingError(f"mode {config.mode!r} needs M_L (--large)")
+        if config.mode != "lm":
+            small = model.small if isinstance(model, TandemSmall) else model
+            check_pair(large.config, small.config)
+        if isinstance(model, TandemSmall):
+            built = (model.config.large_hidden_size, model.config.large_num_layers)
+            if built != (large.config.hidden_size, large.config.num_hidden_layers):
+                raise TrainingError(
+                    f"this tandem M_S was built for an M_L of width {built[0]} and {built[1]} layers, but M_L "
+                    f"has width {large.config.hidden_size} and {large.config.num_hidden_layers} layers; "
+                    "create it with create_tandem(large, ...) for this M_L")
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
