@@ -149,43 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
-
-    from tandem.train.data import Corpus, TextTokenizer, consecutive_windows, train_tokenizer
+    from tandem.train.data import consecutive_windows
     from tandem.train.evaluate import LARGE_NAME, evaluate, format_table
-    from tandem.train.model import (
-        create_drafter,
-        create_drafter_config,
-        create_lm_config,
-        create_tandem,
-    )
+    from tandem.train.model import create_drafter, create_drafter_config, create_tandem
     from tandem.train.trainer import TrainConfig
 
     start = time.perf_counter()
     clock = td.Clock()
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-
-    files = td.build_file_list(a.stdlib, a.quick)
-    train_files, heldout_files, _ = td.split_files(files)
     tok_dir = work / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        texts = (f.read_text(errors="replace") for f in tqdm(train_files, desc="tokenizer: read files"))
-        clock.run("tokenizer", train_tokenizer, texts, a.vocab, tok_dir)
-    tokenizer = TextTokenizer.load(tok_dir)
-    corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, td.HELDOUT_FRACTION)
-    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+    files, heldout_files, tokenizer, corpus = td.prepare_data(a, tok_dir, clock)
 
     def cfg(mode: str, steps: int, lr: float, loss: str, **kw: Any) -> TrainConfig:
         return TrainConfig(mode=mode, loss=loss, steps=steps, lr=lr, batch_size=a.batch_size, seq_len=a.seq_len,
                            seed=a.seed, device="cpu", warmup_steps=5 if a.quick else 100, router_batches=0,
                            **kw)
 
-    lm_config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
-                                 a.large_kv_heads, a.large_intermediate, a.seq_len, tokenizer.eos_id)
-    torch.manual_seed(a.seed)
-    large = AutoModelForCausalLM.from_config(lm_config).float()
+    large = td.new_large(a, tokenizer)
     runs = {"M_L": clock.run("train M_L", td.train_one, "M_L", large, None, corpus,
                              cfg("lm", a.large_steps, a.large_lr, "ce"), work / "large")}
     large = runs["M_L"]["trainer"].model.eval().requires_grad_(False)

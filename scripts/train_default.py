@@ -125,6 +125,42 @@ def write_file_list(files: list[Path], heldout: list[Path], stdlib: Path, path: 
 # --------------------------------------------------------------------------- helpers
 
 
+def prepare_data(a: argparse.Namespace, tok_dir: Path, clock: Clock) -> tuple[list[Path], list[Path], Any, Any]:
+    """Files, held-out files, tokenizer and corpus for ``a.stdlib`` / ``a.quick`` / ``a.vocab``.
+
+    The byte-level BPE is trained on the training files only, unless ``tok_dir`` already
+    holds one of ``a.vocab`` tokens (a rerun)."""
+    from tqdm import tqdm
+
+    from tandem.train.data import Corpus, TextTokenizer, train_tokenizer
+
+    files = build_file_list(a.stdlib, a.quick)
+    train_files, heldout_files, _ = split_files(files)
+    ready = (tok_dir / "tokenizer.json").exists() and TextTokenizer.load(tok_dir).vocab_size == a.vocab
+    if not ready:
+        texts = (f.read_text(errors="replace") for f in tqdm(train_files, desc="tokenizer: read files"))
+        clock.run("tokenizer", train_tokenizer, texts, a.vocab, tok_dir)
+    tokenizer = TextTokenizer.load(tok_dir)
+    corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, HELDOUT_FRACTION)
+    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+    return files, heldout_files, tokenizer, corpus
+
+
+def new_large(a: argparse.Namespace, tokenizer: Any) -> Any:
+    """A from-scratch Llama M_L of ``a.large_*`` (seeded by ``a.seed``), context ``a.seq_len``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tandem.train.model import create_lm_config
+
+    config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
+                              a.large_kv_heads, a.large_intermediate, a.seq_len, tokenizer.eos_id)
+    torch.manual_seed(a.seed)
+    return AutoModelForCausalLM.from_config(config).float()
+
+
+
+
 class Clock:
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
@@ -377,14 +413,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
-    from tandem.train.data import Corpus, TextTokenizer, train_tokenizer
     from tandem.train.model import (
         create_drafter,
         create_drafter_config,
-        create_lm_config,
         create_tandem,
     )
     from tandem.train.router import Router, RouterConfig
@@ -396,24 +429,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    # 1. files and split
-    files = build_file_list(a.stdlib, a.quick)
-    train_files, heldout_files, _ = split_files(files)
+    # 1-2. files, split, tokenizer (training files only), corpus
+    tok_dir = work / "tokenizer"
+    files, heldout_files, tokenizer, corpus = prepare_data(a, tok_dir, clock)
     list_sha = write_file_list(files, heldout_files, a.stdlib, out / "data_files.txt")
     corpus_mb = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files)} files ({corpus_mb:.2f} MB), {len(heldout_files)} held out; list sha256 {list_sha}")
-
-    # 2. tokenizer (training files only)
-    tok_dir = work / "tokenizer"
-
-    def texts():
-        for f in tqdm(train_files, desc="tokenizer: read files"):
-            yield f.read_text(errors="replace")
-
-    clock.run("tokenizer", train_tokenizer, texts(), a.vocab, tok_dir)
-    tokenizer = TextTokenizer.load(tok_dir)
-    corpus = clock.run("tokenize corpus", Corpus.build, [str(f) for f in files], tokenizer, HELDOUT_FRACTION)
-    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
 
     def cfg(mode: str, steps: int, lr: float, batch_size: int = a.batch_size, warmup: int = 50,
             **kw: Any) -> Any:
@@ -422,10 +443,7 @@ def main() -> int:
                            warmup_steps=5 if a.quick else warmup, **kw)
 
     # 3. M_L
-    lm_config = create_lm_config("llama", tokenizer.vocab_size, a.large_layers, a.large_hidden, a.large_heads,
-                                 a.large_kv_heads, a.large_intermediate, a.seq_len, tokenizer.eos_id)
-    torch.manual_seed(a.seed)
-    large = AutoModelForCausalLM.from_config(lm_config).float()
+    large = new_large(a, tokenizer)
     L = clock.run("train M_L", train_one, "M_L", large, None, corpus, cfg("lm", a.large_steps, a.large_lr),
                   work / "large")
     large = L["trainer"].model.eval().requires_grad_(False)
