@@ -14,7 +14,7 @@ corpus, file list and held-out rule as the default pair (``scripts/train_default
    agreement with M_L;
 5. ``--report``: JSON + markdown table (default ``docs/results/tandem_vs_plain.{json,md}``).
 
-    .venv/bin/python scripts/tandem_vs_plain.py                       # full run (~35 min on 2 cores)
+    .venv/bin/python scripts/tandem_vs_plain.py                       # full run (~45 min on 2 cores)
     .venv/bin/python scripts/tandem_vs_plain.py --quick --report /tmp/q  # smoke run (~1 min)
 
 Trained models and checkpoints go to ``--work`` (a rerun resumes from them).
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-heads", type=int, default=4)
     p.add_argument("--large-kv-heads", type=int, default=2)
     p.add_argument("--large-intermediate", type=int, default=512)
-    p.add_argument("--large-steps", type=int, default=2000)
+    p.add_argument("--large-steps", type=int, default=3000)
     p.add_argument("--large-lr", type=float, default=3e-3)
     p.add_argument("--small-layers", type=int, default=1)
     p.add_argument("--small-hidden", type=int, default=64)
@@ -63,8 +63,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small-intermediate", type=int, default=176)
     p.add_argument("--small-steps", type=int, default=1000, help="steps of each M_S")
     p.add_argument("--small-lr", type=float, default=3e-3)
-    p.add_argument("--layer-assignment", default="proportional",
-                   help="last | proportional | M_L layer numbers (see `tandem train --help`)")
+    p.add_argument("--layer-assignment", default="2",
+                   help="M_L layer read by the tandem M_S: last | proportional | layer numbers (see `tandem train "
+                        "--help`); default 2, the middle of the default 4-layer M_L (measured best of 1-4 here)")
+    p.add_argument("--layer-ablation", nargs="*", default=["1", "3", "4"], metavar="ASSIGNMENT",
+                   help="also train a Tandem-Distil M_S for each of these layer assignments (extra rows; "
+                        "pass the flag alone for none)")
+    p.add_argument("--train-block-ablation", type=int, nargs="*", default=[4], metavar="GAMMA",
+                   help="also train a Tandem-Distil M_S with each of these training block lengths and variable "
+                        "block boundaries (extra rows; pass the flag alone for none)")
     p.add_argument("--block-length", type=int, default=2, help="γ of the tandem training mask (paper: 2)")
     p.add_argument("--variable-boundaries", action="store_true", help="random block offset per training sequence")
     p.add_argument("--ce-fraction", type=float, default=0.5,
@@ -78,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.large_intermediate, args.large_steps = 64, 10
         args.small_hidden, args.small_heads, args.small_intermediate, args.small_steps = 16, 1, 32, 6
         args.eval_windows = 8
+        args.layer_ablation, args.train_block_ablation = ["1"], [3]  # the quick M_L has 2 layers
     args.work = args.work or REPO / ("build/tandem_vs_plain_quick" if args.quick else "build/tandem_vs_plain")
     return args
 
@@ -97,8 +105,9 @@ def render_markdown(record: dict) -> str:
         "# Tandem M_S vs plain M_S on a tiny from-scratch pair",
         "",
         "Produced by `scripts/tandem_vs_plain.py` (issue 3's real training run); every number below was",
-        f"measured by that run on {record['cpu']}, torch {record['torch']}, CPU only, "
-        f"{record['total_min']:.0f} min wall.",
+        f"measured by that run on {record['cpu']}, torch {record['torch']}, CPU only "
+        f"(training {sum(r['train_s'] for r in record['runs'].values()) / 60:.0f} min in all, of which M_L "
+        f"{record['runs']['M_L']['train_s'] / 60:.0f} min; a rerun resumes finished models from their checkpoints).",
         "",
         "## Setup",
         "",
@@ -109,11 +118,11 @@ def render_markdown(record: dict) -> str:
         f"- M_L: Llama, {a['large_layers']} layers, width {a['large_hidden']}, {a['large_heads']} heads / "
         f"{a['large_kv_heads']} KV heads, MLP {a['large_intermediate']}, {record['params']['large']:,} parameters; "
         f"{a['large_steps']} steps of {a['batch_size']} × {a['seq_len']} tokens, lr {a['large_lr']}.",
-        f"- Each M_S: Llama, {a['small_layers']} layer(s), width {a['small_hidden']}, {a['small_heads']} heads, "
+        f"- Each M_S: Llama, {a['small_layers']} layer{'s' if a['small_layers'] > 1 else ''}, width {a['small_hidden']}, {a['small_heads']} heads, "
         f"MLP {a['small_intermediate']}, randomly initialised (`create_drafter`; M_L's embeddings are copied only "
         "when the widths match); "
         f"{a['small_steps']} steps of {a['batch_size']} × {a['seq_len']} tokens, lr {a['small_lr']}, same data "
-        "order for all four. Tandem M_S: + `W_T` "
+        "order for every M_S. Tandem M_S: + `W_T` "
         f"({a['large_hidden']}→{a['small_hidden']}, layer assignment `{a['layer_assignment']}` = M_L layer "
         f"{record['layer_map']}), {record['params']['tandem']:,} parameters vs {record['params']['plain']:,}.",
         f"- Tandem training mask: block length γ = {a['block_length']}"
@@ -175,17 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     small_config = create_drafter_config(large.config, a.small_layers, a.small_hidden, a.small_heads, None,
                                          a.small_intermediate)
     tandem_kw = {"block_length": a.block_length, "variable_boundaries": a.variable_boundaries}
-    specs = {  # name: (mode, loss, folder)
-        "plain M_S (CE)": ("plain", "ce", "plain_ce"),
-        "plain M_S (Distil)": ("plain", "ce-then-distil", "plain_distil"),
-        "Tandem-CE": ("tandem", "ce", "tandem_ce"),
-        "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil"),
+    specs = {  # name: (mode, loss, folder, layer assignment, tandem settings)
+        "plain M_S (CE)": ("plain", "ce", "plain_ce", "", {}),
+        "plain M_S (Distil)": ("plain", "ce-then-distil", "plain_distil", "", {}),
+        "Tandem-CE": ("tandem", "ce", "tandem_ce", a.layer_assignment, tandem_kw),
+        "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil", a.layer_assignment, tandem_kw),
     }
+    for assignment in a.layer_ablation:
+        specs[f"Tandem-Distil, ℓ = {assignment}"] = ("tandem", "ce-then-distil", f"tandem_distil_l{assignment}",
+                                                     assignment, tandem_kw)
+    for gamma in a.train_block_ablation:
+        specs[f"Tandem-Distil, trained γ = {gamma} variable"] = (
+            "tandem", "ce-then-distil", f"tandem_distil_g{gamma}v", a.layer_assignment,
+            {"block_length": gamma, "variable_boundaries": True})
     drafters = {}
-    for name, (mode, loss, folder) in specs.items():
+    for name, (mode, loss, folder, assignment, kw) in specs.items():
         small = create_drafter(large, small_config, seed=a.seed)
-        model = create_tandem(large, small, a.layer_assignment, seed=a.seed) if mode == "tandem" else small
-        kw = tandem_kw if mode == "tandem" else {}
+        model = create_tandem(large, small, assignment, seed=a.seed) if mode == "tandem" else small
         runs[name] = clock.run(f"train {name}", td.train_one, name, model, large, corpus,
                                cfg(mode, a.small_steps, a.small_lr, loss, ce_fraction=a.ce_fraction, **kw),
                                work / folder)

@@ -94,6 +94,11 @@ def test_resume_continues_identically(corpus, tmp_path):
     with pytest.raises(TrainingError, match="other settings"):
         large, tandem = make_tandem()
         Trainer(tandem, large, corpus, tiny_config(steps=4, lr=1.0), tmp_path / "b").train(progress=False)
+    large, _ = make_tandem()
+    other_layer = create_tandem(large, create_drafter_config(large.config, 1, 32), layer_assignment="1", seed=3)
+    with pytest.raises(TrainingError, match="another layer assignment"):
+        Trainer(other_layer, large, corpus, tiny_config(steps=4, loss="ce-then-distil"), tmp_path / "b").train(
+            progress=False)
 
 
 def test_plain_and_lm_modes(corpus, tmp_path):
@@ -213,8 +218,12 @@ def test_tandem_vs_plain_script_quick(tmp_path):
     record = json.loads(report.with_suffix(".json").read_text())
     assert set(record["eval"]) == {"2", "3"}
     names = [r["model"] for r in record["eval"]["3"]]
-    assert names == ["M_L", "plain M_S (CE)", "plain M_S (Distil)", "Tandem-CE", "Tandem-Distil"]
+    assert names == ["M_L", "plain M_S (CE)", "plain M_S (Distil)", "Tandem-CE", "Tandem-Distil",
+                     "Tandem-Distil, ℓ = 1", "Tandem-Distil, trained γ = 3 variable"]
     assert all(len(r["accuracy_by_block_position"]) == 3 for r in record["eval"]["3"])
-    assert record["runs"]["Tandem-Distil"]["ce_steps"] == 3 and record["runs"]["Tandem-Distil"]["distil_steps"] == 3
+    for name in ("plain M_S (Distil)", "Tandem-Distil"):  # the same CE-then-Distil schedule
+        assert (record["runs"][name]["ce_steps"], record["runs"][name]["distil_steps"]) == (3, 3)
+    assert record["layer_map"] == [2] and record["runs"]["Tandem-Distil, ℓ = 1"]["config"]["block_length"] == 2
+    assert record["runs"]["Tandem-Distil, trained γ = 3 variable"]["config"]["variable_boundaries"] is True
     text = report.with_suffix(".md").read_text()
     assert "| Tandem-Distil |" in text and "γ = 3" in text

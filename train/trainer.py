@@ -201,6 +201,7 @@ class Trainer:
         state = {
             "step": self.step,
             "config": asdict(self.config),
+            "tandem_config": self.model.config.to_json() if isinstance(self.model, TandemSmall) else None,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -221,6 +222,10 @@ class Trainer:
             changed = sorted(k for k in saved if saved[k] != current[k])
             raise TrainingError(f"{self.checkpoint_path} was written with other settings ({', '.join(changed)}); "
                                 "use the same settings, another --out, or --no-resume")
+        tandem_config = self.model.config.to_json() if isinstance(self.model, TandemSmall) else None
+        if state.get("tandem_config", tandem_config) != tandem_config:
+            raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment or M_L; "
+                                "use the same --layer-assignment and M_L, another --out, or --no-resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
