@@ -464,7 +464,7 @@ std::vector<int64_t> Generator::State::StepUnguarded() {
   return emitted;
 }
 
-const std::vector<int64_t>& Generator::Run() {
+std::vector<int64_t> Generator::Run() {
   BusyGuard guard(state_->busy);  // held for the whole run: another thread's call is refused
   while (!state_->Done()) state_->StepUnguarded();
   state_->step_tokens.clear();
@@ -472,7 +472,8 @@ const std::vector<int64_t>& Generator::Run() {
 }
 
 // The accessors read state that Step / Run write, so they too are refused while another
-// thread is inside Step / Run (instead of racing with it).
+// thread is inside Step / Run (instead of racing with it), and return copies made under
+// the guard (a reference would be read after the guard is gone).
 bool Generator::done() const {
   BusyGuard guard(state_->busy);
   return state_->Done();
@@ -481,11 +482,11 @@ FinishReason Generator::finish_reason() const {
   BusyGuard guard(state_->busy);
   return state_->finish;
 }
-const std::vector<int64_t>& Generator::tokens() const {
+std::vector<int64_t> Generator::tokens() const {
   BusyGuard guard(state_->busy);
   return state_->out;
 }
-const Stats& Generator::stats() const {
+Stats Generator::stats() const {
   BusyGuard guard(state_->busy);
   return state_->stats;
 }

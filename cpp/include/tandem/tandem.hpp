@@ -154,12 +154,13 @@ class Generator {
   // returns the token of the prefill). Returns an empty vector once done().
   std::vector<int64_t> Step();
   // Runs to the end and returns all generated tokens.
-  const std::vector<int64_t>& Run();
+  std::vector<int64_t> Run();
 
+  // Snapshots, copied while no other thread is inside Step / Run (else kBusy).
   bool done() const;
   FinishReason finish_reason() const;
-  const std::vector<int64_t>& tokens() const;  // generated so far
-  const Stats& stats() const;
+  std::vector<int64_t> tokens() const;  // generated so far
+  Stats stats() const;
 
   struct State;
 
