@@ -64,7 +64,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--max-positions", type=int, default=2048, help="--mode lm context length")
     parser.add_argument("--layer-assignment", default="proportional", metavar="|".join(LAYER_ASSIGNMENTS) + "|L[,L...]",
                         help="which M_L layer feeds each M_S layer: last, proportional (default), or explicit "
-                             "M_L layer numbers (0 = embeddings), one per M_S layer or one for all, e.g. 2 or 2,4")
+                             "M_L layer numbers (0 = embeddings), one per M_S layer or one for all, e.g. 2 or 2,4; "
+                             "for a 1-layer M_S a middle layer did best in docs/results/tandem_vs_plain.md")
     parser.add_argument("--no-router", action="store_true", help="do not train an adaptive-block router")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--loss", choices=LOSSES, help="default: ce-then-distil (tandem), distil (plain), ce (lm)")
