@@ -86,9 +86,12 @@ def evaluate(large: PreTrainedModel, drafters: dict[str, TandemSmall | PreTraine
 
 def format_table(results: list[dict]) -> str:
     """A fixed-width table of :func:`evaluate`'s results."""
-    lines = [f"{'model':<20} {'accuracy':>9} {'TV to M_L':>10} {'agree M_L':>10} {'tokens':>8}"]
-    lines += [f"{r['model']:<20} {r['accuracy']:>9.4f} {r['tv_to_large']:>10.4f} "
-              f"{r['agreement_with_large']:>10.4f} {r['tokens']:>8d}" for r in results]
+    width = max([20, *(len(r["model"]) for r in results)])
+    lines = [f"{'model':<{width}} {'accuracy':>9} {'TV to M_L':>10} {'agree M_L':>10} {'tokens':>8}  "
+             "accuracy by block position"]
+    lines += [f"{r['model']:<{width}} {r['accuracy']:>9.4f} {r['tv_to_large']:>10.4f} "
+              f"{r['agreement_with_large']:>10.4f} {r['tokens']:>8d}  "
+              + " / ".join(f"{x:.3f}" for x in r.get("accuracy_by_block_position", [])) for r in results]
     return "\n".join(lines)
 
 
