@@ -14,7 +14,7 @@ corpus, file list and held-out rule as the default pair (``scripts/train_default
    agreement with M_L;
 5. ``--report``: JSON + markdown table (default ``docs/results/tandem_vs_plain.{json,md}``).
 
-    .venv/bin/python scripts/tandem_vs_plain.py                       # full run (~45 min on 2 cores)
+    .venv/bin/python scripts/tandem_vs_plain.py                       # full run (~65 min on 2 cores)
     .venv/bin/python scripts/tandem_vs_plain.py --quick --report /tmp/q  # smoke run (~1 min)
 
 Trained models and checkpoints go to ``--work`` (a rerun resumes from them).
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "block boundaries (extra rows; pass the flag alone for none)")
     p.add_argument("--block-length", type=int, default=2, help="γ of the tandem training mask (paper: 2)")
     p.add_argument("--variable-boundaries", action="store_true", help="random block offset per training sequence")
+    p.add_argument("--seed-repeats", type=int, default=3,
+                   help="train plain M_S (Distil) and Tandem-Distil with this many drafter seeds (seed, seed+1, ...: "
+                        "initialisation, data order and block offsets) to show the spread")
     p.add_argument("--ce-fraction", type=float, default=0.5,
                    help="both Distil models: share of the steps trained with CE before Distil")
     p.add_argument("--eval-block-lengths", type=int, nargs="+", default=[2, 4])
@@ -86,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.small_hidden, args.small_heads, args.small_intermediate, args.small_steps = 16, 1, 32, 6
         args.eval_windows = 8
         args.layer_ablation, args.train_block_ablation = ["1"], [3]  # the quick M_L has 2 layers
+        args.seed_repeats = 2
     args.work = args.work or REPO / ("build/tandem_vs_plain_quick" if args.quick else "build/tandem_vs_plain")
     return args
 
@@ -144,6 +148,23 @@ def render_markdown(record: dict) -> str:
             lines.append(f"| {r['model']} | {r['accuracy']:.4f} | {r['tv_to_large']:.4f} | "
                          f"{r['agreement_with_large']:.4f} | {by_pos} |")
         lines += ["", f"{rows[0]['tokens']:,} held-out tokens.", ""]
+    seeds = [a["seed"] + k for k in range(a.get("seed_repeats", 1))]
+    if len(seeds) > 1:
+        lines += ["## Spread over drafter seeds", "",
+                  f"Plain M_S (Distil) and Tandem-Distil trained with drafter seeds {', '.join(map(str, seeds))} "
+                  "(initialisation, data order, block offsets; M_L fixed). Held-out accuracy:", "",
+                  "| eval γ | plain M_S (Distil) | Tandem-Distil | Tandem − plain, per seed |", "| --- | --- | --- | --- |"]
+        for gamma, rows in evals.items():
+            acc = {r["model"]: r["accuracy"] for r in rows}
+
+            def per_seed(name: str, acc: dict = acc) -> list[float]:
+                return [acc[name if s == a["seed"] else f"{name}, seed {s}"] for s in seeds]
+
+            plain, tandem = per_seed("plain M_S (Distil)"), per_seed("Tandem-Distil")
+            lines.append(f"| {gamma} | {sum(plain) / len(plain):.4f} ({min(plain):.4f}–{max(plain):.4f}) | "
+                         f"{sum(tandem) / len(tandem):.4f} ({min(tandem):.4f}–{max(tandem):.4f}) | "
+                         + ", ".join(f"{t - q:+.4f}" for t, q in zip(tandem, plain, strict=True)) + " |")
+        lines.append("")
     lines += ["## Training", "", "| model | steps | final loss (mean of last 20 steps) | wall |", "| --- | --- | --- | --- |"]
     for r in record["runs"].values():
         lines.append(f"| {r['name']} | {r['steps']} ({r['ce_steps']} CE + {r['distil_steps']} Distil) | "
@@ -170,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     tok_dir = work / "tokenizer"
     files, heldout_files, tokenizer, corpus = td.prepare_data(a, tok_dir, clock)
 
-    def cfg(mode: str, steps: int, lr: float, loss: str, **kw: Any) -> TrainConfig:
+    def cfg(mode: str, steps: int, lr: float, loss: str, seed: int = a.seed, **kw: Any) -> TrainConfig:
         return TrainConfig(mode=mode, loss=loss, steps=steps, lr=lr, batch_size=a.batch_size, seq_len=a.seq_len,
-                           seed=a.seed, device="cpu", warmup_steps=5 if a.quick else 100, router_batches=0,
+                           seed=seed, device="cpu", warmup_steps=5 if a.quick else 100, router_batches=0,
                            **kw)
 
     large = td.new_large(a, tokenizer)
@@ -184,25 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     small_config = create_drafter_config(large.config, a.small_layers, a.small_hidden, a.small_heads, None,
                                          a.small_intermediate)
     tandem_kw = {"block_length": a.block_length, "variable_boundaries": a.variable_boundaries}
-    specs = {  # name: (mode, loss, folder, layer assignment, tandem settings)
-        "plain M_S (CE)": ("plain", "ce", "plain_ce", "", {}),
-        "plain M_S (Distil)": ("plain", "ce-then-distil", "plain_distil", "", {}),
-        "Tandem-CE": ("tandem", "ce", "tandem_ce", a.layer_assignment, tandem_kw),
-        "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil", a.layer_assignment, tandem_kw),
+    specs = {  # name: (mode, loss, folder, layer assignment, tandem settings, drafter seed)
+        "plain M_S (CE)": ("plain", "ce", "plain_ce", "", {}, a.seed),
+        "plain M_S (Distil)": ("plain", "ce-then-distil", "plain_distil", "", {}, a.seed),
+        "Tandem-CE": ("tandem", "ce", "tandem_ce", a.layer_assignment, tandem_kw, a.seed),
+        "Tandem-Distil": ("tandem", "ce-then-distil", "tandem_distil", a.layer_assignment, tandem_kw, a.seed),
     }
     for assignment in a.layer_ablation:
         specs[f"Tandem-Distil, ℓ = {assignment}"] = ("tandem", "ce-then-distil", f"tandem_distil_l{assignment}",
-                                                     assignment, tandem_kw)
+                                                     assignment, tandem_kw, a.seed)
     for gamma in a.train_block_ablation:
         specs[f"Tandem-Distil, trained γ = {gamma} variable"] = (
             "tandem", "ce-then-distil", f"tandem_distil_g{gamma}v", a.layer_assignment,
-            {"block_length": gamma, "variable_boundaries": True})
+            {"block_length": gamma, "variable_boundaries": True}, a.seed)
+    for k in range(1, a.seed_repeats):
+        for name in ("plain M_S (Distil)", "Tandem-Distil"):
+            mode, loss, folder, assignment, kw, _ = specs[name]
+            specs[f"{name}, seed {a.seed + k}"] = (mode, loss, f"{folder}_s{a.seed + k}", assignment, kw, a.seed + k)
     drafters = {}
-    for name, (mode, loss, folder, assignment, kw) in specs.items():
-        small = create_drafter(large, small_config, seed=a.seed)
-        model = create_tandem(large, small, assignment, seed=a.seed) if mode == "tandem" else small
+    for name, (mode, loss, folder, assignment, kw, seed) in specs.items():
+        small = create_drafter(large, small_config, seed=seed)
+        model = create_tandem(large, small, assignment, seed=seed) if mode == "tandem" else small
         runs[name] = clock.run(f"train {name}", td.train_one, name, model, large, corpus,
-                               cfg(mode, a.small_steps, a.small_lr, loss, ce_fraction=a.ce_fraction, **kw),
+                               cfg(mode, a.small_steps, a.small_lr, loss, seed, ce_fraction=a.ce_fraction, **kw),
                                work / folder)
         runs[name]["trainer"].save(tok_dir)
         drafters[name] = runs[name]["trainer"].model.eval()

@@ -219,11 +219,13 @@ def test_tandem_vs_plain_script_quick(tmp_path):
     assert set(record["eval"]) == {"2", "3"}
     names = [r["model"] for r in record["eval"]["3"]]
     assert names == ["M_L", "plain M_S (CE)", "plain M_S (Distil)", "Tandem-CE", "Tandem-Distil",
-                     "Tandem-Distil, ℓ = 1", "Tandem-Distil, trained γ = 3 variable"]
+                     "Tandem-Distil, ℓ = 1", "Tandem-Distil, trained γ = 3 variable",
+                     "plain M_S (Distil), seed 1", "Tandem-Distil, seed 1"]
+    assert record["runs"]["Tandem-Distil, seed 1"]["config"]["seed"] == 1
     assert all(len(r["accuracy_by_block_position"]) == 3 for r in record["eval"]["3"])
     for name in ("plain M_S (Distil)", "Tandem-Distil"):  # the same CE-then-Distil schedule
         assert (record["runs"][name]["ce_steps"], record["runs"][name]["distil_steps"]) == (3, 3)
     assert record["layer_map"] == [2] and record["runs"]["Tandem-Distil, ℓ = 1"]["config"]["block_length"] == 2
     assert record["runs"]["Tandem-Distil, trained γ = 3 variable"]["config"]["variable_boundaries"] is True
     text = report.with_suffix(".md").read_text()
-    assert "| Tandem-Distil |" in text and "γ = 3" in text
+    assert "| Tandem-Distil |" in text and "γ = 3" in text and "drafter seeds 0, 1" in text
