@@ -196,12 +196,15 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_FILE
 
+    def _tandem_config_json(self) -> str | None:
+        return self.model.config.to_json() if isinstance(self.model, TandemSmall) else None
+
     def save_checkpoint(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": self.step,
             "config": asdict(self.config),
-            "tandem_config": self.model.config.to_json() if isinstance(self.model, TandemSmall) else None,
+            "tandem_config": self._tandem_config_json(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -222,10 +225,10 @@ class Trainer:
             changed = sorted(k for k in saved if saved[k] != current[k])
             raise TrainingError(f"{self.checkpoint_path} was written with other settings ({', '.join(changed)}); "
                                 "use the same settings, another --out, or --no-resume")
-        tandem_config = self.model.config.to_json() if isinstance(self.model, TandemSmall) else None
-        if state.get("tandem_config", tandem_config) != tandem_config:
-            raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment or M_L; "
-                                "use the same --layer-assignment and M_L, another --out, or --no-resume")
+        tandem_config = self._tandem_config_json()
+        if state.get("tandem_config", tandem_config) != tandem_config:  # absent in older checkpoints
+            raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment, M_L or "
+                                "router; use the same --layer-assignment and M_L, another --out, or --no-resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
