@@ -164,7 +164,8 @@ def run_eval(args: argparse.Namespace) -> int:
         drafters[name] = load_drafter(folder)
     corpus = Corpus.build(args.data, TextTokenizer.load(args.large), args.heldout_fraction)
     windows = consecutive_windows(corpus.heldout, args.seq_len + 1, args.max_windows)
-    results = evaluate(large, drafters, windows, args.block_length, args.batch_size, resolve_device(args.device))
+    results = evaluate(large, drafters, windows, args.block_length, args.batch_size, resolve_device(args.device),
+                       progress=True)
     print(format_table(results))
     if args.json:
         write_results(results, args.json)
