@@ -1,37 +1,28 @@
-"""Bundle precisions: fp32, fp16 (for CUDA), weight-only int8 / int4 (for CPU).
+"""Bundle precisions and the weight encodings behind them.
 
-Every precision keeps the graph I/O of the fp32 export (ids int64; logits, K/V,
-representations, memory and router score float32), because the C++ loop binds float32
-buffers:
+- ``fp32``: weights and compute in float32.
+- ``fp16``: weights, activations and the KV cache in float16 (meant for CUDA; the CPU
+  provider runs it too, slowly). Graph I/O other than the KV cache stays float32.
+- ``int8`` / ``int4``: the linear layers become ``com.microsoft.MatMulNBits``: symmetric
+  round-to-nearest, blocks of 32 along K, one float32 scale per block (ONNX Runtime's own
+  block quantizer). ``accuracy_level`` 4 (the default) lets the CPU provider compute with
+  int8 activations; 0 computes in float32. The embedding table stays float32.
 
-- ``fp16``: weights and compute in float16, I/O float32 (ONNX Runtime's
-  ``convert_float_to_float16(keep_io_types=True)``). Meant for CUDA; the CPU provider runs
-  it too (slowly).
-- ``int8`` / ``int4``: the constant-weight MatMuls become ``com.microsoft.MatMulNBits``
-  (ONNX Runtime's ``MatMulNBitsQuantizer``: symmetric, blocks of 32 along K, activations
-  stay float32). The embedding Gather is left in fp32.
-
-Graphs whose tensors exceed ``EXTERNAL_DATA_BYTES`` are saved with their weights in one
-external data file next to them, named ``<graph>.onnx.data`` (a bare file name: the C++
-loader refuses data paths outside the bundle).
+The quantization is deterministic, so the validation reference can rebuild the exact
+weights a graph holds (`dequantize_blocks`).
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
-from pathlib import Path
-from types import ModuleType
-
-import onnx
+import numpy as np
 
 from tandem.errors import ExportError
-from tandem.export.onnx_io import EXTERNAL_DATA_BYTES
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 NBITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 32
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+DEFAULT_ACCURACY_LEVEL = 4
 
 
 def check_precision(precision: str) -> str:
@@ -44,94 +35,64 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the model's initializers (external ones counted by their shape)."""
-    total = 0
-    for tensor in model.graph.initializer:
-        count = 1
-        for dim in tensor.dims:
-            count *= dim
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        total += count * itemsize
-    return total
+def check_accuracy_level(level: int) -> int:
+    if level not in ACCURACY_LEVELS:
+        raise ExportError(f"accuracy_level must be one of {ACCURACY_LEVELS} (4: int8 compute on CPU, "
+                          f"0: float32 compute), got {level}")
+    return level
 
 
-def save_model(model: onnx.ModelProto, dst: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> None:
-    """Write `model` to `dst`, with external data `dst.name + ".data"` when its tensors exceed
-    `external_data_bytes`; stale data files of `dst` are removed. `model` must hold its
-    tensors in memory (load with external data)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    data_name = dst.name + ".data"
-    external = tensor_bytes(model) > external_data_bytes
-    # write into a scratch folder beside dst, then move: a failed save leaves dst intact, and
-    # onnx appends to an existing data file rather than replacing it
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as scratch:
-        tmp = Path(scratch) / dst.name
-        try:
-            onnx.save_model(
-                model, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
-            )
-        except (ValueError, OSError) as exc:
-            raise ExportError(f"could not write {dst}: {exc}") from exc
-        for old in dst.parent.glob(dst.name + "*.data"):
-            old.unlink()
-        if external:
-            shutil.move(str(tmp.with_name(data_name)), str(dst.with_name(data_name)))
-        tmp.replace(dst)
+def activation_dtype(precision: str) -> str:
+    """Element type of a graph's activations and KV cache at `precision`."""
+    return "float16" if precision == "fp16" else "float32"
 
 
-def _matmul_nbits() -> ModuleType:
-    """ORT's MatMulNBits quantizer module. Importing it calls logging.basicConfig(INFO) and
-    logs every node; undo the first and silence the second."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization import matmul_nbits_quantizer
+def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block quantization of a `[K, N]` float32 weight (x @ weight) for MatMulNBits.
 
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
-    return matmul_nbits_quantizer
-
-
-def _to_nbits(src: Path, bits: int) -> onnx.ModelProto:
-    q = _matmul_nbits()
-    config = q.DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True, bits=bits)
-    quantizer = q.MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=bits, block_size=BLOCK_SIZE, is_symmetric=True, algo_config=config
-    )
-    quantizer.process()
-    return quantizer.model.model
-
-
-def _to_fp16(src: Path) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    # a path (not a proto): shape inference then works on models over 2 GB
-    return convert_float_to_float16(str(src), keep_io_types=True)
-
-
-def quantize_graph(
-    src: Path, dst: Path, precision: str, *, external_data_bytes: int = EXTERNAL_DATA_BYTES
-) -> None:
-    """Write the fp32 graph `src` at `precision` to `dst` (`dst` may be `src`: in place).
-
-    Graph I/O names and types are unchanged; `src` may keep its weights in external data.
-    ``fp32`` converts nothing: it re-saves the graph (inlining or externalising its data).
-    `external_data_bytes`: when the tensors exceed it, they go to the external data file
-    `dst.name + ".data"` (tests lower it to force that path).
+    Returns `packed [N, K/32, 32*bits/8]` uint8 and `scales [N, K/32]` float32 (K padded up to
+    a multiple of 32 with zeros).
     """
-    check_precision(precision)
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise ExportError(f"no ONNX graph at {src}")
-    try:
-        if precision == "fp16":
-            model = _to_fp16(src)
-        elif precision in NBITS:
-            model = _to_nbits(src, NBITS[precision])
-        else:
-            model = onnx.load(str(src))
-    except Exception as exc:  # noqa: BLE001 - onnx / ORT tools raise many types
-        raise ExportError(f"converting {src.name} to {precision} failed: {exc}") from exc
-    save_model(model, dst, external_data_bytes)
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    k, n = weight.shape
+    blocks = -(-k // BLOCK_SIZE)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    if blocks * BLOCK_SIZE != k:
+        weight = np.pad(weight, ((0, blocks * BLOCK_SIZE - k), (0, 0)))
+    packed = np.zeros((n, blocks, BLOCK_SIZE * bits // 8), dtype=np.uint8)
+    scales = np.zeros((n, blocks), dtype=np.float32)
+    zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # unused when symmetric
+    quantize = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
+    quantize(packed, weight, scales, zero_points, BLOCK_SIZE, n, k, True)
+    return packed, scales
+
+
+def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """The `[K, N]` float32 weight that `quantize_blocks`' output stands for."""
+    n, blocks, _ = packed.shape
+    values = _LEVELS[bits][packed].reshape(n, blocks, BLOCK_SIZE)  # byte -> its 1 or 2 levels
+    values *= scales[:, :, None]
+    return np.ascontiguousarray(values.reshape(n, blocks * BLOCK_SIZE)[:, :k].T)
+
+
+def _levels() -> dict[int, np.ndarray]:
+    """Per stored byte, the signed levels it holds: int4 low nibble first, zero point 8;
+    int8 zero point 128."""
+    byte = np.arange(256)
+    return {4: np.stack([(byte & 0x0F) - 8, (byte >> 4) - 8], axis=-1).astype(np.float32),
+            8: (byte - 128).astype(np.float32)}
+
+
+_LEVELS = _levels()
+
+
+def stored_weight(weight: np.ndarray, precision: str) -> np.ndarray:
+    """The `[K, N]` float32 weight a graph at `precision` computes with (the validation
+    reference uses it to check the graph's arithmetic apart from the precision's loss)."""
+    if precision in NBITS:
+        packed, scales = quantize_blocks(weight, NBITS[precision])
+        return dequantize_blocks(packed, scales, weight.shape[0], NBITS[precision])
+    if precision == "fp16":
+        return weight.astype(np.float16).astype(np.float32)
+    return weight

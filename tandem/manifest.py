@@ -5,14 +5,17 @@ and never hard-codes them. Python reads it for the tokenizer and defaults.
 
 Layout of a bundle folder::
 
-    tandem.json      this manifest
-    large.onnx       M_L, block mode                      (always)
-    small.onnx       tandem M_S step graph                 (optional)
-    draft.onnx       plain M_S step graph (vanilla drafter) (optional)
-    tokenizer.json   Hugging Face `tokenizers` file        (optional for id-only use)
+    tandem.json          this manifest
+    large.onnx(.data)    M_L, block mode                       (always)
+    small.onnx(.data)    tandem M_S step graph                  (optional)
+    draft.onnx(.data)    plain M_S step graph (vanilla drafter) (optional)
+    tokenizer.json       Hugging Face `tokenizers` file         (optional for id-only use)
 
-KV cache layout of every graph: past `[1, h_kv, P, dh]` in, present `[1, h_kv, P + n, dh]`
-out, where `n` is the number of new positions of the call (`T` for M_L, `m + t` for M_S).
+KV cache of every graph (format 2): one buffer per layer and K/V, `[1, h_kv, S, dh]` of
+`kv_dtype`, bound both as the past input and the present output (ONNX Runtime's
+GroupQueryAttention shared buffer). A call with `n` new rows after `P` valid ones is told
+`seqlens_k = P + n - 1` and `total_sequence_length = P + n`; it writes rows `P..P+n-1`.
+Rewinding is setting the valid length. See docs/CONTRACTS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from tandem.errors import BundleError
 
 FORMAT = "tandem-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "tandem.json"
 GRAPH_ROLES = ("large", "small", "draft")
 
@@ -34,12 +37,14 @@ GRAPH_ROLES = ("large", "small", "draft")
 class GraphSpec:
     """One ONNX graph of a bundle and its I/O names.
 
-    role ``large``: inputs ``input_ids`` + past; outputs ``logits``, present, ``reps``
-    (one output per entry of ``rep_layers``, `[1, T, hidden_size]`).
-    role ``small``: inputs ``input_ids``, ``memory`` (one per entry of ``memory_layers``,
-    `[1, m, memory_size]`) + past; outputs ``logits``, present, optional ``router_score``.
-    role ``draft``: inputs ``input_ids`` + past; outputs ``logits``, present, optional
-    ``router_score``.
+    Every role: inputs ``input_ids [1, t]`` int64, past K/V, ``seqlens_k [1]`` int32,
+    ``total_sequence_length []`` int32 and ``logits_from [1]`` int64; outputs ``logits
+    [1, t - logits_from, V]`` float32 and present K/V (the past buffers).
+    role ``large``: also outputs ``reps`` (one per entry of ``rep_layers``, `[1, t, hidden_size]`
+    float32).
+    role ``small``: also inputs ``memory`` (one per entry of ``memory_layers``,
+    `[1, m, memory_size]` float32, placed before the tokens); optional ``router_score [1, rows]``.
+    role ``draft``: optional ``router_score``.
     """
 
     file: str
@@ -48,8 +53,12 @@ class GraphSpec:
     head_dim: int
     hidden_size: int
     vocab_size: int
+    num_heads: int = 0
     input_ids: str = "input_ids"
     logits: str = "logits"
+    seqlens_k: str = "seqlens_k"
+    total_sequence_length: str = "total_sequence_length"
+    logits_from: str = "logits_from"
     past_keys: list[str] = field(default_factory=list)
     past_values: list[str] = field(default_factory=list)
     present_keys: list[str] = field(default_factory=list)
@@ -62,7 +71,7 @@ class GraphSpec:
     memory: list[str] = field(default_factory=list)
     memory_size: int = 0
     router_score: str = ""
-    dtype: str = "float32"
+    kv_dtype: str = "float32"  # float32 | float16
     precision: str = "fp32"
 
     @staticmethod
@@ -95,7 +104,7 @@ class GraphSpec:
         names = [self.input_ids, *self.memory]
         for k, v in zip(self.past_keys, self.past_values, strict=True):
             names += [k, v]
-        return names
+        return [*names, self.seqlens_k, self.total_sequence_length, self.logits_from]
 
     def output_names(self) -> list[str]:
         names = [self.logits]

@@ -1,0 +1,293 @@
+"""The graph builder: large.onnx, small.onnx and draft.onnx written straight from the weights.
+
+Every graph has the shape of ONNX Runtime's fastest decoder path (docs/GRAPHS.md):
+
+    ids → Gather(embedding)
+    per layer:  [Skip]SimplifiedLayerNormalization → fused QKV MatMul(NBits) (+ bias)
+                → GroupQueryAttention (rotary inside; K/V in one shared past/present buffer)
+                → o_proj → SkipSimplifiedLayerNormalization → fused gate/up MatMul(NBits)
+                → Split → x·sigmoid(x)·up → down_proj
+    SkipSimplifiedLayerNormalization(final norm) → Slice(logits_from) → lm_head
+
+Inputs: `input_ids [1, t]` int64; `seqlens_k [1]` int32 (= valid length after the call
+- 1); `total_sequence_length []` int32 (= valid length after the call); `logits_from [1]`
+int64 (logits are computed for token rows `logits_from..t-1`); past K/V `[1, h_kv, S, dh]`
+for every layer, where `S` is the buffer length (the caller binds the same buffer as the
+present output; GroupQueryAttention writes the new rows at `total - n .. total - 1`).
+
+- **large** (M_L) also outputs the representations `x^(l)` for the manifest's layers:
+  `l = 0` the embedding output, `0 < l < L` the residual stream after layer `l`, `l = L` the
+  final norm's output (Hugging Face's `hidden_states` convention).
+- **small** (tandem M_S) takes `memory.{l} [1, m, d_L]` for the M_L layers it reads. In
+  layer `j` the rows `W_T^(j) x^(ℓ(j))` go before the token rows into the input norm and the
+  K/V projections, so GroupQueryAttention appends the memory K/V and then the token K/V to
+  the same cache (positions `P..P+m-1`, then `P+m..P+m+t-1`); only the token rows go on
+  through o_proj and the MLP.
+- **draft** (plain M_S) is the same decoder without memory.
+Both drafters may output `router_score [1, rows]`, the adaptive block-length router.
+
+Weights are read one tensor at a time from a `Checkpoint` and written to the graph's
+external data file at once, so peak memory stays near the largest tensor (the embedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
+
+from tandem.errors import ExportError
+from tandem.export.checkpoint import Checkpoint
+from tandem.export.decoder import (
+    EMBED,
+    FINAL_NORM,
+    GATE_UP,
+    QKV,
+    DecoderShape,
+    layer_name,
+    lm_head_name,
+    rope_tables,
+)
+from tandem.export.graph_writer import MS_DOMAIN, GraphWriter
+from tandem.export.quantize import NBITS, activation_dtype, quantize_blocks
+from tandem.manifest import GraphSpec
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"
+    accuracy_level: int = 4
+    context_length: int = 2048
+
+
+def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The `[K, N]` weight of the Hugging Face linears `parts` fused along N, and their
+    fused bias (zeros for parts without one), or None when none has a bias."""
+    names = ckpt.tensors.names()
+    weights = [ckpt.tensors.get(f"{p}.weight") for p in parts]
+    weight = np.ascontiguousarray(np.concatenate([w.T for w in weights], axis=1))
+    if not any(f"{p}.bias" in names for p in parts):
+        return weight, None
+    bias = np.concatenate([ckpt.tensors.get(f"{p}.bias") if f"{p}.bias" in names
+                           else np.zeros(w.shape[0], np.float32) for p, w in zip(parts, weights, strict=True)])
+    return weight, bias
+
+
+class _Graph:
+    """Helpers over a GraphWriter for one decoder at one precision."""
+
+    def __init__(self, w: GraphWriter, shape: DecoderShape, options: BuildOptions) -> None:
+        self.w, self.shape, self.options = w, shape, options
+        self.act = activation_dtype(options.precision)
+        self.np_act = np.float16 if self.act == "float16" else np.float32
+
+    def param(self, name: str, array: np.ndarray) -> str:
+        return self.w.weight(name, array.astype(self.np_act))
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
+        """x @ weight (+ bias); weight `[K, N]` float32."""
+        k, n = weight.shape
+        precision = self.options.precision
+        if precision in NBITS:
+            packed, scales = quantize_blocks(weight, NBITS[precision])
+            inputs = [x, self.w.weight(f"{name}.qweight", packed), self.w.weight(f"{name}.scales", scales)]
+            if bias is not None:
+                inputs += ["", "", self.w.weight(f"{name}.bias", bias.astype(np.float32))]
+            attrs = dict(K=k, N=n, bits=NBITS[precision], block_size=32)
+            if self.options.accuracy_level:
+                attrs["accuracy_level"] = self.options.accuracy_level
+            return self.w.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, **attrs)
+        y = self.w.op("MatMul", [x, self.param(f"{name}.weight", weight)], name=name)
+        if bias is not None:
+            y = self.w.op("Add", [y, self.param(f"{name}.bias", bias)], name=f"{name}.bias_add")
+        return y
+
+    def norm(self, x: str, weight: str, name: str) -> str:
+        return self.w.op("SimplifiedLayerNormalization", [x, weight], name=name, axis=-1,
+                         epsilon=self.shape.rms_eps, stash_type=1)
+
+    def skip_norm(self, x: str, skip: str, weight: str, name: str) -> tuple[str, str]:
+        """(norm(x + skip), x + skip)"""
+        out, total = f"{name}/out", f"{name}/sum"
+        self.w.op("SkipSimplifiedLayerNormalization", [x, skip, weight], outputs=[out, "", "", total],
+                  name=name, domain=MS_DOMAIN, epsilon=self.shape.rms_eps)
+        return out, total
+
+    def to_float(self, x: str, name: str) -> str:
+        return x if self.act == "float32" else self.w.op("Cast", [x], name=name, to=1)
+
+
+def build_graph(
+    ckpt: Checkpoint,
+    role: str,
+    path: Path,
+    options: BuildOptions,
+    *,
+    rep_layers: list[int] | None = None,
+    on_layer: Callable[[], None] | None = None,
+) -> GraphSpec:
+    """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
+
+    `rep_layers` (large): the M_L layers whose representations are outputs. The small
+    graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
+    decoder layer built (progress). Returns the graph's manifest entry.
+    """
+    shape = DecoderShape.of(ckpt.config, "M_L" if role == "large" else "M_S")
+    tandem = ckpt.tandem_config if role == "small" else None
+    if role == "small" and tandem is None:
+        raise ExportError("the tandem M_S has no tandem_config.json: train it with `tandem train --mode tandem`")
+    router = ckpt.router_config if role in ("small", "draft") else None
+    spec = GraphSpec.for_layers(
+        path.name, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
+        hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
+        precision=options.precision, kv_dtype=activation_dtype(options.precision),
+        router_score="router_score" if router else "",
+    )
+    if role == "large":
+        spec.rep_layers = list(rep_layers or [])
+        spec.reps = [f"rep.{layer}" for layer in spec.rep_layers]
+        if any(not 0 <= layer <= shape.num_layers for layer in spec.rep_layers):
+            raise ExportError(f"representation layers {spec.rep_layers} outside 0..{shape.num_layers}")
+    if tandem is not None:
+        spec.memory_layers = list(tandem["large_layers"])
+        spec.memory = [f"memory.{layer}" for layer in spec.memory_layers]
+        spec.memory_size = int(tandem["large_hidden_size"])
+        if len(tandem["layer_map"]) != shape.num_layers:
+            raise ExportError(f"the tandem config maps {len(tandem['layer_map'])} M_S layers but M_S has "
+                              f"{shape.num_layers}; re-save the tandem M_S")
+
+    with GraphWriter(path, role) as w:
+        g = _Graph(w, shape, options)
+        act = g.act
+        ids = w.input(spec.input_ids, "int64", [1, "tokens"])
+        memory = [w.input(name, "float32", [1, "memory_rows", spec.memory_size]) for name in spec.memory]
+        for k, v in zip(spec.past_keys, spec.past_values, strict=True):
+            w.input(k, act, [1, shape.num_kv_heads, "buffer_length", shape.head_dim])
+            w.input(v, act, [1, shape.num_kv_heads, "buffer_length", shape.head_dim])
+        seqlens_k = w.input(spec.seqlens_k, "int32", [1])
+        total = w.input(spec.total_sequence_length, "int32", [])
+        logits_from = w.input(spec.logits_from, "int64", [1])
+
+        cos, sin = rope_tables(ckpt.config, options.context_length)
+        cos, sin = g.param("rope.cos", cos), g.param("rope.sin", sin)
+        embed = g.param("embed_tokens", ckpt.tensors.get(EMBED))
+        x = w.op("Gather", [embed, ids], name="embed", axis=0)  # [1, t, d]
+        reps: dict[int, str] = {}
+        if 0 in spec.rep_layers:
+            reps[0] = x
+
+        memory_rows = None
+        if memory:
+            if act == "float16":
+                memory = [w.op("Cast", [m], name=f"{m}.cast", to=TensorProto.FLOAT16) for m in memory]
+            memory_rows = w.op("Shape", [memory[0]], name="memory_rows", start=1, end=2)  # [1] = m
+
+        residual, pending = x, None  # residual stream (token rows); MLP output not yet added
+        for i in range(shape.num_layers):
+            name = f"layers.{i}"
+            ln_in = g.param(f"{name}.input_layernorm", ckpt.tensors.get(layer_name(i, "input_layernorm.weight")))
+            if tandem is not None:
+                if pending is not None:
+                    residual = w.op("Add", [residual, pending], name=f"{name}.residual")
+                layer_l = tandem["layer_map"][i]
+                mem = memory[spec.memory_layers.index(layer_l)]
+                proj = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
+                mem = g.linear(mem, np.ascontiguousarray(proj.T), None, f"{name}.tandem_projection")
+                stream = w.op("Concat", [mem, residual], name=f"{name}.memory_then_tokens", axis=1)
+                h = g.norm(stream, ln_in, f"{name}.input_norm")
+            elif pending is None:
+                h = g.norm(residual, ln_in, f"{name}.input_norm")
+            else:
+                h, residual = g.skip_norm(pending, residual, ln_in, f"{name}.input_norm")
+            if i in spec.rep_layers and i > 0:
+                reps[i] = residual
+
+            qkv_w, qkv_b = linear_weight(ckpt, [layer_name(i, p) for p in QKV])
+            qkv = g.linear(h, qkv_w, qkv_b, f"{name}.attn.qkv")
+            del qkv_w
+            attn = w.op(
+                "GroupQueryAttention",
+                [qkv, "", "", spec.past_keys[i], spec.past_values[i], seqlens_k, total, cos, sin],
+                outputs=[f"{name}.attn/out", spec.present_keys[i], spec.present_values[i]],
+                name=f"{name}.attn", domain=MS_DOMAIN, num_heads=shape.num_heads,
+                kv_num_heads=shape.num_kv_heads, scale=shape.scale, do_rotary=1, rotary_interleaved=0,
+                local_window_size=shape.windows[i] or -1,
+            )[0]
+            if memory_rows is not None:  # only the token rows go on
+                attn = w.op("Slice", [attn, memory_rows, w.const(f"{name}.slice_end", [INT64_MAX]),
+                                      w.const(f"{name}.slice_axis", [1])], name=f"{name}.token_rows")
+            o_w, o_b = linear_weight(ckpt, [layer_name(i, "self_attn.o_proj")])
+            o = g.linear(attn, o_w, o_b, f"{name}.attn.o_proj")
+            ln_post = g.param(f"{name}.post_attention_layernorm",
+                              ckpt.tensors.get(layer_name(i, "post_attention_layernorm.weight")))
+            h, residual = g.skip_norm(o, residual, ln_post, f"{name}.post_attention_norm")
+
+            gu_w, gu_b = linear_weight(ckpt, [layer_name(i, p) for p in GATE_UP])
+            gate_up = g.linear(h, gu_w, gu_b, f"{name}.mlp.gate_up")
+            del gu_w
+            gate, up = w.op("Split", [gate_up], outputs=2, name=f"{name}.mlp.split", axis=-1, num_outputs=2)
+            silu = w.op("Mul", [gate, w.op("Sigmoid", [gate], name=f"{name}.mlp.sigmoid")], name=f"{name}.mlp.silu")
+            act_out = w.op("Mul", [silu, up], name=f"{name}.mlp.gated")
+            down_w, down_b = linear_weight(ckpt, [layer_name(i, "mlp.down_proj")])
+            pending = g.linear(act_out, down_w, down_b, f"{name}.mlp.down_proj")
+            if on_layer is not None:
+                on_layer()
+
+        final = g.param("norm", ckpt.tensors.get(FINAL_NORM))
+        hidden, _ = g.skip_norm(pending, residual, final, "final_norm")
+        if shape.num_layers in spec.rep_layers:
+            reps[shape.num_layers] = hidden
+        hidden = w.op("Slice", [hidden, logits_from, w.const("logits.slice_end", [INT64_MAX]),
+                                w.const("logits.slice_axis", [1])], name="logits_rows")
+        head = ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))
+        logits = g.linear(hidden, np.ascontiguousarray(head.T), None, "lm_head")
+        del head
+        logits = g.to_float(logits, "logits.cast")
+
+        w.output(logits, spec.logits, "float32", [1, "logit_rows", shape.vocab_size])
+        kv_shape: list[int | str] = [1, shape.num_kv_heads, "buffer_length", shape.head_dim]
+        for k, v in zip(spec.present_keys, spec.present_values, strict=True):
+            w.output(k, k, act, kv_shape)
+            w.output(v, v, act, kv_shape)
+        for layer, name in zip(spec.rep_layers, spec.reps, strict=True):
+            w.output(g.to_float(reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
+        if router:
+            score = _router(w, ckpt, logits, embed, g)
+            w.output(score, spec.router_score, "float32", [1, "logit_rows"])
+        w.save()
+    return spec
+
+
+def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed: str, g: _Graph) -> str:
+    """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> score `[1, r]`:
+    sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability]))."""
+    k = int(ckpt.router_config["top_k"])
+    logp = w.op("LogSoftmax", [logits], name="router.log_softmax", axis=-1)
+    probs = w.op("Exp", [logp], name="router.probs")
+    axis_last = w.const("router.axis_last", [-1])
+    entropy = w.op("Neg", [w.op("ReduceSum", [w.op("Mul", [probs, logp], name="router.plogp"), axis_last],
+                                name="router.sum_plogp", keepdims=1)], name="router.entropy")  # [1, r, 1]
+    top_logp, top_ids = w.op("TopK", [logp, w.const("router.k", [k])], outputs=2, name="router.topk", axis=-1)
+    top_p = w.op("Exp", [top_logp], name="router.top_p")  # [1, r, k]
+    weights = w.op("Div", [top_p, w.op("ReduceSum", [top_p, axis_last], name="router.top_mass", keepdims=1)],
+                   name="router.weights")
+    top_emb = g.to_float(w.op("Gather", [embed, top_ids], name="router.top_embeddings", axis=0),
+                         "router.top_embeddings.cast")  # [1, r, k, d]
+    weighted = w.op("Mul", [w.op("Unsqueeze", [weights, axis_last], name="router.weights_col"), top_emb],
+                    name="router.weighted")
+    mean = w.op("ReduceSum", [weighted, w.const("router.axis_k", [-2])], name="router.mean_embedding", keepdims=0)
+    features = w.op("Concat", [entropy, top_p, mean], name="router.features", axis=-1)
+    extras = ckpt.extras
+    hidden = w.op("Add", [w.op("MatMul", [features, w.weight("router.w1", extras.get("router.mlp.0.weight").T.copy())],
+                               name="router.fc1"), w.weight("router.b1", extras.get("router.mlp.0.bias"))],
+                  name="router.fc1_bias")
+    hidden = w.op("Gelu", [hidden], name="router.gelu")
+    out = w.op("Add", [w.op("MatMul", [hidden, w.weight("router.w2", extras.get("router.mlp.2.weight").T.copy())],
+                            name="router.fc2"), w.weight("router.b2", extras.get("router.mlp.2.bias"))],
+               name="router.fc2_bias")
+    return w.op("Squeeze", [w.op("Sigmoid", [out], name="router.sigmoid"), axis_last], name="router.score")

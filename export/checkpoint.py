@@ -1,0 +1,207 @@
+"""Model weights read one tensor at a time: Hugging Face folders (memory-mapped safetensors,
+single file or sharded) or in-process PyTorch modules, plus the tandem extras.
+
+The graph builder and the validation reference never hold a whole model: they ask a
+`Checkpoint` for one tensor, use it and drop it. Tensors come back as float32 numpy arrays
+in Hugging Face's layout (`[out, in]` for linear weights).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandem.errors import ExportError
+
+TANDEM_CONFIG_FILE = "tandem_config.json"
+TANDEM_WEIGHTS_FILE = "tandem.safetensors"
+ROUTER_CONFIG_FILE = "router_config.json"
+ROUTER_WEIGHTS_FILE = "router.safetensors"
+
+
+class TensorSource:
+    """Named tensors; `get` returns a float32 array, `names` every stored name."""
+
+    def names(self) -> set[str]:
+        raise NotImplementedError
+
+    def get(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    def close(self) -> None:
+        """Release open files (a no-op for in-memory sources)."""
+
+
+class SafetensorsSource(TensorSource):
+    """Every `*.safetensors` file named by `files`, memory-mapped; one tensor read per `get`."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self._stack = ExitStack()
+        self._where: dict[str, Any] = {}
+        for path in files:
+            try:
+                handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+                self._stack.close()
+                raise ExportError(f"cannot read {path}: {exc}; is it a complete safetensors file?") from exc
+            for name in handle.keys():  # noqa: SIM118 - safe_open has keys() only
+                self._where[name] = handle
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._where:
+            raise ExportError(f"tensor {name!r} is missing from the checkpoint")
+        return self._where[name].get_tensor(name).float().numpy()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class DictSource(TensorSource):
+    """Tensors held by a PyTorch module's state dict (tests and in-process exports)."""
+
+    def __init__(self, tensors: dict[str, Any]) -> None:
+        self._tensors = tensors
+
+    def names(self) -> set[str]:
+        return set(self._tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._tensors:
+            raise ExportError(f"tensor {name!r} is missing from the model")
+        return self._tensors[name].detach().float().cpu().numpy()
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ExportError(f"{index} is not a safetensors index ({exc})") from exc
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            raise ExportError(f"{folder}: shards {missing} named by {index.name} are missing")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any(folder.glob("*.bin")):
+        raise ExportError(f"{folder} holds PyTorch .bin weights; tandem reads safetensors only: "
+                          "load the model with transformers and save_pretrained() it again")
+    raise ExportError(f"{folder} has no model.safetensors (or sharded index)")
+
+
+@dataclass
+class Checkpoint:
+    """One decoder's Hugging Face config, its tensors, and (tandem M_S, plain drafter) extras.
+
+    `extras` holds the tandem projections (`projections.{j}.weight`) and router weights
+    (`router.mlp.{0,2}.{weight,bias}`); `tandem_config` / `router_config` their settings.
+    """
+
+    config: Any  # transformers.PretrainedConfig
+    tensors: TensorSource
+    source: str = ""  # folder, or "" for an in-process module
+    extras: TensorSource = field(default_factory=lambda: DictSource({}))
+    tandem_config: dict[str, Any] | None = None
+    router_config: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self.tensors.close()
+        self.extras.close()
+
+    # ---- construction -----------------------------------------------------------------
+    @staticmethod
+    def from_folder(folder: str | Path, role: str = "M_L") -> Checkpoint:
+        """A Hugging Face model folder; its tandem / router files when present."""
+        from transformers import AutoConfig
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise ExportError(f"{folder} is not a Hugging Face model folder (no config.json); "
+                              f"pass the folder that holds the {role}'s config.json and weights")
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ExportError(f"cannot read {folder / 'config.json'}: {exc}") from exc
+        ckpt = Checkpoint(config, SafetensorsSource(_safetensors_files(folder)), str(folder))
+        extra_files = []
+        if (folder / TANDEM_CONFIG_FILE).is_file():
+            ckpt.tandem_config = json.loads((folder / TANDEM_CONFIG_FILE).read_text())
+            if not (folder / TANDEM_WEIGHTS_FILE).is_file():
+                raise ExportError(f"{folder} has {TANDEM_CONFIG_FILE} but no {TANDEM_WEIGHTS_FILE}; "
+                                  "re-save the tandem M_S")
+            extra_files.append(folder / TANDEM_WEIGHTS_FILE)
+            ckpt.router_config = ckpt.tandem_config.get("router")
+        elif (folder / ROUTER_CONFIG_FILE).is_file():
+            if not (folder / ROUTER_WEIGHTS_FILE).is_file():
+                raise ExportError(f"{folder} has {ROUTER_CONFIG_FILE} but no {ROUTER_WEIGHTS_FILE}; "
+                                  "re-save the drafter or delete the router config")
+            ckpt.router_config = json.loads((folder / ROUTER_CONFIG_FILE).read_text())
+            extra_files.append(folder / ROUTER_WEIGHTS_FILE)
+        if extra_files:
+            extras = SafetensorsSource(extra_files)
+            if ckpt.tandem_config is None:  # router.safetensors stores the MLP without the prefix
+                extras = _Prefixed(extras, "router.")
+            ckpt.extras = extras
+        return ckpt
+
+    @staticmethod
+    def from_module(model: Any) -> Checkpoint:
+        """An in-process model: a Hugging Face causal LM (optionally with a `.router`), or a
+        `tandem.train.model.TandemSmall`."""
+        from dataclasses import asdict
+
+        from tandem.train.model import TandemSmall
+
+        if isinstance(model, TandemSmall):
+            extras = {f"projections.{j}.weight": p.weight for j, p in enumerate(model.projections)}
+            if model.router is not None:
+                extras.update({f"router.{k}": v for k, v in model.router.state_dict().items()})
+            tandem_config = json.loads(model.config.to_json())
+            return Checkpoint(model.small.config, DictSource(dict(model.small.state_dict())),
+                              extras=DictSource(extras), tandem_config=tandem_config,
+                              router_config=tandem_config.get("router"))
+        router = getattr(model, "router", None)
+        ckpt = Checkpoint(model.config, DictSource(dict(model.state_dict())))
+        if router is not None:
+            ckpt.extras = DictSource({f"router.{k}": v for k, v in router.state_dict().items()})
+            ckpt.router_config = asdict(router.config)
+        return ckpt
+
+    @staticmethod
+    def load(source: Any, role: str = "M_L") -> Checkpoint:
+        """A folder path or an in-process module."""
+        if isinstance(source, str | Path):
+            return Checkpoint.from_folder(source, role)
+        return Checkpoint.from_module(source)
+
+
+class _Prefixed(TensorSource):
+    """A source whose names are shown with `prefix` prepended."""
+
+    def __init__(self, inner: TensorSource, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def names(self) -> set[str]:
+        return {self.prefix + n for n in self.inner.names()}
+
+    def get(self, name: str) -> np.ndarray:
+        return self.inner.get(name.removeprefix(self.prefix))
+
+    def close(self) -> None:
+        self.inner.close()
