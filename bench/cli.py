@@ -97,6 +97,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                                           "(default: $TANDEM_PEERS_PYTHON or <repo>/.venv-peers/bin/python)")
     p.add_argument("--peer-block-length", type=int,
                    help="γ of the peers' speculative decoding (default: the bundle's default block length)")
+    p.add_argument("--peer-precision", choices=("fp32", "fp16", "int8", "int4"),
+                   help="precision of the ortgenai peer's model build (default: the bundle's precision; "
+                        "int8/int4 use the GenAI builder's CPU default accuracy_level=4)")
     p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds per peer process")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run_bench)
@@ -237,16 +240,17 @@ def run_bench(args: argparse.Namespace) -> int:
                                       "M_L's mean includes the prefill call, M_S's the memory appends")
 
     peer_block = args.peer_block_length or model.manifest.default_block_length
+    peer_precision = args.peer_precision or model.manifest.precision
     peer_results: dict[str, Any] = {}
     if peer_names:
         large_dir = args.hf_large or (weights_dir() / "large" if is_default else None)
         draft_dir = args.hf_draft or (weights_dir() / "plain" if is_default else None)
-        log(f"peers: {', '.join(peer_names)} (γ = {peer_block})")
+        log(f"peers: {', '.join(peer_names)} (γ = {peer_block}, ortgenai at {peer_precision})")
         peer_results = peers.run_peers(
             peer_names, large=large_dir, draft=draft_dir, prompts=prompts, max_new_tokens=args.max_new_tokens,
             repeats=args.repeats, threads=args.threads, block_length=peer_block,
             work=machine.REPO / "build" / "bench_peers", python=peers.peers_python(args.peers_python),
-            timeout=args.peer_timeout)
+            timeout=args.peer_timeout, precision=peer_precision)
         for name, res in peer_results.items():
             for system, why in res.get("errors", {}).items():
                 log(f"peer {name} {system}: {why}")
@@ -266,7 +270,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "settings": {"quick": args.quick, "modes": args.modes, "block_lengths": args.block_lengths,
                      "decoding": args.decoding, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
                      "temperature": args.temperature, "seed": args.seed, "threads": args.threads,
-                     "reference_block_length": peer_block, "peers": peer_names},
+                     "reference_block_length": peer_block, "peers": peer_names,
+                     "peer_precision": peer_precision},
         "machine": machine.describe(args.threads),
         "idle": idle,
         "load_at_end": machine.loadavg(),

@@ -2,9 +2,10 @@
 
     hf        transformers plain greedy and assisted generation (`assistant_model=` the plain
               drafter), fp32 CPU, run with this interpreter (needs torch + transformers)
-    ortgenai  ONNX Runtime GenAI plain greedy and speculative decoding, run with the
-              interpreter of a separate venv (default `<repo>/.venv-peers`, or
-              $TANDEM_PEERS_PYTHON) that has `onnxruntime-genai`
+    ortgenai  ONNX Runtime GenAI plain greedy and speculative decoding at the bundle's
+              precision, run with the interpreter of a separate venv (default
+              `<repo>/.venv-peers`, or $TANDEM_PEERS_PYTHON) that has `onnxruntime-genai`;
+              plain and speculative in separate processes (clean peak RSS per system)
 
 A peer that cannot be set up or fails is recorded with the reason; nothing raises.
 """
@@ -54,10 +55,45 @@ def run_peer(name: str, request: dict[str, Any], *, python: Path, timeout: float
         return json.loads(res.read_text())
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One peer result from several processes' (systems, errors and builds united; the peak
+    RSS stays per system, the top-level one is the largest)."""
+    out: dict[str, Any] = {"systems": {}, "errors": {}}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key].update(value)
+            elif key == "peak_rss_mb":
+                out[key] = max(out.get(key) or 0.0, value or 0.0)
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def _run_ortgenai(request: dict[str, Any], *, python: Path, timeout: float) -> dict[str, Any]:
+    """Plain and speculative in two processes; a setup failure of one is named after its system
+    (one `setup` error when both failed alike, e.g. no peers venv)."""
+    parts = []
+    for system in ("greedy", "speculative"):
+        part = run_peer("ortgenai", {**request, "systems": [system]}, python=python, timeout=timeout)
+        errors = part.setdefault("errors", {})
+        if "setup" in errors and not part.get("systems"):
+            errors[f"ortgenai_{system}"] = errors.pop("setup")
+        parts.append(part)
+    whys = {why for part in parts for why in part["errors"].values()}
+    merged = merge_results(parts)
+    if len(whys) == 1 and not merged["systems"]:
+        merged["errors"] = {"setup": whys.pop()}
+    return merged
+
+
 def run_peers(names: list[str], *, large: Path | None, draft: Path | None, prompts: list[list[int]],
               max_new_tokens: int, repeats: int, threads: int, block_length: int, work: Path,
-              python: Path, timeout: float) -> dict[str, Any]:
-    """Every requested peer's result, keyed by peer name."""
+              python: Path, timeout: float, precision: str = "fp32") -> dict[str, Any]:
+    """Every requested peer's result, keyed by peer name.
+
+    ortgenai runs at `precision` (our bundle's), plain and speculative each in its own process,
+    so each system's peak RSS is its own (plain: target loaded; speculative: target + draft)."""
     out: dict[str, Any] = {}
     for name in names:
         if large is None or draft is None or not (large / "config.json").is_file() or not (draft / "config.json").is_file():
@@ -71,8 +107,8 @@ def run_peers(names: list[str], *, large: Path | None, draft: Path | None, promp
             request["num_assistant_tokens"] = block_length
             out[name] = run_peer(name, request, python=Path(sys.executable), timeout=timeout)
         else:
-            request.update(work=str(work), max_draft_tokens=block_length)
-            out[name] = run_peer(name, request, python=python, timeout=timeout)
+            request.update(work=str(work), max_draft_tokens=block_length, precision=precision)
+            out[name] = _run_ortgenai(request, python=python, timeout=timeout)
     return out
 
 
@@ -92,7 +128,8 @@ def peer_rows(peers: dict[str, Any], ours: list[dict[str, Any]], block_length: i
         for system, s in result.get("systems", {}).items():
             tps = s["tokens_per_second"]
             row = {"peer": peer, "system": system, "tokens_per_second": tps, "alpha": s.get("alpha"),
-                   "E": s.get("E"), "peak_rss_mb": result.get("peak_rss_mb"),
+                   "E": s.get("E"), "peak_rss_mb": s.get("peak_rss_mb", result.get("peak_rss_mb")),
+                   "rss_after_load_mb": s.get("rss_after_load_mb"), "precision": result.get("precision"),
                    "ours_large_over_this": large["tokens_per_second"] / tps if large else None,
                    "ours_speed_over_this": speed["tokens_per_second"] / tps if speed else None,
                    "ours_vanilla_over_this": vanilla["tokens_per_second"] / tps if vanilla else None}

@@ -57,19 +57,23 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Peers (same pair, prompts, machine and run; greedy)",
             "",
+            f"ortgenai built at **{s.get('peer_precision', 'fp32')}** (bundle: {results['bundle'].get('precision')}); "
+            "plain and speculative each in its own process: peak RSS is per system "
+            "(speculative: target + draft loaded).",
+            "",
             "| peer system | tok/s | vs own plain | α | ours large ÷ this | ours speed ÷ this "
-            "| ours vanilla ÷ this | tokens == ours large | peak RSS MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| ours vanilla ÷ this | tokens == ours large | RSS loaded MiB | peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in results.get("peer_rows", []):
             if r.get("error"):
-                lines.append(f"| {r['peer']}: {r['system']} | not run: {r['error']} |" + " |" * 7)
+                lines.append(f"| {r['peer']}: {r['system']} | not run: {r['error']} |" + " |" * 8)
                 continue
             lines.append(
                 f"| {r['system']} | {_f(r['tokens_per_second'], 1)} | {_f(r.get('speedup_vs_own_plain'))} "
                 f"| {_f(r.get('alpha'))} | {_f(r.get('ours_large_over_this'))} | {_f(r.get('ours_speed_over_this'))} "
                 f"| {_f(r.get('ours_vanilla_over_this'))} | {r.get('ids_equal_ours_large', '–')} "
-                f"| {_f(r.get('peak_rss_mb'), 0)} |"
+                f"| {_f(r.get('rss_after_load_mb'), 0)} | {_f(r.get('peak_rss_mb'), 0)} |"
             )
     lines += [
         "",

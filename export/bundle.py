@@ -1,25 +1,33 @@
-"""`tandem export`: M_L (+ tandem M_S, + plain M_S) → one bundle folder the runtime loads."""
+"""`tandem export`: M_L (+ tandem M_S, + plain M_S) → one bundle folder the runtime loads.
+
+The graphs are built straight from the weights (`tandem.export.builder`), one tensor at a
+time, into a scratch folder next to `out_dir`; each is validated against the streamed
+PyTorch reference (`tandem.export.validate`); the folder is renamed to `out_dir` only at
+the end. A failure or Ctrl-C leaves `out_dir` as it was.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from tandem.errors import ExportError
-from tandem.export.large import LargeGraph, export_large
-from tandem.export.quantize import check_precision, quantize_graph
-from tandem.export.small import PlainStepGraph, TandemStepGraph, export_plain, export_tandem
-from tandem.export.validate import CASES, max_abs_diffs
-from tandem.manifest import Manifest
+from tandem.export.builder import BuildOptions, build_graph
+from tandem.export.checkpoint import Checkpoint
+from tandem.export.decoder import DecoderShape
+from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
+from tandem.export.validate import validate_graph
+from tandem.manifest import MANIFEST_NAME, Manifest
 
-FP32_TOLERANCE = 1e-4
+DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, capped here
+GRAPH_FILES = {"large": "large.onnx", "small": "small.onnx", "draft": "draft.onnx"}
 
 
 def _sha256(path: Path) -> str:
@@ -40,45 +48,15 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_large(large: str | Path | nn.Module) -> tuple[nn.Module, str]:
-    if isinstance(large, nn.Module):
-        return large.eval().float(), ""
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(large)
-    if not (folder / "config.json").is_file():
-        raise ExportError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), str(folder)
-
-
-def _load_tandem(tandem: str | Path | nn.Module | None) -> tuple[nn.Module | None, str]:
-    if tandem is None or isinstance(tandem, nn.Module):
-        return tandem, ""
-    from tandem.train.model import TandemSmall
-
-    return TandemSmall.from_pretrained(tandem), str(tandem)
-
-
-def _load_plain(plain: str | Path | nn.Module | None) -> tuple[nn.Module | None, nn.Module | None, str]:
-    """(model, router or None, source)"""
-    if plain is None:
-        return None, None, ""
-    from tandem.train.router import Router
-
-    if isinstance(plain, nn.Module):
-        return plain.eval().float(), getattr(plain, "router", None), ""
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(plain)
-    if not (folder / "config.json").is_file():
-        raise ExportError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return model, Router.load(folder), str(folder)
-
-
-def _eos_ids(config: Any, generation_config: Any) -> list[int]:
-    for source in (generation_config, config):
-        eos = getattr(source, "eos_token_id", None) if source is not None else None
+def _eos_ids(ckpt: Checkpoint, module: Any) -> list[int]:
+    sources: list[Any] = []
+    if ckpt.source and (Path(ckpt.source) / "generation_config.json").is_file():
+        sources.append(json.loads((Path(ckpt.source) / "generation_config.json").read_text()))
+    elif module is not None and getattr(module, "generation_config", None) is not None:
+        sources.append({"eos_token_id": module.generation_config.eos_token_id})
+    sources.append({"eos_token_id": getattr(ckpt.config, "eos_token_id", None)})
+    for source in sources:
+        eos = source.get("eos_token_id")
         if eos is not None:
             return [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
     return []
@@ -115,12 +93,67 @@ def _check_same_tokenizer(tokenizer_file: Path, other: Path | None, role: str) -
         )
 
 
+def _resolve_tokenizer(tokenizer: str | Path | None, large: Checkpoint, drafters: dict[str, Checkpoint],
+                       vocab: int) -> Path | None:
+    source = tokenizer if tokenizer is not None else (large.source or None)
+    if source is None:
+        return None
+    tok_file = Path(source)
+    tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
+    if not tok_file.is_file():
+        if tokenizer is not None:
+            raise ExportError(f"no tokenizer.json at {source}")
+        return None
+    _check_tokenizer(tok_file, vocab)
+    for role, ckpt in drafters.items():
+        _check_same_tokenizer(tok_file, Path(ckpt.source) / "tokenizer.json" if ckpt.source else None,
+                              "tandem M_S" if role == "small" else "plain M_S")
+    return tok_file
+
+
+def _check_pair(large: Checkpoint, drafters: dict[str, Checkpoint]) -> None:
+    large_shape = DecoderShape.of(large.config, "M_L")
+    for role, ckpt in drafters.items():
+        who = "the tandem M_S" if role == "small" else "the plain M_S"
+        shape = DecoderShape.of(ckpt.config, who)
+        if shape.vocab_size != large_shape.vocab_size:
+            raise ExportError(f"{who} has vocab size {shape.vocab_size} but M_L has {large_shape.vocab_size}; "
+                              "both must use M_L's tokenizer")
+    small = drafters.get("small")
+    if small is not None:
+        tandem = small.tandem_config
+        if tandem is None:
+            raise ExportError(f"--tandem {small.source or ''} is not a tandem M_S (no tandem_config.json); "
+                              "train one with `tandem train --mode tandem`, or pass it as --plain")
+        if tandem["large_hidden_size"] != large_shape.hidden_size or max(tandem["layer_map"]) > large_shape.num_layers:
+            raise ExportError("the tandem M_S was built for an M_L of another width or depth; retrain it for this M_L")
+
+
+def _out_folder_check(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportError(f"--out {out} is a non-empty folder that is not a tandem bundle; refusing to replace "
+                          "it: choose a new or empty folder")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished bundle `tmp` to `out`, replacing an older bundle there."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / out.name)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def export_bundle(
-    large: str | Path | nn.Module,
+    large: str | Path | Any,
     out_dir: str | Path,
     *,
-    tandem: str | Path | nn.Module | None = None,
-    plain: str | Path | nn.Module | None = None,
+    tandem: str | Path | Any | None = None,
+    plain: str | Path | Any | None = None,
     tokenizer: str | Path | None = None,
     block_length: int = 4,
     max_block_length: int = 16,
@@ -128,126 +161,121 @@ def export_bundle(
     context_length: int | None = None,
     validate: bool = True,
     precision: str = "fp32",
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
-    """Export M_L (and optionally the tandem M_S and a plain drafter) into `out_dir`.
+    """Build M_L's graph (and the tandem M_S's and a plain drafter's) into `out_dir`.
 
+    `large`, `tandem`, `plain`: Hugging Face folders (safetensors; the tandem M_S folder
+    from `tandem train --mode tandem`) or in-process modules (`transformers` causal LMs,
+    `tandem.train.model.TandemSmall`; a plain drafter's `.router` is exported with it).
     `tokenizer`: a folder or `tokenizer.json` file; default: M_L's folder when it has one.
-    `precision`: fp32, fp16 (for CUDA), int8 or int4 (weight-only, for CPU); see
-    `tandem.export.quantize`. Graphs are exported and validated in fp32, then converted;
-    with `validate`, `validation[role]["argmax_agreement_vs_fp32"]` records how often the
-    converted graph's argmax matches the fp32 PyTorch module over the validation cases.
+    `precision`: fp32, fp16 (for CUDA), int8 or int4 (MatMulNBits, for CPU) — see
+    `tandem.export.quantize`; `accuracy_level` applies to int8/int4 (4: int8 compute).
+    `progress`: called with status lines (None: silent, no progress bars).
     Returns the manifest written to `out_dir/tandem.json`.
     """
     say = progress or (lambda _msg: None)
     check_precision(precision)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    large_model, large_src = _load_large(large)
-    tandem_model, tandem_src = _load_tandem(tandem)
-    plain_model, plain_router, plain_src = _load_plain(plain)
-    from tandem.train.model import check_pair
-
-    vocab = large_model.config.vocab_size
-    if tandem_model is not None:
-        check_pair(large_model.config, tandem_model.small.config, ExportError)
-        if tandem_model.config.large_hidden_size != large_model.config.hidden_size:
-            raise ExportError("the tandem M_S was built for an M_L of another width; retrain it for this M_L")
-    if plain_model is not None:
-        check_pair(large_model.config, plain_model.config, ExportError)
+    check_accuracy_level(accuracy_level)
     if not 1 <= block_length <= max_block_length:
         raise ExportError(f"need 1 <= block_length ({block_length}) <= max_block_length ({max_block_length})")
-    ctx = context_length or int(getattr(large_model.config, "max_position_embeddings", 2048))
-    if ctx < 2:
-        raise ExportError("context_length must be >= 2")
+    out = Path(out_dir)
+    _out_folder_check(out)
+    started = time.monotonic()
 
-    # the tokenizer is checked up front, before any graph is exported
-    tok_file: Path | None = None
-    tok_src = tokenizer if tokenizer is not None else (large_src or None)
-    if tok_src is not None:
-        tok_file = Path(tok_src)
-        tok_file = tok_file / "tokenizer.json" if tok_file.is_dir() else tok_file
-        if tok_file.is_file():
-            _check_tokenizer(tok_file, vocab)
-            for role, src in (("tandem M_S", tandem_src), ("plain M_S", plain_src)):
-                _check_same_tokenizer(tok_file, Path(src) / "tokenizer.json" if src else None, role)
-        elif tokenizer is not None:
-            raise ExportError(f"no tokenizer.json at {tok_src}")
-        else:
-            tok_file = None
+    ckpts: dict[str, Checkpoint] = {}
+    try:
+        ckpts["large"] = Checkpoint.load(large, "M_L")
+        if tandem is not None:
+            ckpts["small"] = Checkpoint.load(tandem, "tandem M_S")
+        if plain is not None:
+            ckpts["draft"] = Checkpoint.load(plain, "plain M_S")
+        drafters = {r: c for r, c in ckpts.items() if r != "large"}
+        _check_pair(ckpts["large"], drafters)
+        config = ckpts["large"].config
+        vocab = int(config.vocab_size)
+        ctx = context_length or min(int(getattr(config, "max_position_embeddings", 2048)), DEFAULT_MAX_CONTEXT)
+        if ctx < 2:
+            raise ExportError("context_length must be >= 2")
+        tok_file = _resolve_tokenizer(tokenizer, ckpts["large"], drafters, vocab)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            manifest = _build(ckpts, tmp, large if not isinstance(large, str | Path) else None, vocab=vocab,
+                              ctx=ctx, tok_file=tok_file, precision=precision, accuracy_level=accuracy_level,
+                              validate=validate, block_length=block_length, max_block_length=max_block_length,
+                              router_threshold=router_threshold, say=say, bars=progress is not None)
+            _replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        for ckpt in ckpts.values():
+            ckpt.close()
+    say(f"bundle written to {out} ({', '.join(s.file for s in manifest.graphs.values())}, {precision}) "
+        f"in {time.monotonic() - started:.0f} s")
+    return manifest
 
-    graphs = {}
-    rep_layers = list(tandem_model.config.large_layers) if tandem_model is not None else []
-    say("exporting large.onnx (M_L, block mode)")
-    graphs["large"] = export_large(large_model, rep_layers, out)
-    if tandem_model is not None:
-        say("exporting small.onnx (tandem M_S step graph)")
-        graphs["small"] = export_tandem(tandem_model, out)
-    if plain_model is not None:
-        say("exporting draft.onnx (plain drafter)")
-        graphs["draft"] = export_plain(plain_model, plain_router, out)
-    for role in ("small", "draft"):
-        if role not in graphs and (out / f"{role}.onnx").exists():
-            (out / f"{role}.onnx").unlink()  # stale graph of an earlier export
+
+def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab: int, ctx: int,
+           tok_file: Path | None, precision: str, accuracy_level: int, validate: bool, block_length: int,
+           max_block_length: int, router_threshold: float, say: Callable[[str], None], bars: bool) -> Manifest:
+    from tqdm import tqdm
+
+    options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx)
+    small = ckpts.get("small")
+    rep_layers = list(small.tandem_config["large_layers"]) if small is not None else []
+    graphs, validation = {}, {}
+    for role, ckpt in ckpts.items():
+        file = GRAPH_FILES[role]
+        layers = int(ckpt.config.num_hidden_layers)
+        with tqdm(total=layers, desc=f"{file} ({precision})", unit="layer", disable=not bars,
+                  file=sys.stderr, leave=True) as bar:
+            spec = build_graph(ckpt, role, tmp / file, options, rep_layers=rep_layers if role == "large" else None,
+                               on_layer=bar.update)
+        graphs[role] = spec
+        if validate:
+            figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx)
+            validation[role] = figures
+            if precision == "fp32":
+                say(f"validated {file}: max |ORT - PyTorch| / max(1, |PyTorch|) = {figures['max_rel_diff']:.1e}")
+            else:
+                say(f"validated {file} ({precision}): argmax agrees with fp32 PyTorch at "
+                    f"{figures['argmax_agreement']:.0%} of positions, top-5 overlap {figures['top5_overlap']:.0%}; "
+                    f"error vs same-weights reference {figures['max_rel_error_vs_same_weights']:.1e}")
 
     tok_name = ""
     if tok_file is not None:
-        shutil.copyfile(tok_file, out / "tokenizer.json")
+        shutil.copyfile(tok_file, tmp / "tokenizer.json")
         tok_name = "tokenizer.json"
+    config = ckpts["large"].config
+    hashes = {}
+    for role, spec in graphs.items():
+        hashes[role] = _sha256(tmp / spec.file)
+        if (tmp / (spec.file + ".data")).is_file():
+            hashes[role + ".data"] = _sha256(tmp / (spec.file + ".data"))
+    import torch
 
-    validation: dict[str, Any] = {}
-    modules: dict[str, nn.Module] = {}
-    if validate:
-        modules["large"] = LargeGraph(large_model, rep_layers)
-        if tandem_model is not None:
-            modules["small"] = TandemStepGraph(tandem_model)
-        if plain_model is not None:
-            modules["draft"] = PlainStepGraph(plain_model, plain_router)
-        for role, module in modules.items():
-            diffs = max_abs_diffs(module, out / graphs[role].file, graphs[role], CASES[role])
-            validation[role] = diffs
-            worst = max(v for k, v in diffs.items() if k != "argmax_agreement")
-            say(f"validated {graphs[role].file}: max |ORT - PyTorch| = {worst:.2e}")
-            if worst > FP32_TOLERANCE:
-                raise ExportError(
-                    f"{graphs[role].file} disagrees with PyTorch by {worst:.2e} (> {FP32_TOLERANCE}); "
-                    "the export is wrong, please report it"
-                )
-    if precision != "fp32":
-        for role, spec in graphs.items():
-            say(f"converting {spec.file} to {precision}")
-            quantize_graph(out / spec.file, out / spec.file, precision)
-            spec.precision = precision
-            if role in modules:
-                diffs = max_abs_diffs(modules[role], out / spec.file, spec, CASES[role])
-                agreement = diffs.pop("argmax_agreement")
-                validation[role]["argmax_agreement_vs_fp32"] = agreement
-                validation[role]["max_abs_diff_vs_fp32"] = max(diffs.values())
-                say(f"validated {spec.file} ({precision}): argmax agrees with fp32 PyTorch "
-                    f"at {agreement:.0%} of positions")
-
-    generation_config = getattr(large_model, "generation_config", None)
     manifest = Manifest(
         graphs=graphs,
         vocab_size=vocab,
         context_length=ctx,
-        eos_token_ids=_eos_ids(large_model.config, generation_config),
-        bos_token_id=getattr(large_model.config, "bos_token_id", None),
-        pad_token_id=getattr(large_model.config, "pad_token_id", None),
+        eos_token_ids=_eos_ids(ckpts["large"], large_module),
+        bos_token_id=getattr(config, "bos_token_id", None),
+        pad_token_id=getattr(config, "pad_token_id", None),
         tokenizer=tok_name,
         default_block_length=block_length,
         max_block_length=max_block_length,
         router_threshold=router_threshold,
         precision=precision,
+        build={"accuracy_level": accuracy_level if precision in ("int4", "int8") else None,
+               "builder": "tandem.export.builder", "torch": torch.__version__},
         provenance={
-            "large": {"source": large_src, "hash": _folder_hash(Path(large_src)) if large_src else ""},
-            "small": {"source": tandem_src, "hash": _folder_hash(Path(tandem_src)) if tandem_src else ""},
-            "draft": {"source": plain_src, "hash": _folder_hash(Path(plain_src)) if plain_src else ""},
-            "graphs": {role: _sha256(out / spec.file) for role, spec in graphs.items()},
-            "torch": torch.__version__,
-        },
+            role: {"source": c.source, "hash": _folder_hash(Path(c.source)) if c.source else ""}
+            for role, c in ckpts.items()
+        } | {"graphs": hashes},
         validation=validation,
     )
-    manifest.save(out)
-    say(f"bundle written to {out} ({json.dumps({r: g.file for r, g in graphs.items()})})")
+    manifest.save(tmp)
     return manifest

@@ -129,6 +129,7 @@ class Manifest:
     max_block_length: int = 16
     router_threshold: float = 0.8
     precision: str = "fp32"
+    build: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT

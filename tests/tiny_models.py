@@ -42,10 +42,12 @@ SAMPLE_TEXT = (
 ) * 8
 
 
-def tiny_config(arch: str = "llama", num_layers: int = 2, hidden_size: int = 32, num_heads: int = 4,
+def tiny_config(arch: str = "llama", num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4,
                 num_kv_heads: int = 2, vocab_size: int = TINY_VOCAB, tie: bool = False,
-                max_positions: int = 256) -> PretrainedConfig:
-    """A tiny config of ``arch`` (``llama``, ``qwen2`` or ``mistral``); GQA when kv heads < heads."""
+                max_positions: int = 256, **extra: object) -> PretrainedConfig:
+    """A tiny config of ``arch`` (``llama``, ``qwen2`` or ``mistral``); GQA when kv heads < heads.
+    Head width 16 by default (ONNX Runtime's GroupQueryAttention needs a multiple of 16);
+    ``extra`` goes to the config class (e.g. ``sliding_window``)."""
     config_cls, _ = ARCHITECTURES[arch]
     return config_cls(
         vocab_size=vocab_size,
@@ -60,6 +62,7 @@ def tiny_config(arch: str = "llama", num_layers: int = 2, hidden_size: int = 32,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        **extra,
     )
 
 

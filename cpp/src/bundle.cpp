@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr const char* kFormat = "tandem-bundle";
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 
 [[noreturn]] void Fail(const std::string& where, const std::string& what) {
   throw Error(ErrorCode::kBundle, where + ": " + what);
@@ -62,6 +62,9 @@ GraphSpec ParseGraph(const json& g, const std::string& role, const fs::path& fol
   s.vocab_size = Get<int64_t>(g, "vocab_size", where);
   s.input_ids = Get<std::string>(g, "input_ids", where);
   s.logits = Get<std::string>(g, "logits", where);
+  s.seqlens_k = Get<std::string>(g, "seqlens_k", where);
+  s.total_sequence_length = Get<std::string>(g, "total_sequence_length", where);
+  s.logits_from = Get<std::string>(g, "logits_from", where);
   s.past_keys = Get<std::vector<std::string>>(g, "past_keys", where);
   s.past_values = Get<std::vector<std::string>>(g, "past_values", where);
   s.present_keys = Get<std::vector<std::string>>(g, "present_keys", where);
@@ -72,8 +75,17 @@ GraphSpec ParseGraph(const json& g, const std::string& role, const fs::path& fol
   s.memory = GetOr<std::vector<std::string>>(g, "memory", {}, where);
   s.memory_size = GetOr<int>(g, "memory_size", 0, where);
   s.router_score = GetOr<std::string>(g, "router_score", "", where);
+  const std::string kv_dtype = GetOr<std::string>(g, "kv_dtype", "float32", where);
+  if (kv_dtype != "float32" && kv_dtype != "float16")
+    Fail(where, "kv_dtype \"" + kv_dtype + "\" is not supported (float32 or float16)");
+  s.kv_fp16 = kv_dtype == "float16";
   if (s.num_layers < 1 || s.num_kv_heads < 1 || s.head_dim < 1 || s.hidden_size < 1 || s.vocab_size < 2)
     Fail(where, "dims must be positive (num_layers, num_kv_heads, head_dim, hidden_size, vocab_size)");
+  // bounds that keep every buffer size computed from them far from overflow
+  if (s.num_layers > 4096 || s.num_kv_heads > 4096 || s.head_dim > 65536 || s.hidden_size > (1 << 20) ||
+      s.vocab_size > (int64_t{1} << 24) || s.memory_size < 0 || s.memory_size > (1 << 20))
+    Fail(where, "dims are out of range (num_layers <= 4096, num_kv_heads <= 4096, head_dim <= 65536, "
+                "hidden_size and memory_size <= 2^20, vocab_size <= 2^24)");
   const size_t n = static_cast<size_t>(s.num_layers);
   if (s.past_keys.size() != n || s.past_values.size() != n || s.present_keys.size() != n ||
       s.present_values.size() != n)
@@ -134,9 +146,11 @@ Manifest LoadManifest(const std::string& folder_in) {
   std::string tok = GetOr<std::string>(doc, "tokenizer", "", where);
   if (!tok.empty()) m.tokenizer = InsideBundle(folder, tok, where);
 
-  if (m.context_length < 2) Fail(where, "context_length must be >= 2");
-  if (m.max_block_length < 1 || m.default_block_length < 1 || m.default_block_length > m.max_block_length)
-    Fail(where, "need 1 <= default_block_length <= max_block_length");
+  if (m.context_length < 2 || m.context_length > (int64_t{1} << 24))
+    Fail(where, "context_length must be in [2, 2^24]");
+  if (m.max_block_length < 1 || m.max_block_length > 1024 || m.default_block_length < 1 ||
+      m.default_block_length > m.max_block_length)
+    Fail(where, "need 1 <= default_block_length <= max_block_length <= 1024");
   for (const GraphSpec* g : {&m.large, m.small ? &*m.small : nullptr, m.draft ? &*m.draft : nullptr}) {
     if (!g) continue;
     if (g->vocab_size != m.vocab_size)

@@ -17,6 +17,7 @@ struct GraphSpec {
   int hidden_size = 0;
   int64_t vocab_size = 0;
   std::string input_ids, logits;
+  std::string seqlens_k, total_sequence_length, logits_from;  // GroupQueryAttention lengths, logits rows
   std::vector<std::string> past_keys, past_values, present_keys, present_values;
   std::vector<int> rep_layers;       // large: M_L layer index of each reps output
   std::vector<std::string> reps;
@@ -24,6 +25,7 @@ struct GraphSpec {
   std::vector<std::string> memory;
   int memory_size = 0;
   std::string router_score;          // "" when the graph has no router
+  bool kv_fp16 = false;              // KV buffers hold float16 (kv_dtype "float16"), else float32
 };
 
 struct Manifest {

@@ -150,12 +150,12 @@ struct Generator::State {
   FinishReason finish = FinishReason::kNotFinished;
   std::vector<int64_t> step_tokens;  // emitted by the running Step / prefill
 
-  KvCache large_kv;
+  KvCache large_kv;                  // bound to M_L's session; capacity = the request's length
   std::optional<KvCache> drafter_kv;
-  Ort::IoBinding large_binding;
-  std::optional<Ort::IoBinding> drafter_binding;
-  std::vector<float> large_logits, drafter_logits, router;
-  std::vector<std::vector<float>> reps;  // per large reps output: [capacity, d_L]
+  std::vector<float> large_logits;   // [γ + 1, V]: M_L's logits rows of the newest call
+  std::vector<float> drafter_logits;  // [V]: every drafter call returns its last row only
+  std::vector<float> router;          // [1]
+  std::vector<std::vector<float>> reps;  // tandem only, per large reps output: [capacity + 1, d_L]
   int64_t mem_rows = 0;
   std::vector<int64_t> block;              // [t, d_1..d_g]: the ids M_L verifies
   std::vector<std::vector<float>> q;       // sampling: processed drafter distributions
@@ -165,12 +165,11 @@ struct Generator::State {
   Clock::time_point started;
   std::atomic<bool> busy{false};
 
-  State(std::shared_ptr<const Model> model_in, const GenerateOptions& options)
+  State(std::shared_ptr<const Model> model_in, const GenerateOptions& options, int64_t capacity)
       : model(std::move(model_in)),
         m(model->impl()),
         opt(options),
-        large_kv(detail::MakeCache(m.manifest.large, m.manifest.context_length)),
-        large_binding(m.large->session()),
+        large_kv(*m.large, capacity),
         rng(options.seed) {}
 
   int64_t V() const { return m.manifest.vocab_size; }
@@ -203,30 +202,33 @@ struct Generator::State {
   }
 
   // ---- graph calls -----------------------------------------------------------------
-  // M_L over ids; logits rows land in large_logits, representations at row `rep_row`.
-  void RunLarge(const int64_t* ids, int64_t n, int64_t rep_row) {
+  // M_L over ids; the logits of ids [logits_from, n) land in large_logits, the
+  // representations (tandem drafter only) at row `rep_row` of `reps`.
+  void RunLarge(const int64_t* ids, int64_t n, int64_t rep_row, int64_t logits_from) {
     RunArgs a;
     a.ids = ids;
     a.num_ids = n;
+    a.logits_from = logits_from;
     a.logits = large_logits.data();
     for (auto& r : reps) a.reps.push_back(r.data() + rep_row * m.manifest.large.hidden_size);
-    double t = detail::RunGraph(*m.large, large_binding, large_kv, a);
+    double t = detail::RunGraph(*m.large, large_kv, a);
     stats.ort_time += t;
     stats.large_time += t;
     ++stats.large_calls;
   }
 
-  // The drafter over ids (plus pending memory for the tandem drafter); logits of the last
-  // id in drafter_logits[(n-1)*V ...], router score in router[n-1].
+  // The drafter over ids (after the pending memory rows, tandem drafter); the logits of the
+  // last id land in drafter_logits, its router score in router[0].
   void RunDrafter(const int64_t* ids, int64_t n, int64_t memory_rows) {
     RunArgs a;
     a.ids = ids;
     a.num_ids = n;
     a.memory_rows = memory_rows;
     for (int src : m.small_memory_source) if (use_memory) a.memory.push_back(reps[src].data());
+    a.logits_from = n - 1;
     a.logits = drafter_logits.data();
     a.router = router.empty() ? nullptr : router.data();
-    double t = detail::RunGraph(*drafter, *drafter_binding, *drafter_kv, a);
+    double t = detail::RunGraph(*drafter, *drafter_kv, a);
     stats.ort_time += t;
     stats.small_time += t;
     ++stats.small_calls;
@@ -237,24 +239,20 @@ struct Generator::State {
     const int64_t n = static_cast<int64_t>(seq.size());
     for (int64_t pos = 0; pos < n; pos += kPrefillChunk) {
       const int64_t len = std::min(kPrefillChunk, n - pos);
-      RunLarge(seq.data() + pos, len, use_memory ? pos : 0);
+      RunLarge(seq.data() + pos, len, pos, len - 1);  // logits of the chunk's last position
     }
     if (use_memory) mem_rows = n;
-    const int64_t last = (n - 1) % kPrefillChunk;
     if (drafter && !use_memory) CatchUpDrafter(n);  // the plain drafter reads the prompt too
-    Emit(Choose(large_logits.data() + last * V()));
+    Emit(Choose(large_logits.data()));
   }
 
   // Drafts up to `max_drafts` tokens after t into block[1..]; returns how many.
   int Draft(int max_drafts) {
     for (int k = 1; k <= max_drafts; ++k) {
       if (k == 1) FirstDraftCall();
-      else {
-        RunDrafter(&block.back(), 1, 0);
-        last_row_ = 0;
-      }
-      const float* logits = drafter_logits.data() + last_row_ * V();
-      if (opt.adaptive && k > opt.min_block_length && router[last_row_] < tau) return k - 1;
+      else RunDrafter(&block.back(), 1, 0);
+      const float* logits = drafter_logits.data();
+      if (opt.adaptive && k > opt.min_block_length && router[0] < tau) return k - 1;
       int64_t d;
       if (sampling.do_sample) {
         detail::ProcessLogits(logits, V(), sampling, q[k - 1]);
@@ -267,15 +265,12 @@ struct Generator::State {
     return max_drafts;
   }
 
-  int64_t last_row_ = 0;  // row of drafter_logits / router holding the newest step
-
   // First drafter call of a round: feeds the pending memory (tandem drafter) or every
   // token the plain drafter has not seen, ending with t.
   void FirstDraftCall() {
     if (use_memory) {
       RunDrafter(&block[0], 1, mem_rows);
       mem_rows = 0;
-      last_row_ = 0;
       return;
     }
     CatchUpDrafter(static_cast<int64_t>(seq.size()));
@@ -286,7 +281,6 @@ struct Generator::State {
     for (int64_t pos = drafter_kv->length(); pos < end;) {
       const int64_t len = std::min(kPrefillChunk, end - pos);
       RunDrafter(seq.data() + pos, len, 0);
-      last_row_ = len - 1;
       pos += len;
     }
   }
@@ -297,12 +291,11 @@ struct Generator::State {
     const int64_t drafter_keep_base = drafter_kv ? drafter_kv->length() + (use_memory ? mem_rows : 0) : 0;
     const int max_drafts = static_cast<int>(std::min<int64_t>(gamma, room() - 1));
     block.assign(1, seq.back());
-    last_row_ = 0;
     const int g = max_drafts > 0 ? Draft(max_drafts) : 0;
 
     // verify: M_L over [t, d_1..d_g] gives p_1..p_{g+1}
     const int64_t rep_row = use_memory ? mem_rows : 0;
-    RunLarge(block.data(), g + 1, rep_row);
+    RunLarge(block.data(), g + 1, rep_row, 0);
 
     // accept
     int n = 0;
@@ -389,7 +382,10 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
       Invalid("router_threshold must be a finite number (< 0: the bundle default)");
   }
 
-  state_ = std::make_unique<State>(std::move(model), options);
+  // The longest sequence this request can reach; every buffer is sized to it, never to more
+  // than the bundle's context.
+  const int64_t capacity = std::min<int64_t>(man.context_length, static_cast<int64_t>(prompt.size()) + o.max_new_tokens);
+  state_ = std::make_unique<State>(std::move(model), options, capacity);
   State& s = *state_;
   s.started = Clock::now();
   s.sampling = {o.do_sample, o.temperature, o.top_k, o.top_p};
@@ -408,22 +404,22 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   const auto& impl = s.m;
   if (s.use_memory) s.drafter = impl.small.get();
   if (o.mode == Mode::kVanilla) s.drafter = impl.draft.get();
-  const int64_t V = man.vocab_size, ctx = man.context_length;
-  s.large_logits.assign(static_cast<size_t>(std::max<int64_t>(kPrefillChunk, s.gamma + 1) * V), 0.0f);
-  const int64_t rep_rows = s.use_memory ? ctx + 1 : std::max<int64_t>(kPrefillChunk, s.gamma + 1);
-  for (size_t i = 0; i < man.large.reps.size(); ++i)
-    s.reps.emplace_back(static_cast<size_t>(rep_rows * man.large.hidden_size), 0.0f);
+  const int64_t V = man.vocab_size;
+  s.large_logits.assign(static_cast<size_t>((s.gamma + 1) * V), 0.0f);
+  if (s.use_memory) {
+    for (size_t i = 0; i < man.large.reps.size(); ++i)
+      s.reps.emplace_back(static_cast<size_t>((capacity + 1) * man.large.hidden_size), 0.0f);
+  }
   if (s.drafter) {
-    s.drafter_kv.emplace(detail::MakeCache(s.drafter->spec(), ctx));
-    s.drafter_binding.emplace(s.drafter->session());
-    s.drafter_logits.assign(static_cast<size_t>(kPrefillChunk * V), 0.0f);
-    if (!s.drafter->spec().router_score.empty()) s.router.assign(kPrefillChunk, 0.0f);
+    s.drafter_kv.emplace(*s.drafter, capacity);
+    s.drafter_logits.assign(static_cast<size_t>(V), 0.0f);
+    if (!s.drafter->spec().router_score.empty()) s.router.assign(1, 0.0f);
     if (o.do_sample) s.q.assign(static_cast<size_t>(std::max(s.gamma, 1)), std::vector<float>());
   }
-  s.seq.reserve(static_cast<size_t>(ctx));
+  s.seq.reserve(static_cast<size_t>(capacity));
   s.seq = prompt;
   // no reallocation while generating: a reader refused too late never sees freed memory
-  s.out.reserve(static_cast<size_t>(std::min<int64_t>(o.max_new_tokens, ctx)));
+  s.out.reserve(static_cast<size_t>(capacity));
   s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
   if (o.max_new_tokens == 0) {
     s.finish = FinishReason::kMaxNewTokens;

@@ -226,111 +226,97 @@ void Graph::CheckIo() const {
     if (!ok) throw Error(ErrorCode::kBundle, where + ": " + kind + " \"" + name + "\" has a shape that disagrees with tandem.json dims");
   };
   constexpr auto F32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const auto kv = spec_.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : F32;
   const int64_t h = spec_.num_kv_heads, dh = spec_.head_dim, V = spec_.vocab_size;
-  std::set<std::string> declared_in{spec_.input_ids}, declared_out{spec_.logits};
+  std::set<std::string> declared_in{spec_.input_ids, spec_.seqlens_k, spec_.total_sequence_length, spec_.logits_from};
   expect(inputs, spec_.input_ids, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, {1, -1}, "input");
+  expect(inputs, spec_.seqlens_k, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {1}, "input");
+  expect(inputs, spec_.total_sequence_length, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {}, "input");
+  expect(inputs, spec_.logits_from, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, {1}, "input");
   expect(outputs, spec_.logits, F32, {1, -1, V}, "output");
   for (int l = 0; l < spec_.num_layers; ++l) {
     for (const std::string* n : {&spec_.past_keys[l], &spec_.past_values[l]}) {
-      expect(inputs, *n, F32, {1, h, -1, dh}, "input");
+      expect(inputs, *n, kv, {1, h, -1, dh}, "input");
       declared_in.insert(*n);
     }
-    for (const std::string* n : {&spec_.present_keys[l], &spec_.present_values[l]}) {
-      expect(outputs, *n, F32, {1, h, -1, dh}, "output");
-      declared_out.insert(*n);
-    }
+    for (const std::string* n : {&spec_.present_keys[l], &spec_.present_values[l]})
+      expect(outputs, *n, kv, {1, h, -1, dh}, "output");
   }
   for (const std::string& n : spec_.memory) {
     expect(inputs, n, F32, {1, -1, spec_.memory_size}, "input");
     declared_in.insert(n);
   }
-  for (const std::string& n : spec_.reps) {
-    expect(outputs, n, F32, {1, -1, spec_.hidden_size}, "output");
-    declared_out.insert(n);
-  }
-  if (!spec_.router_score.empty()) {
-    expect(outputs, spec_.router_score, F32, {1, -1}, "output");
-    declared_out.insert(spec_.router_score);
-  }
+  for (const std::string& n : spec_.reps) expect(outputs, n, F32, {1, -1, spec_.hidden_size}, "output");
+  if (!spec_.router_score.empty()) expect(outputs, spec_.router_score, F32, {1, -1}, "output");
   for (const auto& [name, _] : inputs)
     if (!declared_in.count(name))
       throw Error(ErrorCode::kBundle, where + " has an input \"" + name + "\" that tandem.json does not declare");
 }
 
-KvCache::KvCache(int layers, int heads, int head_dim, int64_t capacity)
-    : layers_(layers), heads_(heads), head_dim_(head_dim), capacity_(capacity) {
-  const size_t size = static_cast<size_t>(heads) * static_cast<size_t>(capacity) * static_cast<size_t>(head_dim);
-  for (auto& buffers : buffers_) {
-    buffers.resize(2 * static_cast<size_t>(layers));
-    for (auto& b : buffers) b.assign(size, 0.0f);
-  }
-  past_shape_ = {1, heads_, 0, head_dim_};
+namespace {
+const Ort::MemoryInfo& CpuMemory() {
+  static const Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  return mem;
 }
 
-void KvCache::Commit(int64_t new_length) {
-  cur_ ^= 1;
-  length_ = new_length;
+template <typename T>
+Ort::Value Tensor(T* p, const std::vector<int64_t>& shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return Ort::Value::CreateTensor<T>(CpuMemory(), p, n, shape.data(), shape.size());
+}
+}  // namespace
+
+KvCache::KvCache(const Graph& graph, int64_t capacity) : capacity_(capacity), binding_(graph.session()) {
+  const GraphSpec& s = graph.spec();
+  const auto type = s.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const size_t element = s.kv_fp16 ? 2 : 4;
+  const std::vector<int64_t> shape{1, s.num_kv_heads, capacity, s.head_dim};
+  const size_t bytes = static_cast<size_t>(s.num_kv_heads) * static_cast<size_t>(capacity) *
+                       static_cast<size_t>(s.head_dim) * element;
+  for (int l = 0; l < s.num_layers; ++l) {
+    for (int kv = 0; kv < 2; ++kv) {
+      // not zeroed: rows past `length` are never read, and untouched pages cost no memory
+      buffers_.push_back(std::make_unique_for_overwrite<uint8_t[]>(bytes));
+      values_.push_back(Ort::Value::CreateTensor(CpuMemory(), buffers_.back().get(), bytes, shape.data(),
+                                                 shape.size(), type));
+      const std::string& past = kv == 0 ? s.past_keys[l] : s.past_values[l];
+      const std::string& present = kv == 0 ? s.present_keys[l] : s.present_values[l];
+      binding_.BindInput(past.c_str(), values_.back());
+      binding_.BindOutput(present.c_str(), values_.back());
+    }
+  }
+  binding_.BindInput(s.seqlens_k.c_str(), Tensor<int32_t>(&seqlens_k_, {1}));
+  binding_.BindInput(s.total_sequence_length.c_str(), Tensor<int32_t>(&total_, {}));
+  binding_.BindInput(s.logits_from.c_str(), Tensor<int64_t>(&logits_from_, {1}));
+}
+
+void KvCache::Prepare(int64_t new_rows, int64_t logits_from) {
+  if (new_rows < 1 || length_ + new_rows > capacity_)
+    throw Error(ErrorCode::kRuntime, "internal: KV cache capacity exceeded");
+  total_ = static_cast<int32_t>(length_ + new_rows);
+  seqlens_k_ = total_ - 1;
+  logits_from_ = logits_from;
 }
 
 void KvCache::RewindTo(int64_t n) {
   if (n < 0 || n > length_) throw Error(ErrorCode::kRuntime, "internal: KV rewind out of range");
-  if (n == length_) return;
-  const size_t row = static_cast<size_t>(head_dim_);
-  for (auto& b : buffers_[cur_]) {
-    // head hh moves from offset hh*length*dh to hh*n*dh; n < length, so increasing order is safe.
-    for (int hh = 1; hh < heads_; ++hh)
-      std::memmove(b.data() + hh * n * row, b.data() + hh * length_ * row, n * row * sizeof(float));
-  }
   length_ = n;
 }
 
-const std::vector<int64_t>& KvCache::past_shape() {
-  past_shape_[2] = length_;
-  return past_shape_;
-}
-
-std::vector<int64_t> KvCache::present_shape(int64_t new_positions) const {
-  return {1, heads_, length_ + new_positions, head_dim_};
-}
-
-KvCache MakeCache(const GraphSpec& spec, int64_t capacity) {
-  return KvCache(spec.num_layers, spec.num_kv_heads, spec.head_dim, capacity);
-}
-
-double RunGraph(const Graph& graph, Ort::IoBinding& binding, KvCache& cache, const RunArgs& a) {
+double RunGraph(const Graph& graph, KvCache& cache, const RunArgs& a) {
   const GraphSpec& s = graph.spec();
-  const int64_t added = a.memory_rows + a.num_ids;
-  if (cache.length() + added > cache.capacity())
-    throw Error(ErrorCode::kRuntime, "internal: KV cache capacity exceeded");
-  static const Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-  auto tensor = [&](float* p, const std::vector<int64_t>& shape) {
-    size_t n = 1;
-    for (int64_t d : shape) n *= static_cast<size_t>(d);
-    return Ort::Value::CreateTensor<float>(mem, p, n, shape.data(), shape.size());
-  };
-  binding.ClearBoundInputs();
-  binding.ClearBoundOutputs();
-  const std::vector<int64_t> ids_shape{1, a.num_ids};
-  binding.BindInput(s.input_ids.c_str(),
-                    Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(a.ids), a.num_ids,
-                                                      ids_shape.data(), ids_shape.size()));
-  const std::vector<int64_t> mem_shape{1, a.memory_rows, s.memory_size};
+  if (a.logits_from < 0 || a.logits_from >= a.num_ids) throw Error(ErrorCode::kRuntime, "internal: logits rows out of range");
+  cache.Prepare(a.memory_rows + a.num_ids, a.logits_from);
+  Ort::IoBinding& binding = cache.binding();
+  binding.BindInput(s.input_ids.c_str(), Tensor<int64_t>(const_cast<int64_t*>(a.ids), {1, a.num_ids}));
   for (size_t i = 0; i < s.memory.size(); ++i)
-    binding.BindInput(s.memory[i].c_str(), tensor(const_cast<float*>(a.memory[i]), mem_shape));
-  const std::vector<int64_t> past_shape = cache.past_shape();
-  const std::vector<int64_t> present_shape = cache.present_shape(added);
-  for (int l = 0; l < s.num_layers; ++l) {
-    binding.BindInput(s.past_keys[l].c_str(), tensor(cache.past(l, 0), past_shape));
-    binding.BindInput(s.past_values[l].c_str(), tensor(cache.past(l, 1), past_shape));
-    binding.BindOutput(s.present_keys[l].c_str(), tensor(cache.present(l, 0), present_shape));
-    binding.BindOutput(s.present_values[l].c_str(), tensor(cache.present(l, 1), present_shape));
-  }
-  binding.BindOutput(s.logits.c_str(), tensor(a.logits, {1, a.num_ids, s.vocab_size}));
+    binding.BindInput(s.memory[i].c_str(), Tensor<float>(const_cast<float*>(a.memory[i]), {1, a.memory_rows, s.memory_size}));
+  const int64_t rows = a.num_ids - a.logits_from;
+  binding.BindOutput(s.logits.c_str(), Tensor<float>(a.logits, {1, rows, s.vocab_size}));
   for (size_t i = 0; i < a.reps.size(); ++i)
-    binding.BindOutput(s.reps[i].c_str(), tensor(a.reps[i], {1, a.num_ids, s.hidden_size}));
-  if (!s.router_score.empty()) {
-    if (a.router) binding.BindOutput(s.router_score.c_str(), tensor(a.router, {1, a.num_ids}));
-  }
+    binding.BindOutput(s.reps[i].c_str(), Tensor<float>(a.reps[i], {1, a.num_ids, s.hidden_size}));
+  if (!s.router_score.empty() && a.router) binding.BindOutput(s.router_score.c_str(), Tensor<float>(a.router, {1, rows}));
   auto t0 = std::chrono::steady_clock::now();
   try {
     graph.session().Run(Ort::RunOptions{nullptr}, binding);
@@ -338,7 +324,7 @@ double RunGraph(const Graph& graph, Ort::IoBinding& binding, KvCache& cache, con
     throw Error(ErrorCode::kRuntime, "ONNX Runtime failed running " + s.file + ": " + e.what());
   }
   auto t1 = std::chrono::steady_clock::now();
-  cache.Commit(cache.length() + added);
+  cache.Commit(a.memory_rows + a.num_ids);
   return std::chrono::duration<double>(t1 - t0).count();
 }
 

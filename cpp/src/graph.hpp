@@ -4,6 +4,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -25,32 +26,37 @@ class Graph {
   std::unique_ptr<Ort::Session> session_;
 };
 
-// Preallocated KV cache of one graph for one request.
+// The KV cache of one graph for one request, in ONNX Runtime GroupQueryAttention's shared
+// buffer layout, and the IO binding that carries it.
 //
-// Invariant: for every layer, buffer `cur_` holds K and V as contiguous [h, length_, dh]
-// (exactly the `[1, h, P, dh]` past tensor the graph reads). A run writes the present
-// `[1, h, P + n, dh]` into the other buffer; Commit swaps them. So no KV copy happens
-// outside the graph's own concat, and RewindTo is a per-head memmove inside one buffer.
+// Invariant: for every layer, K and V are one buffer each, [1, h, capacity, dh] of the
+// graph's kv dtype, bound once as both the past input and the present output; rows
+// [0, length) are valid. A call with n new rows is told seqlens_k = length + n - 1 and
+// total_sequence_length = length + n, and writes rows [length, length + n) in place. So no
+// KV byte is ever copied by us, and RewindTo only changes `length`.
 class KvCache {
  public:
-  KvCache(int layers, int heads, int head_dim, int64_t capacity);
+  KvCache(const Graph& graph, int64_t capacity);
+  KvCache(const KvCache&) = delete;  // the binding points into this object
+  KvCache& operator=(const KvCache&) = delete;
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
-  float* past(int layer, int kv) { return buffers_[cur_][2 * layer + kv].data(); }
-  float* present(int layer, int kv) { return buffers_[cur_ ^ 1][2 * layer + kv].data(); }
-  // The last run wrote `new_length` positions into the present buffers.
-  void Commit(int64_t new_length);
-  // Keeps positions [0, n) and drops [n, length). n <= length.
+  Ort::IoBinding& binding() { return binding_; }
+  // Sets the lengths the next call reads: n new rows after `length`, logits from row
+  // `logits_from` of the call's tokens.
+  void Prepare(int64_t new_rows, int64_t logits_from);
+  // The last call wrote `new_rows` rows.
+  void Commit(int64_t new_rows) { length_ += new_rows; }
+  // Keeps rows [0, n) and drops [n, length). n <= length.
   void RewindTo(int64_t n);
-  const std::vector<int64_t>& past_shape();     // {1, h, length, dh}
-  std::vector<int64_t> present_shape(int64_t new_positions) const;
 
  private:
-  int layers_, heads_, head_dim_;
   int64_t capacity_, length_ = 0;
-  int cur_ = 0;
-  std::vector<std::vector<float>> buffers_[2];  // [2 * layer + kv] -> h * capacity * dh
-  std::vector<int64_t> past_shape_;
+  std::vector<std::unique_ptr<uint8_t[]>> buffers_;  // [2 * layer + kv] -> h * capacity * dh elements
+  std::vector<Ort::Value> values_;                   // tensors over buffers_, bound in binding_
+  int32_t seqlens_k_ = 0, total_ = 0;                // bound inputs, updated by Prepare
+  int64_t logits_from_ = 0;
+  Ort::IoBinding binding_;
 };
 
 // Buffers of one graph call. All pointers are caller-owned and outlive the call.
@@ -59,15 +65,14 @@ struct RunArgs {
   int64_t num_ids = 0;
   std::vector<const float*> memory;  // small: one [1, m, d_L] block per memory input
   int64_t memory_rows = 0;           // m
-  float* logits = nullptr;           // [1, t, V] out
+  int64_t logits_from = 0;           // logits rows are ids [logits_from, t)
+  float* logits = nullptr;           // [1, t - logits_from, V] out
   std::vector<float*> reps;          // large: one [1, t, d_L] per reps output
-  float* router = nullptr;           // [1, t] out, or nullptr to skip
+  float* router = nullptr;           // [1, t - logits_from] out, or nullptr to skip
 };
 
-// Binds the inputs/outputs to the caller's buffers and runs the graph. On return the
-// cache holds length + memory_rows + num_ids positions. Returns seconds spent in Run.
-double RunGraph(const Graph& graph, Ort::IoBinding& binding, KvCache& cache, const RunArgs& args);
-
-KvCache MakeCache(const GraphSpec& spec, int64_t capacity);
+// Binds the per-call inputs/outputs to the caller's buffers and runs the graph. On return
+// the cache holds length + memory_rows + num_ids rows. Returns seconds spent in Run.
+double RunGraph(const Graph& graph, KvCache& cache, const RunArgs& args);
 
 }  // namespace tandem::detail

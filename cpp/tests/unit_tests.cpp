@@ -1,6 +1,7 @@
-// C++ unit tests of the pieces below the loop: sampling, KV cache, manifest checks,
-// library loading and the C API's error path. Run by ctest (and under ASan/UBSan by
-// `make sanitize`). The loop itself is tested from Python against the PyTorch reference.
+// C++ unit tests of the pieces below the loop: sampling, manifest checks, library loading
+// and the C API's error path. Run by ctest (and under ASan/UBSan by `make sanitize`). The
+// loop and its KV caches are tested from Python against the PyTorch reference, and under
+// the sanitizers through the example and concurrency programs on a real bundle.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -105,27 +106,6 @@ void TestSampling() {
   CHECK(ones > 700);
 }
 
-void TestKvCache() {
-  // 2 heads, dh 1, capacity 8. Fill a present of length 3 per head, commit, rewind to 2.
-  KvCache kv(1, 2, 1, 8);
-  CHECK(kv.length() == 0);
-  CHECK(kv.past_shape() == std::vector<int64_t>({1, 2, 0, 1}));
-  float* present = kv.present(0, 0);
-  const float values[] = {10, 11, 12, 20, 21, 22};  // [h=2, L=3, dh=1]
-  std::memcpy(present, values, sizeof(values));
-  kv.Commit(3);
-  CHECK(kv.length() == 3);
-  CHECK(kv.past(0, 0) == present);
-  kv.RewindTo(2);
-  const float* past = kv.past(0, 0);
-  CHECK(past[0] == 10 && past[1] == 11 && past[2] == 20 && past[3] == 21);
-  CHECK(kv.past_shape() == std::vector<int64_t>({1, 2, 2, 1}));
-  CHECK(kv.present_shape(3) == std::vector<int64_t>({1, 2, 5, 1}));
-  kv.RewindTo(2);  // no-op
-  CHECK(kv.length() == 2);
-  CheckThrows([&] { kv.RewindTo(3); }, ErrorCode::kRuntime, "rewind");
-}
-
 void WriteFile(const fs::path& p, const std::string& text) {
   std::ofstream(p) << text;
 }
@@ -140,15 +120,16 @@ void TestManifest() {
   CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
   WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 99})");
   CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
-  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 1, "graphs": {}})");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 2, "graphs": {}})");
   CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
   auto graph = [](const std::string& file) {
     return std::string(R"({"file": ")") + file + R"(", "num_layers": 1, "num_kv_heads": 1, "head_dim": 4,
-      "hidden_size": 4, "vocab_size": 8, "input_ids": "input_ids", "logits": "logits",
+      "hidden_size": 4, "vocab_size": 8, "input_ids": "input_ids", "logits": "logits", "seqlens_k": "s",
+      "total_sequence_length": "t", "logits_from": "f",
       "past_keys": ["pk"], "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"]})";
   };
   auto manifest = [&](const std::string& file) {
-    return R"({"format": "tandem-bundle", "format_version": 1, "vocab_size": 8, "context_length": 16, "graphs": {"large": )" +
+    return R"({"format": "tandem-bundle", "format_version": 2, "vocab_size": 8, "context_length": 16, "graphs": {"large": )" +
            graph(file) + "}}";
   };
   WriteFile(dir / "tandem.json", manifest("../outside.onnx"));
@@ -192,7 +173,6 @@ int main() {
   TestArgmax();
   TestProcessLogits();
   TestSampling();
-  TestKvCache();
   TestManifest();
   TestParseMode();
   TestCApiErrors();

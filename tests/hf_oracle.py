@@ -1,0 +1,46 @@
+"""Hugging Face oracles of the three graphs, as PyTorch modules with the graphs' I/O.
+
+Each wraps the PyTorch side the bundle's graphs must reproduce: M_L through transformers
+(`tandem.train.model.large_step`), the tandem M_S through `TandemSmall.step`, a plain drafter
+through `plain_step` (+ its router). Tests feed them and the ONNX graphs the same
+`tandem.export.reference.CaseInputs` and compare every output by its manifest name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tandem.export.reference import CaseInputs
+from tandem.train.model import TandemSmall, large_step, plain_step
+
+
+def _past(inputs: CaseInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in inputs.past]
+
+
+@torch.no_grad()
+def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list[int] | None = None,
+               router: nn.Module | None = None) -> dict[str, np.ndarray]:
+    """The outputs of graph `role` for one case, computed by Hugging Face / TandemSmall."""
+    ids = torch.from_numpy(inputs.ids)
+    out: dict[str, np.ndarray] = {}
+    if role == "large":
+        logits, present, reps = large_step(model, ids, _past(inputs), list(rep_layers or []))
+        out.update({f"rep.{layer}": r.numpy() for layer, r in zip(rep_layers or [], reps, strict=True)})
+        score = None
+    elif role == "small":
+        assert isinstance(model, TandemSmall)
+        memory = [torch.from_numpy(m) for m in inputs.memory]
+        logits, present, score = model.step(ids, memory, _past(inputs))
+    else:
+        logits, present = plain_step(model, ids, _past(inputs))
+        score = None if router is None else router(logits, model.get_input_embeddings().weight)
+    start = inputs.logits_from
+    out["logits"] = logits[:, start:].numpy()
+    if score is not None:
+        out["router_score"] = score[:, start:].numpy()
+    for i, (k, v) in enumerate(present):
+        out[f"present.{i}.key"], out[f"present.{i}.value"] = k.numpy(), v.numpy()
+    return out
