@@ -69,7 +69,15 @@ def wait_for_idle(max_load: float, timeout: float, log: Any = None) -> dict[str,
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss), in MiB."""
+    """Peak resident memory of this process so far, in MiB: VmHWM of /proc/self/status, which
+    starts afresh at exec (ru_maxrss, the fallback, does not on Linux: a child of a big process
+    reports at least the parent's RSS at fork time)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

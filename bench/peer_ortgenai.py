@@ -18,14 +18,16 @@ package's model builder,
 
 with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1, and reused while the source files and the
 options are unchanged; the result carries each build's command, wall time and peak RSS
-(`os.wait4` rusage of the builder process, measured when it was built). Speculative
+(`os.wait4` rusage of the builder process, through a small launcher: `run_measured`),
+measured when it was built. Speculative
 decoding: the draft's decoder section becomes `model.draft` of the target's
 genai_config.json, the draft files sit in `draft/` under the target folder,
 `max_draft_tokens` = γ.
 
 Each system reports `rss_after_load_mb` (VmRSS once the model(s) are loaded, before any
-generation) and `peak_rss_mb` (this process's ru_maxrss after its runs: monotone, so in a
-process that ran both systems the speculative peak includes the plain run's).
+generation) and `peak_rss_mb` (this process's VmHWM after its runs: monotone, so in a
+process that ran both systems the speculative peak includes the plain run's; not ru_maxrss,
+which Linux carries over exec from the parent).
 Only the standard library and onnxruntime_genai are imported (`run_measured` is reused by
 `tandem.bench.realsize`).
 """
@@ -41,7 +43,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -67,38 +68,69 @@ def proc_status_mb(field: str, pid: int | str = "self") -> float | None:
     return None
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: VmHWM, which starts afresh at exec. Not ru_maxrss: Linux
+    carries the pre-exec high-water mark over exec, so a child of a big process reports at least
+    the parent's RSS at fork time (a trivial child of an 800 MiB parent says 800 MiB)."""
+    hwm = proc_status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# Forks and execs the command from a fresh small interpreter, then writes "exit_code maxrss_kb"
+# of that child (os.wait4) to argv[1]: the child's ru_maxrss then starts from this launcher's
+# few MiB instead of inheriting the (possibly large) RSS of the process that runs the benchmark.
+_LAUNCHER = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write("cannot run %s: %s\n" % (sys.argv[2], exc))
+        sys.stderr.flush()
+    os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    f.write("%d %d" % (code, ru.ru_maxrss))
+sys.exit(code if 0 <= code < 256 else 1)
+"""
+
+
 def run_measured(cmd: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
                  timeout: float = 7200.0) -> dict[str, Any]:
     """Run `cmd` (stdout and stderr appended to `log`); its wall time and peak RSS.
 
-    The peak is ru_maxrss of this one child from os.wait4 (it covers the child's own waited-for
-    descendants too), so it is exact and independent of other children of this process."""
+    The peak is the ru_maxrss that os.wait4 gives for `cmd`'s process (its waited-for
+    descendants included), measured through a small launcher interpreter (see _LAUNCHER)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    status_file = log.with_name(f".{log.name}.{os.getpid()}.rusage")
+    status_file.unlink(missing_ok=True)
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(status_file), *cmd], stdout=f,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait()
         wall = time.monotonic() - start
-    return {"command": cmd, "returncode": proc.returncode, "wall_s": round(wall, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1), "timed_out": timed_out.is_set(), "log": str(log)}
+    try:
+        code, maxrss_kb = (int(x) for x in status_file.read_text().split())
+        status_file.unlink()
+    except (OSError, ValueError):
+        code, maxrss_kb = proc.returncode, 0
+    return {"command": cmd, "returncode": code, "wall_s": round(wall, 2),
+            "peak_rss_mb": round(maxrss_kb / 1024.0, 1) if maxrss_kb else None, "timed_out": timed_out,
+            "log": str(log)}
 
 
 def _source_hash(folder: Path, extra: str = "") -> str:
@@ -223,7 +255,7 @@ def _run(og: Any, folder: Path, prompts: list[list[int]], max_new_tokens: int, r
         tps.append(tokens / seconds)
     out: dict[str, Any] = {"tokens_per_second": statistics.median(tps), "tokens_per_second_all": tps,
                            "first_ids": first_ids, "load_s": load_s, "rss_after_load_mb": rss_loaded,
-                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+                           "peak_rss_mb": peak_rss_mb()}
     if draft_tokens:
         out["max_draft_tokens"] = draft_tokens
         keep = ("rounds", "draft_tokens_proposed", "draft_tokens_accepted", "draft_forward_passes",
@@ -296,7 +328,7 @@ def main(request_path: str, result_path: str) -> int:
         except Exception as exc:  # noqa: BLE001
             result["errors"]["ortgenai_speculative"] = f"{type(exc).__name__}: {exc}"
             result.setdefault("tracebacks", {})["ortgenai_speculative"] = traceback.format_exc(limit=3)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     Path(result_path).write_text(json.dumps(result))
     return 0
 
