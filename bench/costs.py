@@ -2,7 +2,7 @@
 
 Each graph of the bundle runs alone in an ONNX Runtime session configured like the C++
 loop's (ORT_ENABLE_ALL, `threads` intra-op, 1 inter-op), on random inputs with a past of
-`past_len` positions:
+`past_len` positions, its KV buffers bound once as past and present (as the loop does):
 
     t_L(k)  M_L pass over k new tokens            v(k) = t_L(k) / t_L(1)
     t_S     one tandem M_S step (t=1, m=0)        c    = t_S / t_L(1)
@@ -33,29 +33,41 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _feeds(spec: GraphSpec, session: Any, tokens: int, past_len: int, memory: int = 0) -> dict[str, Any]:
-    import numpy as np
+class _Call:
+    """One graph call repeated like the C++ loop makes it: KV buffers of `past_len + tokens`
+    rows (seeded random past) bound once as past and present, `tokens` new ids after
+    `past_len` valid rows, the logits of the last row only when `last_logits`."""
 
-    rng = np.random.default_rng(0)
-    types = {i.name: i.type for i in session.get_inputs()}
-    id_type = np.int32 if types.get(spec.input_ids) == "tensor(int32)" else np.int64
-    feeds: dict[str, Any] = {spec.input_ids: rng.integers(0, spec.vocab_size, (1, tokens)).astype(id_type)}
-    for name in spec.memory:
-        feeds[name] = rng.standard_normal((1, memory, spec.memory_size)).astype(np.float32)
-    shape = (1, spec.num_kv_heads, past_len, spec.head_dim)
-    for k, v in zip(spec.past_keys, spec.past_values, strict=True):
-        feeds[k] = rng.standard_normal(shape).astype(np.float32)
-        feeds[v] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
+    def __init__(self, session: Any, spec: GraphSpec, tokens: int, past_len: int, last_logits: bool) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        from tandem.export.feeds import graph_feeds, random_inputs
+
+        feeds = graph_feeds(spec, random_inputs(spec, tokens, past_len, logits_from=tokens - 1 if last_logits else 0))
+        self.session, self.binding = session, session.io_binding()
+        self._values = {}
+        for name, array in feeds.items():
+            self._values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+            self.binding.bind_ortvalue_input(name, self._values[name])
+        for past, present in zip([*spec.past_keys, *spec.past_values], [*spec.present_keys, *spec.present_values],
+                                 strict=True):
+            self.binding.bind_ortvalue_output(present, self._values[past])
+        for out in session.get_outputs():
+            if out.name not in spec.present_keys and out.name not in spec.present_values:
+                self.binding.bind_output(out.name)
+
+    def __call__(self) -> None:
+        self.session.run_with_iobinding(self.binding)
 
 
-def _median_time(session: Any, feeds: dict[str, Any], reps: int) -> float:
+def _median_time(call: _Call, reps: int) -> float:
     for _ in range(2):
-        session.run(None, feeds)
+        call()
     times = []
     for _ in range(max(1, reps)):
         t0 = time.perf_counter()
-        session.run(None, feeds)
+        call()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -66,7 +78,7 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
     past_len = max(1, min(past_len, manifest.context_length - max(widths) - 1))
     large = manifest.graphs["large"]
     sess = _session(bundle / large.file, threads)
-    t_large = {k: _median_time(sess, _feeds(large, sess, k, past_len), reps) for k in sorted({1, *widths})}
+    t_large = {k: _median_time(_Call(sess, large, k, past_len, last_logits=False), reps) for k in sorted({1, *widths})}
     del sess
     out: dict[str, Any] = {
         "method": "dedicated ORT timing runs per graph (random inputs, median of reps)",
@@ -81,7 +93,7 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
         if spec is None:
             continue
         sess = _session(bundle / spec.file, threads)
-        t = _median_time(sess, _feeds(spec, sess, 1, past_len, memory=0), reps)
+        t = _median_time(_Call(sess, spec, 1, past_len, last_logits=True), reps)
         out["t_step_ms"][role] = t * 1e3
         out["c"][role] = t / t_large[1]
     return out

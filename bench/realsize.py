@@ -475,9 +475,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "target passes of its speculative stats, ÷ ms per token of its plain run (approximate)",
             "rss": "ours: one process with the bundle (target + drafter) loaded, running large and vanilla; "
                    "GenAI: plain (target) and speculative (target + draft) in separate processes; "
-                   "loaded = VmRSS before any generation, peak = ru_maxrss at the end",
-            "export": "wall time and ru_maxrss (os.wait4) of `tandem export` (M_L + drafter graphs, with the "
-                      "exporter's validation unless --export-args --no-validate) and of the GenAI builder runs "
+                   "loaded = VmRSS before any generation, peak = VmHWM at the end (not ru_maxrss: Linux carries it "
+                   "over exec from the parent process)",
+            "export": "wall time and ru_maxrss (os.wait4, through a small launcher process) of `tandem export` "
+                      "(M_L + drafter graphs, with the exporter's validation unless --export-args --no-validate) "
+                      "and of the GenAI builder runs "
                       "(target + drafter; a drafter equal to the target is one build, counted twice as our "
                       "export converts it twice)",
         },

@@ -113,7 +113,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(s.get('v_genai_approx'))} |")
     lines += [
         "",
-        "## Runtime memory (MiB; loaded = before any generation, peak = ru_maxrss at the end)",
+        "## Runtime memory (MiB; loaded = before any generation, peak = VmHWM at the end)",
         "",
         "| model | precision | ours loaded | ours peak | GenAI plain loaded | GenAI plain peak "
         "| GenAI spec loaded | GenAI spec peak | peak ours ÷ GenAI spec |",

@@ -12,25 +12,22 @@ tests/ check it against Hugging Face (`tandem.train.model.large_step`, `TandemSm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from tandem.export.checkpoint import Checkpoint
-from tandem.export.decoder import EMBED, FINAL_NORM, GATE_UP, QKV, DecoderShape, layer_name, lm_head_name, rope_tables
+from tandem.export.decoder import (
+    EMBED,
+    FINAL_NORM,
+    GATE_UP,
+    QKV,
+    DecoderShape,
+    layer_name,
+    lm_head_name,
+    rope_tables,
+)
+from tandem.export.feeds import CaseInputs
 from tandem.export.quantize import stored_weight
-
-
-@dataclass
-class CaseInputs:
-    """One graph call: ids `[1, t]`, memory `[1, m, d_L]` per memory layer (small), past
-    K/V `[1, h_kv, P, dh]` per layer, and the first token row whose logits are wanted."""
-
-    ids: np.ndarray
-    memory: list[np.ndarray]
-    past: list[tuple[np.ndarray, np.ndarray]]
-    logits_from: int = 0
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -81,13 +78,13 @@ class Reference:
         shape, ckpt = self.shape, self.ckpt
         tandem = ckpt.tandem_config if role == "small" else None
         rep_layers = list(rep_layers or [])
-        embed = {v: e for v, e in self._vector(EMBED).items()}
+        embed = self._vector(EMBED)
         out: list[dict[str, dict[str, np.ndarray]]] = [{v: {} for v in self.variants} for _ in cases]
         # per case and variant: residual stream of the token rows, pending MLP output
         resid = [{v: embed[v][torch.from_numpy(c.ids[0])].unsqueeze(0) for v in self.variants} for c in cases]
         pending: list[dict[str, torch.Tensor | None]] = [{v: None for v in self.variants} for _ in cases]
-        for c, case in enumerate(cases):
-            if 0 in rep_layers:
+        if 0 in rep_layers:
+            for c in range(len(cases)):
                 for v in self.variants:
                     out[c][v]["rep.0"] = resid[c][v].numpy()
         del embed

@@ -22,7 +22,8 @@ import numpy as np
 
 from tandem.errors import ExportError
 from tandem.export.checkpoint import Checkpoint
-from tandem.export.reference import CaseInputs, Reference
+from tandem.export.feeds import CaseInputs, graph_feeds, random_inputs
+from tandem.export.reference import Reference
 from tandem.manifest import GraphSpec
 
 FP32_TOLERANCE = 1e-4  # max|Δ| / max(1, max|ref|)
@@ -55,32 +56,7 @@ CASES = {"large": LARGE_CASES, "small": SMALL_CASES, "draft": LARGE_CASES}
 
 def case_inputs(spec: GraphSpec, case: Case, seed: int = 0) -> CaseInputs:
     """Seeded random ids, memory rows and past K/V for one case."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, spec.vocab_size, (1, case.t), dtype=np.int64)
-    memory = [rng.standard_normal((1, case.m, spec.memory_size), dtype=np.float32) for _ in spec.memory]
-    kv = (1, spec.num_kv_heads, case.P, spec.head_dim)
-    past = [(rng.standard_normal(kv, dtype=np.float32), rng.standard_normal(kv, dtype=np.float32))
-            for _ in range(spec.num_layers)]
-    return CaseInputs(ids, memory, past, case.logits_from)
-
-
-def graph_feeds(spec: GraphSpec, inputs: CaseInputs) -> dict[str, np.ndarray]:
-    """ONNX Runtime feeds for one case: KV buffers exactly as long as the call's total."""
-    new = inputs.ids.shape[1] + (inputs.memory[0].shape[1] if inputs.memory else 0)
-    past_len = inputs.past[0][0].shape[2]
-    total = past_len + new
-    kv_dtype = np.float16 if spec.kv_dtype == "float16" else np.float32
-    feeds: dict[str, np.ndarray] = {spec.input_ids: inputs.ids}
-    feeds.update(zip(spec.memory, inputs.memory, strict=True))
-    for (k, v), name_k, name_v in zip(inputs.past, spec.past_keys, spec.past_values, strict=True):
-        for name, tensor in ((name_k, k), (name_v, v)):
-            buffer = np.zeros((1, spec.num_kv_heads, total, spec.head_dim), dtype=kv_dtype)
-            buffer[:, :, :past_len] = tensor
-            feeds[name] = buffer
-    feeds[spec.seqlens_k] = np.array([total - 1], dtype=np.int32)
-    feeds[spec.total_sequence_length] = np.array(total, dtype=np.int32)
-    feeds[spec.logits_from] = np.array([inputs.logits_from], dtype=np.int64)
-    return feeds
+    return random_inputs(spec, case.t, case.P, case.m, seed, case.logits_from)
 
 
 def run_graph(path: Path, spec: GraphSpec, cases: list[CaseInputs], threads: int = 0) -> list[dict[str, np.ndarray]]:

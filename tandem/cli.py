@@ -96,21 +96,38 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export M_L (+ tandem M_S, + plain M_S) into a bundle",
-                       description="Export Hugging Face / tandem folders into a bundle the runtime loads.")
+    p = sub.add_parser(
+        "export", help="build M_L's graph (+ tandem M_S, + plain M_S) into a bundle",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Build ONNX Runtime graphs straight from Hugging Face / tandem folders (safetensors, read\n"
+            "one tensor at a time) into a bundle the runtime loads: large.onnx (M_L, block mode),\n"
+            "small.onnx (tandem M_S step), draft.onnx (plain drafter), tokenizer and manifest.\n"
+            "Every graph is validated against a PyTorch reference; the figures go into tandem.json.\n"
+            "The bundle is written to a scratch folder next to --out and moved there at the end:\n"
+            "a failure or Ctrl-C leaves --out as it was."),
+        epilog=("example:\n"
+                "  tandem export --large Qwen2-1.5B/ --plain Qwen2-0.5B/ --out bundles/qwen --precision int4"),
+    )
     p.add_argument("--large", type=Path, required=True, help="M_L: a Hugging Face model folder")
     p.add_argument("--tandem", type=Path, help="tandem M_S folder (from `tandem train --mode tandem`)")
     p.add_argument("--plain", type=Path, help="plain M_S folder for vanilla speculative decoding")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="bundle folder to write (new, empty, or an older bundle to replace)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: --large)")
-    p.add_argument("--block-length", type=int, default=4, help="default block length γ")
-    p.add_argument("--max-block-length", type=int, default=16)
-    p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode")
-    p.add_argument("--context-length", type=int, help="default: M_L's max_position_embeddings")
-    p.add_argument("--no-validate", action="store_true", help="skip the ORT vs PyTorch parity check")
+    p.add_argument("--block-length", type=int, default=4, help="default block length γ (default: 4)")
+    p.add_argument("--max-block-length", type=int, default=16, help="longest γ a request may ask for (default: 16)")
+    p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode (default: 0.8)")
+    p.add_argument("--context-length", type=int,
+                   help="longest sequence the bundle serves (default: M_L's max_position_embeddings, "
+                        "at most 8192); the KV cache of a request is sized to what it needs within it")
+    p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
                    help="weights of every graph: fp32; fp16 (for CUDA); int8 or int4 weight-only "
                         "(MatMulNBits, for CPU). I/O stays float32 (default: fp32)")
+    p.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
+                   help="int8/int4 MatMulNBits compute: 4 = int8 activations (fastest on CPU), "
+                        "0 = float32 (default: 4)")
     p.set_defaults(func=_run_export)
 
 
@@ -121,7 +138,7 @@ def _run_export(args: argparse.Namespace) -> int:
         args.large, args.out, tandem=args.tandem, plain=args.plain, tokenizer=args.tokenizer,
         block_length=args.block_length, max_block_length=args.max_block_length,
         router_threshold=args.router_threshold, context_length=args.context_length,
-        validate=not args.no_validate, precision=args.precision,
+        validate=not args.no_validate, precision=args.precision, accuracy_level=args.accuracy_level,
     )
     return 0
 

@@ -3,7 +3,7 @@
 Each wraps the PyTorch side the bundle's graphs must reproduce: M_L through transformers
 (`tandem.train.model.large_step`), the tandem M_S through `TandemSmall.step`, a plain drafter
 through `plain_step` (+ its router). Tests feed them and the ONNX graphs the same
-`tandem.export.reference.CaseInputs` and compare every output by its manifest name.
+`tandem.export.feeds.CaseInputs` and compare every output by its manifest name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tandem.export.reference import CaseInputs
+from tandem.export.feeds import CaseInputs
 from tandem.train.model import TandemSmall, large_step, plain_step
 
 

@@ -63,7 +63,7 @@ def nearly_bigram(model: torch.nn.Module, scale: float) -> torch.nn.Module:
 def make_models(vocab_size: int, scale: float, seed: int = 0) -> tuple:
     """(M_L, tandem M_S, plain drafter). M_S starts as M_L's copy and reads x^(ℓ(j)) through
     identity projections; the plain drafter has M_L's embeddings/head and its own layers."""
-    config = tiny_config(vocab_size=vocab_size, max_positions=64)
+    config = tiny_config(vocab_size=vocab_size, max_positions=64, hidden_size=32)
     large = nearly_bigram(tiny_model(config, seed), scale)
     tandem = create_tandem(large, copy.deepcopy(large), "proportional", router=True, seed=seed).eval()
     with torch.no_grad():

@@ -29,7 +29,7 @@ ARCH_CASES = [  # (arch, kv heads of M_L and M_S, tied embeddings)
 
 
 def make_pair(arch: str, kv_heads: int, tie: bool, assignment: str = "proportional") -> tuple:
-    large = tiny_large(arch, num_layers=3, num_kv_heads=kv_heads, tie=tie)
+    large = tiny_large(arch, num_layers=3, num_kv_heads=kv_heads, tie=tie, hidden_size=32)
     small_config = create_drafter_config(large.config, num_layers=2, hidden_size=32, num_heads=4,
                                          num_kv_heads=kv_heads)
     tandem = create_tandem(large, small_config, assignment, router=True, seed=1).eval()
@@ -85,7 +85,7 @@ def test_block_mask_matches_brute_force(gamma):
 
 @pytest.mark.parametrize("arch,kv_heads,tie", ARCH_CASES)
 def test_large_step_matches_hf_forward(arch, kv_heads, tie):
-    large = tiny_large(arch, num_layers=3, num_kv_heads=kv_heads, tie=tie)
+    large = tiny_large(arch, num_layers=3, num_kv_heads=kv_heads, tie=tie, hidden_size=32)
     ids = torch.randint(0, 300, (1, 9))
     ref = large(ids, output_hidden_states=True)
     layers = [0, 2, 3]
@@ -219,7 +219,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_drafter_copies_embeddings_when_widths_match():
-    large = tiny_large("llama", num_layers=3)
+    large = tiny_large("llama", num_layers=3, hidden_size=32)
     tandem = create_tandem(large, create_drafter_config(large.config, 1, 32), "last")
     assert torch.equal(tandem.small.get_input_embeddings().weight, large.get_input_embeddings().weight)
     assert torch.equal(tandem.small.lm_head.weight, large.lm_head.weight)
