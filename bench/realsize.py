@@ -238,7 +238,8 @@ def export_ours(args: argparse.Namespace, target: Path, drafter: Path, precision
     tandem_cmd = shlex.split(args.tandem) if args.tandem else [str(Path(sys.executable).parent / "tandem")]
     extra = shlex.split(args.export_args)
     version = exporter_version()
-    key_src = json.dumps([_folder_key(target), _folder_key(drafter), precision, args.context_length, extra, version])
+    key_src = json.dumps([_folder_key(target), _folder_key(drafter), precision, args.context_length, extra, version,
+                          tandem_cmd, os.environ.get("PYTHONPATH", "")])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     bundle = args.work / "bundles" / f"{name}-{precision}-{key}"
     record_path = bundle.with_name(bundle.name + ".export.json")
