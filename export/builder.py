@@ -32,7 +32,7 @@ external data file at once, so peak memory stays near the largest tensor (the em
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +52,12 @@ from tandem.export.decoder import (
     rope_tables,
 )
 from tandem.export.graph_writer import MS_DOMAIN, GraphWriter
-from tandem.export.quantize import NBITS, activation_dtype, quantize_blocks
+from tandem.export.quantize import BLOCK_SIZE, NBITS, activation_dtype, quantize_blocks
 from tandem.manifest import GraphSpec
 
 INT64_MAX = np.iinfo(np.int64).max
+HEAD_ROWS = 8192  # vocabulary rows of the LM head quantized at a time
+HEAD_COLUMNS = 64  # LM head columns transposed at a time (float graphs)
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,12 @@ class BuildOptions:
 
 
 def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The `[K, N]` weight of the Hugging Face linears `parts` fused along N, and their
-    fused bias (zeros for parts without one), or None when none has a bias."""
+    """The weight of the Hugging Face linears `parts` fused along their outputs (`[N, K]`,
+    Hugging Face's layout), and their fused bias (zeros for parts without one), or None when
+    none has a bias."""
     names = ckpt.tensors.names()
     weights = [ckpt.tensors.get(f"{p}.weight") for p in parts]
-    weight = np.ascontiguousarray(np.concatenate([w.T for w in weights], axis=1))
+    weight = weights[0] if len(weights) == 1 else np.concatenate(weights, axis=0)
     if not any(f"{p}.bias" in names for p in parts):
         return weight, None
     bias = np.concatenate([ckpt.tensors.get(f"{p}.bias") if f"{p}.bias" in names
@@ -87,25 +90,52 @@ class _Graph:
         self.np_act = np.float16 if self.act == "float16" else np.float32
 
     def param(self, name: str, array: np.ndarray) -> str:
-        return self.w.weight(name, array.astype(self.np_act))
+        return self.w.weight(name, np.ascontiguousarray(array, dtype=self.np_act))
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-        """x @ weight (+ bias); weight `[K, N]` float32."""
-        k, n = weight.shape
-        precision = self.options.precision
-        if precision in NBITS:
-            packed, scales = quantize_blocks(weight, NBITS[precision])
-            inputs = [x, self.w.weight(f"{name}.qweight", packed), self.w.weight(f"{name}.scales", scales)]
-            if bias is not None:
-                inputs += ["", "", self.w.weight(f"{name}.bias", bias.astype(np.float32))]
-            attrs = dict(K=k, N=n, bits=NBITS[precision], block_size=32)
-            if self.options.accuracy_level:
-                attrs["accuracy_level"] = self.options.accuracy_level
-            return self.w.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, **attrs)
-        y = self.w.op("MatMul", [x, self.param(f"{name}.weight", weight)], name=name)
+        """x @ weight.T (+ bias); weight `[N, K]` float32 (Hugging Face's layout)."""
+        if self.options.precision in NBITS:
+            packed, scales = quantize_blocks(weight, NBITS[self.options.precision])
+            return self.nbits(x, self.w.weight(f"{name}.qweight", packed), self.w.weight(f"{name}.scales", scales),
+                               weight.shape, bias, name)
+        y = self.w.op("MatMul", [x, self.param(f"{name}.weight", weight.T)], name=name)
         if bias is not None:
             y = self.w.op("Add", [y, self.param(f"{name}.bias", bias)], name=f"{name}.bias_add")
         return y
+
+    def nbits(self, x: str, qweight: str, scales: str, shape: tuple[int, ...], bias: np.ndarray | None,
+               name: str) -> str:
+        n, k = shape
+        inputs = [x, qweight, scales]
+        if bias is not None:
+            inputs += ["", "", self.w.weight(f"{name}.bias", bias.astype(np.float32))]
+        attrs = dict(K=k, N=n, bits=NBITS[self.options.precision], block_size=BLOCK_SIZE)
+        if self.options.accuracy_level:
+            attrs["accuracy_level"] = self.options.accuracy_level
+        return self.w.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, **attrs)
+
+    def quantized_head(self, weight: np.ndarray, name: str = "lm_head") -> tuple[str, str]:
+        """The MatMulNBits weights (packed, scales) of the vocabulary-sized head, quantized and
+        written in row slices so that no second copy of it exists in memory."""
+        n, k = weight.shape
+        bits = NBITS[self.options.precision]
+        scales: list[np.ndarray] = []
+
+        def packed() -> Iterator[np.ndarray]:
+            for row in range(0, n, HEAD_ROWS):
+                p, s = quantize_blocks(weight[row:row + HEAD_ROWS], bits)
+                scales.append(s)
+                yield p
+
+        blocks = -(-k // BLOCK_SIZE)
+        qweight = self.w.stream(f"{name}.qweight", np.uint8, (n, blocks, BLOCK_SIZE * bits // 8), packed())
+        return qweight, self.w.weight(f"{name}.scales", np.concatenate(scales))
+
+    def float_head(self, weight: np.ndarray, name: str = "lm_head") -> str:
+        """The MatMul weight `[K, V]` of the head, transposed and written in column slices."""
+        n, k = weight.shape
+        columns = (weight[:, c:c + HEAD_COLUMNS].T for c in range(0, k, HEAD_COLUMNS))  # rows of weight.T
+        return self.w.stream(f"{name}.weight", self.np_act, (k, n), columns)
 
     def norm(self, x: str, weight: str, name: str) -> str:
         return self.w.op("SimplifiedLayerNormalization", [x, weight], name=name, axis=-1,
@@ -175,8 +205,28 @@ def build_graph(
 
         cos, sin = rope_tables(ckpt.config, options.context_length)
         cos, sin = g.param("rope.cos", cos), g.param("rope.sin", sin)
-        embed = g.param("embed_tokens", ckpt.tensors.get(EMBED))
-        x = w.op("Gather", [embed, ids], name="embed", axis=0)  # [1, t, d]
+        # Tied embeddings in an int8/int4 graph share the LM head's quantized weights (read
+        # by GatherBlockQuantized); otherwise the table is a Gather over float weights.
+        head_name = lm_head_name(shape, ckpt.tensors.names())
+        shared = options.precision in NBITS and head_name == EMBED
+        if shared:
+            head_q = g.quantized_head(ckpt.tensors.get(EMBED))
+            table = w.op("Reshape", [head_q[0], w.const("embed.table_shape", [shape.vocab_size, -1])],
+                         name="embed.table")
+
+            def embed_rows(rows: str, name: str) -> str:
+                out = w.op("GatherBlockQuantized", [table, rows, head_q[1]], name=name, domain=MS_DOMAIN,
+                           bits=NBITS[options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
+                if shape.hidden_size % BLOCK_SIZE:  # rows are padded to whole blocks
+                    out = w.op("Slice", [out, w.const(f"{name}.start", [0]), w.const(f"{name}.end", [shape.hidden_size]),
+                                         w.const(f"{name}.axis", [-1])], name=f"{name}.unpad")
+                return out
+        else:
+            table = g.param("embed_tokens", ckpt.tensors.get(EMBED))
+
+            def embed_rows(rows: str, name: str) -> str:
+                return w.op("Gather", [table, rows], name=name, axis=0)
+        x = embed_rows(ids, "embed")  # [1, t, d]
         reps: dict[int, str] = {}
         if 0 in spec.rep_layers:
             reps[0] = x
@@ -197,7 +247,7 @@ def build_graph(
                 layer_l = tandem["layer_map"][i]
                 mem = memory[spec.memory_layers.index(layer_l)]
                 proj = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
-                mem = g.linear(mem, np.ascontiguousarray(proj.T), None, f"{name}.tandem_projection")
+                mem = g.linear(mem, proj, None, f"{name}.tandem_projection")
                 stream = w.op("Concat", [mem, residual], name=f"{name}.memory_then_tokens", axis=1)
                 h = g.norm(stream, ln_in, f"{name}.input_norm")
             elif pending is None:
@@ -244,9 +294,15 @@ def build_graph(
             reps[shape.num_layers] = hidden
         hidden = w.op("Slice", [hidden, logits_from, w.const("logits.slice_end", [INT64_MAX]),
                                 w.const("logits.slice_axis", [1])], name="logits_rows")
-        head = ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))
-        logits = g.linear(hidden, np.ascontiguousarray(head.T), None, "lm_head")
-        del head
+        if shared:
+            logits = g.nbits(hidden, *head_q, (shape.vocab_size, shape.hidden_size), None, "lm_head")
+        else:
+            head = ckpt.tensors.get(head_name)
+            if options.precision in NBITS:
+                logits = g.nbits(hidden, *g.quantized_head(head), head.shape, None, "lm_head")
+            else:
+                logits = w.op("MatMul", [hidden, g.float_head(head)], name="lm_head")
+            del head
         logits = g.to_float(logits, "logits.cast")
 
         w.output(logits, spec.logits, "float32", [1, "logit_rows", shape.vocab_size])
@@ -257,13 +313,13 @@ def build_graph(
         for layer, name in zip(spec.rep_layers, spec.reps, strict=True):
             w.output(g.to_float(reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
         if router:
-            score = _router(w, ckpt, logits, embed, g)
+            score = _router(w, ckpt, logits, embed_rows, g)
             w.output(score, spec.router_score, "float32", [1, "logit_rows"])
         w.save()
     return spec
 
 
-def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed: str, g: _Graph) -> str:
+def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str], str], g: _Graph) -> str:
     """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> score `[1, r]`:
     sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability]))."""
     k = int(ckpt.router_config["top_k"])
@@ -276,8 +332,7 @@ def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed: str, g: _Graph
     top_p = w.op("Exp", [top_logp], name="router.top_p")  # [1, r, k]
     weights = w.op("Div", [top_p, w.op("ReduceSum", [top_p, axis_last], name="router.top_mass", keepdims=1)],
                    name="router.weights")
-    top_emb = g.to_float(w.op("Gather", [embed, top_ids], name="router.top_embeddings", axis=0),
-                         "router.top_embeddings.cast")  # [1, r, k, d]
+    top_emb = g.to_float(embed_rows(top_ids, "router.top_embeddings"), "router.top_embeddings.cast")  # [1, r, k, d]
     weighted = w.op("Mul", [w.op("Unsqueeze", [weights, axis_last], name="router.weights_col"), top_emb],
                     name="router.weighted")
     mean = w.op("ReduceSum", [weighted, w.const("router.axis_k", [-2])], name="router.mean_embedding", keepdims=0)

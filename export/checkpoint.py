@@ -9,7 +9,6 @@ in Hugging Face's layout (`[out, in]` for linear weights).
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,21 +40,26 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
-    """Every `*.safetensors` file named by `files`, memory-mapped; one tensor read per `get`."""
+    """Every `*.safetensors` file named by `files`; `get` reads one tensor's bytes with a
+    plain file read (no memory map: mapped file pages would count as this process's memory
+    for as long as the map lives)."""
+
+    DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
     def __init__(self, files: list[Path]) -> None:
-        from safetensors import safe_open
-
-        self._stack = ExitStack()
-        self._where: dict[str, Any] = {}
+        self._where: dict[str, tuple[Path, dict[str, Any], int]] = {}
         for path in files:
             try:
-                handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-                self._stack.close()
+                with path.open("rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    if not 2 <= size <= path.stat().st_size - 8:
+                        raise ValueError("bad header length")
+                    header = json.loads(f.read(size))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
                 raise ExportError(f"cannot read {path}: {exc}; is it a complete safetensors file?") from exc
-            for name in handle.keys():  # noqa: SIM118 - safe_open has keys() only
-                self._where[name] = handle
+            header.pop("__metadata__", None)
+            for name, info in header.items():
+                self._where[name] = (path, info, 8 + size)
 
     def names(self) -> set[str]:
         return set(self._where)
@@ -63,10 +67,26 @@ class SafetensorsSource(TensorSource):
     def get(self, name: str) -> np.ndarray:
         if name not in self._where:
             raise ExportError(f"tensor {name!r} is missing from the checkpoint")
-        return self._where[name].get_tensor(name).float().numpy()
-
-    def close(self) -> None:
-        self._stack.close()
+        path, info, base = self._where[name]
+        dtype = self.DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise ExportError(f"{path}: tensor {name!r} has dtype {info.get('dtype')}; tandem reads "
+                              f"{', '.join(self.DTYPES)}")
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - start != count * np.dtype(dtype).itemsize:
+            raise ExportError(f"{path}: tensor {name!r} has {end - start} bytes for shape {shape}")
+        with path.open("rb") as f:
+            f.seek(base + start)
+            data = np.fromfile(f, dtype=dtype, count=count)
+        if data.size != count:
+            raise ExportError(f"{path} is truncated (tensor {name!r})")
+        if info["dtype"] == "BF16":  # bfloat16 = the high half of a (little-endian) float32
+            wide = np.zeros(2 * count, dtype=np.uint16)
+            wide[1::2] = data
+            data = wide.view(np.float32)
+        return data.astype(np.float32, copy=False).reshape(shape)
 
 
 class DictSource(TensorSource):

@@ -115,14 +115,16 @@ def lm_head_name(shape: DecoderShape, names: set[str]) -> str:
 
 
 def rope_tables(config: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin `[length, head_dim / 2]` float32 for positions 0..length-1, computed by the
-    family's own Hugging Face rotary module (so every static RoPE scaling matches)."""
-    import torch
-
+    """cos, sin `[length, head_dim / 2]` float32 for positions 0..length-1, from the inverse
+    frequencies and attention scaling of the family's own Hugging Face rotary module (so
+    every static RoPE scaling matches). The angles are float32 products as in Hugging Face;
+    cos and sin are rounded from float64, so the tables are the same on every machine."""
     prefix = SUPPORTED[config.model_type]
     module = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
     rotary = getattr(module, f"{prefix}RotaryEmbedding")(config)
-    with torch.no_grad():
-        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(length).unsqueeze(0))
-    half = cos.shape[-1] // 2
-    return cos[0, :, :half].numpy().copy(), sin[0, :, :half].numpy().copy()
+    inv_freq = rotary.inv_freq.float().numpy()
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]  # float32, as HF
+    scale = float(rotary.attention_scaling)
+    cos = (np.cos(angles.astype(np.float64)) * scale).astype(np.float32)
+    sin = (np.sin(angles.astype(np.float64)) * scale).astype(np.float32)
+    return cos, sin

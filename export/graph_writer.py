@@ -10,6 +10,7 @@ requires of a bundle.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,24 +72,35 @@ class GraphWriter:
         if array.nbytes <= INLINE_BYTES:
             self.initializers.append(numpy_helper.from_array(array, name))
             return name
+        return self.stream(name, array.dtype, array.shape, [array])
+
+    def stream(self, name: str, dtype: np.dtype | type, shape: tuple[int, ...], pieces: Iterable[np.ndarray]) -> str:
+        """Add a constant tensor written piece by piece: `pieces` are consecutive row-major
+        slices of it (so it never needs to exist whole in memory)."""
+        dtype = np.dtype(dtype)
         pad = -self._offset % ALIGN
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
+        start = self._offset
         try:
-            self._data.write(memoryview(array).cast("B"))
+            for piece in pieces:
+                piece = np.ascontiguousarray(piece, dtype=dtype)
+                self._data.write(memoryview(piece).cast("B"))
+                self._offset += piece.nbytes
         except OSError as exc:
             raise ExportError(f"cannot write {self.data_name}: {exc}") from exc
+        length = self._offset - start
+        if length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise ExportError(f"internal: {name} got {length} bytes for shape {shape}")
         tensor = TensorProto()
         tensor.name = name
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-        tensor.dims.extend(array.shape)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+        tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.data_name), ("offset", str(self._offset)),
-                           ("length", str(array.nbytes))):
+        for key, value in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
-        self._offset += array.nbytes
         self.initializers.append(tensor)
         return name
 

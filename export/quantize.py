@@ -48,32 +48,34 @@ def activation_dtype(precision: str) -> str:
 
 
 def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric block quantization of a `[K, N]` float32 weight (x @ weight) for MatMulNBits.
+    """Symmetric block quantization of a linear weight in Hugging Face's `[N, K]` layout
+    (y = x @ weight.T) for MatMulNBits.
 
     Returns `packed [N, K/32, 32*bits/8]` uint8 and `scales [N, K/32]` float32 (K padded up to
-    a multiple of 32 with zeros).
+    a multiple of 32 with zeros). Rows are independent: quantizing row blocks of a weight
+    gives the row blocks of its quantization.
     """
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
-    k, n = weight.shape
+    n, k = weight.shape
     blocks = -(-k // BLOCK_SIZE)
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
-    if blocks * BLOCK_SIZE != k:
-        weight = np.pad(weight, ((0, blocks * BLOCK_SIZE - k), (0, 0)))
+    weight_kn = np.zeros((blocks * BLOCK_SIZE, n), dtype=np.float32)  # ORT's quantizer reads [K, N]
+    weight_kn[:k] = weight.T
     packed = np.zeros((n, blocks, BLOCK_SIZE * bits // 8), dtype=np.uint8)
     scales = np.zeros((n, blocks), dtype=np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # unused when symmetric
     quantize = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
-    quantize(packed, weight, scales, zero_points, BLOCK_SIZE, n, k, True)
+    quantize(packed, weight_kn, scales, zero_points, BLOCK_SIZE, n, k, True)
     return packed, scales
 
 
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int) -> np.ndarray:
-    """The `[K, N]` float32 weight that `quantize_blocks`' output stands for."""
+    """The `[N, K]` float32 weight that `quantize_blocks`' output stands for."""
     n, blocks, _ = packed.shape
     values = _LEVELS[bits][packed].reshape(n, blocks, BLOCK_SIZE)  # byte -> its 1 or 2 levels
     values *= scales[:, :, None]
-    return np.ascontiguousarray(values.reshape(n, blocks * BLOCK_SIZE)[:, :k].T)
+    values = values.reshape(n, blocks * BLOCK_SIZE)
+    return values if blocks * BLOCK_SIZE == k else np.ascontiguousarray(values[:, :k])
 
 
 def _levels() -> dict[int, np.ndarray]:
@@ -88,11 +90,12 @@ _LEVELS = _levels()
 
 
 def stored_weight(weight: np.ndarray, precision: str) -> np.ndarray:
-    """The `[K, N]` float32 weight a graph at `precision` computes with (the validation
-    reference uses it to check the graph's arithmetic apart from the precision's loss)."""
+    """The `[N, K]` float32 weight a graph at `precision` computes with, for a linear weight
+    `[N, K]` (the validation reference uses it to check the graph's arithmetic apart from the
+    precision's loss)."""
     if precision in NBITS:
         packed, scales = quantize_blocks(weight, NBITS[precision])
-        return dequantize_blocks(packed, scales, weight.shape[0], NBITS[precision])
+        return dequantize_blocks(packed, scales, weight.shape[1], NBITS[precision])
     if precision == "fp16":
         return weight.astype(np.float16).astype(np.float32)
     return weight

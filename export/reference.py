@@ -27,7 +27,9 @@ from tandem.export.decoder import (
     rope_tables,
 )
 from tandem.export.feeds import CaseInputs
-from tandem.export.quantize import stored_weight
+from tandem.export.quantize import NBITS, stored_weight
+
+HEAD_ROWS = 8192  # vocabulary rows of the LM head converted at a time
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,7 +61,7 @@ class Reference:
         self.cos, self.sin = torch.from_numpy(cos), torch.from_numpy(sin)
 
     def _linear(self, parts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per variant, the fused `[K, N]` weight and bias of `parts` (as the builder fuses)."""
+        """Per variant, the fused `[N, K]` weight and bias of `parts` (as the builder fuses)."""
         from tandem.export.builder import linear_weight
 
         weight, bias = linear_weight(self.ckpt, parts)
@@ -78,17 +80,17 @@ class Reference:
         shape, ckpt = self.shape, self.ckpt
         tandem = ckpt.tandem_config if role == "small" else None
         rep_layers = list(rep_layers or [])
-        embed = self._vector(EMBED)
+        embed = ckpt.tensors.get(EMBED)
         out: list[dict[str, dict[str, np.ndarray]]] = [{v: {} for v in self.variants} for _ in cases]
         # per case and variant: residual stream of the token rows, pending MLP output
-        resid = [{v: embed[v][torch.from_numpy(c.ids[0])].unsqueeze(0) for v in self.variants} for c in cases]
+        resid = [{v: torch.from_numpy(self._embedding(embed[c.ids[0]], v)).unsqueeze(0) for v in self.variants}
+                 for c in cases]
         pending: list[dict[str, torch.Tensor | None]] = [{v: None for v in self.variants} for _ in cases]
         if 0 in rep_layers:
             for c in range(len(cases)):
                 for v in self.variants:
                     out[c][v]["rep.0"] = resid[c][v].numpy()
         del embed
-
         for i in range(shape.num_layers):
             ln_in = self._vector(layer_name(i, "input_layernorm.weight"))
             ln_post = self._vector(layer_name(i, "post_attention_layernorm.weight"))
@@ -98,7 +100,7 @@ class Reference:
             down = self._linear([layer_name(i, "mlp.down_proj")])
             proj = None
             if tandem is not None:
-                weight = np.ascontiguousarray(ckpt.extras.get(f"projections.{i}.weight").T)
+                weight = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
                 proj = {v: torch.from_numpy(stored_weight(weight, v)) for v in self.variants}
             for c, case in enumerate(cases):
                 for v in self.variants:
@@ -112,7 +114,7 @@ class Reference:
                     if tandem is not None:
                         memory = case.memory[tandem["large_layers"].index(tandem["layer_map"][i])]
                         m = memory.shape[1]
-                        stream = torch.cat([torch.from_numpy(memory) @ proj[v], x], dim=1)
+                        stream = torch.cat([_apply(torch.from_numpy(memory), proj[v], None), x], dim=1)
                     attn, k, vv = self._attention(i, _rms_norm(stream, ln_in[v], shape.rms_eps), qkv[v], case)
                     out[c][v][f"present.{i}.key"] = k.numpy()
                     out[c][v][f"present.{i}.value"] = vv.numpy()
@@ -125,22 +127,40 @@ class Reference:
                     resid[c][v], pending[c][v] = x, _apply(torch.nn.functional.silu(g) * u, w, b)
 
         norm = self._vector(FINAL_NORM)
-        head = self.ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))
-        heads = {v: torch.from_numpy(stored_weight(np.ascontiguousarray(head.T), v)) for v in self.variants}
-        del head
-        router = _router(ckpt) if role in ("small", "draft") and ckpt.router_config else None
-        router_embed = torch.from_numpy(ckpt.tensors.get(EMBED)) if router is not None else None
+        hidden = [{v: _rms_norm(resid[c][v] + pending[c][v], norm[v], shape.rms_eps) for v in self.variants}
+                  for c in range(len(cases))]
         for c, case in enumerate(cases):
             for v in self.variants:
-                hidden = _rms_norm(resid[c][v] + pending[c][v], norm[v], shape.rms_eps)
                 if shape.num_layers in rep_layers:
-                    out[c][v][f"rep.{shape.num_layers}"] = hidden.numpy()
-                logits = hidden[:, case.logits_from:] @ heads[v]
-                out[c][v]["logits"] = logits.numpy()
+                    out[c][v][f"rep.{shape.num_layers}"] = hidden[c][v].numpy()
+                hidden[c][v] = hidden[c][v][:, case.logits_from:]
+        head = self.ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))  # [V, d]
+        logits = [{v: [] for v in self.variants} for _ in cases]
+        for row in range(0, head.shape[0], HEAD_ROWS):  # slices: no second copy of the head
+            for v in self.variants:
+                weight = torch.from_numpy(stored_weight(head[row:row + HEAD_ROWS], v))
+                for c in range(len(cases)):
+                    logits[c][v].append(_apply(hidden[c][v], weight, None))
+        del head
+        router = _router(ckpt) if role in ("small", "draft") and ckpt.router_config else None
+        router_embed = ckpt.tensors.get(EMBED) if router is not None else None
+        for v in self.variants:
+            table = None if router is None else torch.from_numpy(self._embedding(router_embed, v))
+            for c in range(len(cases)):
+                full = torch.cat(logits[c][v], dim=-1)
+                out[c][v]["logits"] = full.numpy()
                 if router is not None:
-                    embed_v = router_embed.half().float() if v == "fp16" else router_embed
-                    out[c][v]["router_score"] = router(logits, embed_v).numpy()
+                    out[c][v]["router_score"] = router(full, table).numpy()
         return out
+
+    def _embedding(self, rows: np.ndarray, variant: str) -> np.ndarray:
+        """Embedding rows `[n, d]` as the graph at `variant` holds them: tied embeddings of an
+        int8/int4 graph are the LM head's quantized rows; fp16 graphs round them."""
+        if variant in NBITS and lm_head_name(self.shape, self.ckpt.tensors.names()) == EMBED:
+            return stored_weight(rows, variant)
+        if variant == "fp16":
+            return rows.astype(np.float16).astype(np.float32)
+        return rows
 
     def _attention(self, i: int, h: torch.Tensor, qkv: tuple[torch.Tensor, torch.Tensor | None],
                    case: CaseInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +195,8 @@ class Reference:
 
 
 def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    y = x @ weight
+    """x @ weight.T (+ bias): a linear with its weight in Hugging Face's `[N, K]` layout."""
+    y = x @ weight.T
     return y if bias is None else y + bias
 
 

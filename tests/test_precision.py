@@ -179,3 +179,33 @@ def test_manifest_is_json_with_figures(converted: tuple[str, Path]):
     data = json.loads((bundle / "tandem.json").read_text())
     assert data["format_version"] == 2
     assert set(data["validation"]) == set(data["graphs"])
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_tied_embeddings_share_the_quantized_head(tmp_path: Path, precision: str):
+    """A tied model's int8/int4 graph reads its embedding rows from the LM head's quantized
+    weights (GatherBlockQuantized; the router's top-k rows too) and stores no float table;
+    the validation reference computes with the same rows, and the loop stays lossless."""
+    from tiny_models import tiny_large
+
+    from tandem.export.bundle import export_bundle
+    from tandem.train.router import Router, RouterConfig
+
+    large = tiny_large("qwen2", num_layers=2, tie=True)
+    plain = tiny_large("qwen2", num_layers=1, tie=True, seed=3)
+    plain.router = Router(RouterConfig(embed_dim=plain.config.hidden_size))
+    manifest = export_bundle(large, tmp_path / "b", plain=plain, context_length=64, precision=precision,
+                             progress=None)
+    for role, spec in manifest.graphs.items():
+        model = onnx.load(str(tmp_path / "b" / spec.file), load_external_data=False)
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("GatherBlockQuantized") == (2 if spec.router_score else 1)
+        assert "Gather" not in ops
+        tables = [t for t in model.graph.initializer if list(t.dims) == [spec.vocab_size, spec.hidden_size]]
+        assert tables == [], "a float embedding table is stored"
+        assert manifest.validation[role]["max_rel_error_vs_same_weights"] < 0.1
+    runtime = load(tmp_path / "b", threads=1)
+    for prompt in PROMPTS:
+        base = runtime.generate(prompt, mode="large", max_new_tokens=16, ignore_eos=True)
+        assert runtime.generate(prompt, mode="vanilla", block_length=3, max_new_tokens=16,
+                                ignore_eos=True).ids == base.ids
