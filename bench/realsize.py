@@ -497,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("max_new_tokens", "repeats", "prompts", "block_length", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        lo, hi = (int(x) for x in args.prompt_length.split(","))
+    except ValueError:
+        raise SystemExit(f"--prompt-length must be MIN,MAX (e.g. 32,64), got {args.prompt_length!r}") from None
+    if not 1 <= lo <= hi:
+        raise SystemExit(f"--prompt-length needs 1 <= MIN <= MAX, got {args.prompt_length!r}")
     run(args)
     return 0
 
