@@ -177,6 +177,7 @@ def build_graph(
         hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
         precision=options.precision, kv_dtype=activation_dtype(options.precision),
         router_score="router_score" if router else "",
+        min_rows=2 if options.precision in NBITS and options.accuracy_level else 1,
     )
     if role == "large":
         spec.rep_layers = list(rep_layers or [])

@@ -73,6 +73,11 @@ class GraphSpec:
     router_score: str = ""
     kv_dtype: str = "float32"  # float32 | float16
     precision: str = "fp32"
+    # The graph gives a row the same result whatever the call's row count only for calls of
+    # at least `min_rows` rows (ONNX Runtime's int8-compute MatMulNBits has a separate,
+    # differently rounding one-row kernel); the loop pads shorter M_L calls to it, so a
+    # token's logits never depend on the block it was verified in.
+    min_rows: int = 1
 
     @staticmethod
     def for_layers(
