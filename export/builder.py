@@ -177,7 +177,7 @@ def build_graph(
         hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
         precision=options.precision, kv_dtype=activation_dtype(options.precision),
         router_score="router_score" if router else "",
-        min_rows=2 if options.precision in NBITS and options.accuracy_level else 1,
+        kv_scratch_rows=1 if role == "large" else 0,
     )
     if role == "large":
         spec.rep_layers = list(rep_layers or [])
@@ -204,7 +204,15 @@ def build_graph(
         total = w.input(spec.total_sequence_length, "int32", [])
         logits_from = w.input(spec.logits_from, "int64", [1])
 
-        cos, sin = rope_tables(ckpt.config, options.context_length)
+        if spec.kv_scratch_rows:
+            # M_L's attention gets one zero row after the call's rows (sliced off its output,
+            # its K/V written past the valid length): GroupQueryAttention then never runs its
+            # one-row path, whose rounding differs, so a one-token step computes bit for bit
+            # what a verification block computes for the same position.
+            seqlens_k = w.op("Add", [seqlens_k, w.const("attn.one", [1], np.int32)], name="attn.seqlens_k")
+            total = w.op("Add", [total, w.const("attn.one_scalar", np.int32(1), np.int32)], name="attn.total")
+            pad_row = w.const("attn.pad_row", [0, 0, 0, 0, 1, 0])
+        cos, sin = rope_tables(ckpt.config, options.context_length + spec.kv_scratch_rows)
         cos, sin = g.param("rope.cos", cos), g.param("rope.sin", sin)
         # Tied embeddings in an int8/int4 graph share the LM head's quantized weights (read
         # by GatherBlockQuantized); otherwise the table is a Gather over float weights.
@@ -261,6 +269,8 @@ def build_graph(
             qkv_w, qkv_b = linear_weight(ckpt, [layer_name(i, p) for p in QKV])
             qkv = g.linear(h, qkv_w, qkv_b, f"{name}.attn.qkv")
             del qkv_w
+            if spec.kv_scratch_rows:
+                qkv = w.op("Pad", [qkv, pad_row], name=f"{name}.attn.pad_row")
             attn = w.op(
                 "GroupQueryAttention",
                 [qkv, "", "", spec.past_keys[i], spec.past_values[i], seqlens_k, total, cos, sin],
@@ -272,6 +282,9 @@ def build_graph(
             if memory_rows is not None:  # only the token rows go on
                 attn = w.op("Slice", [attn, memory_rows, w.const(f"{name}.slice_end", [INT64_MAX]),
                                       w.const(f"{name}.slice_axis", [1])], name=f"{name}.token_rows")
+            if spec.kv_scratch_rows:  # drop the pad row
+                attn = w.op("Slice", [attn, w.const(f"{name}.slice_start", [0]), w.const(f"{name}.slice_end", [-1]),
+                                      w.const(f"{name}.slice_axis", [1])], name=f"{name}.call_rows")
             o_w, o_b = linear_weight(ckpt, [layer_name(i, "self_attn.o_proj")])
             o = g.linear(attn, o_w, o_b, f"{name}.attn.o_proj")
             ln_post = g.param(f"{name}.post_attention_layernorm",

@@ -38,7 +38,7 @@ def random_inputs(spec: GraphSpec, tokens: int, past_len: int, memory_rows: int 
 
 
 def graph_feeds(spec: GraphSpec, inputs: CaseInputs) -> dict[str, np.ndarray]:
-    """Feeds for one call: KV buffers exactly as long as the call's total."""
+    """Feeds for one call: KV buffers as long as the call's total (+ the graph's scratch rows)."""
     new = inputs.ids.shape[1] + (inputs.memory[0].shape[1] if inputs.memory else 0)
     past_len = inputs.past[0][0].shape[2]
     total = past_len + new
@@ -47,7 +47,7 @@ def graph_feeds(spec: GraphSpec, inputs: CaseInputs) -> dict[str, np.ndarray]:
     feeds.update(zip(spec.memory, inputs.memory, strict=True))
     for (k, v), name_k, name_v in zip(inputs.past, spec.past_keys, spec.past_values, strict=True):
         for name, tensor in ((name_k, k), (name_v, v)):
-            buffer = np.zeros((1, spec.num_kv_heads, total, spec.head_dim), dtype=kv_dtype)
+            buffer = np.zeros((1, spec.num_kv_heads, total + spec.kv_scratch_rows, spec.head_dim), dtype=kv_dtype)
             buffer[:, :, :past_len] = tensor
             feeds[name] = buffer
     feeds[spec.seqlens_k] = np.array([total - 1], dtype=np.int32)

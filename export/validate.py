@@ -77,8 +77,14 @@ def run_graph(path: Path, spec: GraphSpec, cases: list[CaseInputs], threads: int
     rename.update({spec.logits: "logits", spec.router_score: "router_score"})
     results = []
     for inputs in cases:
-        outputs = session.run(names, graph_feeds(spec, inputs))
-        results.append({rename.get(n, n): o.astype(np.float32) for n, o in zip(names, outputs, strict=True)})
+        feeds = graph_feeds(spec, inputs)
+        outputs = session.run(names, feeds)
+        total = int(feeds[spec.total_sequence_length])
+        result = {rename.get(n, n): o.astype(np.float32) for n, o in zip(names, outputs, strict=True)}
+        for i in range(spec.num_layers):  # the valid rows of the KV buffers
+            for kind in ("key", "value"):
+                result[f"present.{i}.{kind}"] = result[f"present.{i}.{kind}"][:, :, :total]
+        results.append(result)
     return results
 
 

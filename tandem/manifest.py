@@ -73,11 +73,12 @@ class GraphSpec:
     router_score: str = ""
     kv_dtype: str = "float32"  # float32 | float16
     precision: str = "fp32"
-    # The graph gives a row the same result whatever the call's row count only for calls of
-    # at least `min_rows` rows (ONNX Runtime's int8-compute MatMulNBits has a separate,
-    # differently rounding one-row kernel); the loop pads shorter M_L calls to it, so a
-    # token's logits never depend on the block it was verified in.
-    min_rows: int = 1
+    # Rows the graph writes into the KV buffers after a call's own rows, as scratch (the
+    # buffers need that much room; the valid length does not include them). M_L's graph
+    # gives its attention one zero row more than the call has, so ONNX Runtime never takes
+    # GroupQueryAttention's one-row path, whose rounding differs: a token's logits are then
+    # bit for bit the same whatever the size of the block it is computed in.
+    kv_scratch_rows: int = 0
 
     @staticmethod
     def for_layers(

@@ -209,3 +209,40 @@ def test_tied_embeddings_share_the_quantized_head(tmp_path: Path, precision: str
         base = runtime.generate(prompt, mode="large", max_new_tokens=16, ignore_eos=True)
         assert runtime.generate(prompt, mode="vanilla", block_length=3, max_new_tokens=16,
                                 ignore_eos=True).ids == base.ids
+
+
+def _logits_by_chunks(bundle: Path, ids: list[int], chunks: list[int]) -> np.ndarray:
+    """M_L's logits of every position of `ids`, computed in calls of `chunks` tokens through
+    one shared KV buffer (as the C++ loop binds it)."""
+    spec = Manifest.load(bundle).graphs["large"]
+    session = ort.InferenceSession(str(bundle / spec.file), providers=["CPUExecutionProvider"])
+    dtype = np.float16 if spec.kv_dtype == "float16" else np.float32
+    rows = len(ids) + spec.kv_scratch_rows
+    binding = session.io_binding()
+    buffers = []
+    for past, present in zip(spec.past_keys + spec.past_values, spec.present_keys + spec.present_values, strict=True):
+        buffers.append(ort.OrtValue.ortvalue_from_numpy(np.zeros((1, spec.num_kv_heads, rows, spec.head_dim), dtype)))
+        binding.bind_ortvalue_input(past, buffers[-1])
+        binding.bind_ortvalue_output(present, buffers[-1])
+    out, start = [], 0
+    for n in chunks:
+        binding.bind_cpu_input(spec.input_ids, np.array([ids[start:start + n]], dtype=np.int64))
+        binding.bind_cpu_input(spec.seqlens_k, np.array([start + n - 1], dtype=np.int32))
+        binding.bind_cpu_input(spec.total_sequence_length, np.array(start + n, dtype=np.int32))
+        binding.bind_cpu_input(spec.logits_from, np.array([0], dtype=np.int64))
+        binding.bind_output(spec.logits)  # bound last: the last output
+        session.run_with_iobinding(binding)
+        out.append(binding.get_outputs()[-1].numpy()[0])
+        start += n
+    return np.concatenate(out)
+
+
+def test_one_token_steps_equal_block_rows_bit_for_bit(pair: Pair, converted: tuple[str, Path]):
+    """M_L computes a position's logits bit for bit the same in a one-token step as inside a
+    block of any size, fp32 and every other precision (int8-compute kernels included): what
+    makes greedy speed/vanilla equal large exactly."""
+    ids = list(range(3, 40, 2))
+    for bundle in (pair.bundle, converted[1]):
+        base = _logits_by_chunks(bundle, ids, [len(ids)])
+        for chunks in ([12, 1, 1, 1, 1, 1, 1, 1], [12, 3, 4], [1] * len(ids), [2, 5, 1, 11]):
+            assert np.array_equal(_logits_by_chunks(bundle, ids, chunks), base), (bundle, chunks)

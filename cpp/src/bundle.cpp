@@ -79,8 +79,8 @@ GraphSpec ParseGraph(const json& g, const std::string& role, const fs::path& fol
   if (kv_dtype != "float32" && kv_dtype != "float16")
     Fail(where, "kv_dtype \"" + kv_dtype + "\" is not supported (float32 or float16)");
   s.kv_fp16 = kv_dtype == "float16";
-  s.min_rows = GetOr<int>(g, "min_rows", 1, where);
-  if (s.min_rows < 1 || s.min_rows > 2) Fail(where, "min_rows must be 1 or 2");
+  s.kv_scratch_rows = GetOr<int>(g, "kv_scratch_rows", 0, where);
+  if (s.kv_scratch_rows < 0 || s.kv_scratch_rows > 16) Fail(where, "kv_scratch_rows must be in [0, 16]");
   if (s.num_layers < 1 || s.num_kv_heads < 1 || s.head_dim < 1 || s.hidden_size < 1 || s.vocab_size < 2)
     Fail(where, "dims must be positive (num_layers, num_kv_heads, head_dim, hidden_size, vocab_size)");
   // bounds that keep every buffer size computed from them far from overflow

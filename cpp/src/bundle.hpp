@@ -26,7 +26,7 @@ struct GraphSpec {
   int memory_size = 0;
   std::string router_score;          // "" when the graph has no router
   bool kv_fp16 = false;              // KV buffers hold float16 (kv_dtype "float16"), else float32
-  int min_rows = 1;                  // calls shorter than this are padded (see tandem/manifest.py)
+  int kv_scratch_rows = 0;           // rows the graph writes past a call's rows (buffer room only)
 };
 
 struct Manifest {

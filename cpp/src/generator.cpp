@@ -158,7 +158,6 @@ struct Generator::State {
   std::vector<std::vector<float>> reps;  // tandem only, per large reps output: [capacity + 1, d_L]
   int64_t mem_rows = 0;
   std::vector<int64_t> block;              // [t, d_1..d_g]: the ids M_L verifies
-  std::vector<int64_t> padded;             // a short M_L call padded to min_rows
   std::vector<std::vector<float>> q;       // sampling: processed drafter distributions
   std::vector<float> p;                    // sampling: processed M_L distribution
   detail::Rng rng;
@@ -205,23 +204,14 @@ struct Generator::State {
   // ---- graph calls -----------------------------------------------------------------
   // M_L over ids; the logits of ids [logits_from, n) land in large_logits, the
   // representations (tandem drafter only) at row `rep_row` of `reps`.
-  // A call shorter than the graph's min_rows is padded with copies of its last id, whose
-  // rows are then dropped: a token's logits never depend on the size of its block.
   void RunLarge(const int64_t* ids, int64_t n, int64_t rep_row, int64_t logits_from) {
-    const int64_t pad = std::max<int64_t>(0, m.manifest.large.min_rows - n);
-    if (pad > 0) {
-      padded.assign(ids, ids + n);
-      padded.resize(static_cast<size_t>(n + pad), ids[n - 1]);
-      ids = padded.data();
-    }
     RunArgs a;
     a.ids = ids;
-    a.num_ids = n + pad;
-    a.logits_from = logits_from;  // the first logits row stays the first one asked for
+    a.num_ids = n;
+    a.logits_from = logits_from;
     a.logits = large_logits.data();
     for (auto& r : reps) a.reps.push_back(r.data() + rep_row * m.manifest.large.hidden_size);
     double t = detail::RunGraph(*m.large, large_kv, a);
-    if (pad > 0) large_kv.RewindTo(large_kv.length() - pad);
     stats.ort_time += t;
     stats.large_time += t;
     ++stats.large_calls;
@@ -415,11 +405,10 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   if (s.use_memory) s.drafter = impl.small.get();
   if (o.mode == Mode::kVanilla) s.drafter = impl.draft.get();
   const int64_t V = man.vocab_size;
-  const int64_t min_rows = man.large.min_rows;
-  s.large_logits.assign(static_cast<size_t>(std::max<int64_t>(s.gamma + 1, min_rows) * V), 0.0f);
+  s.large_logits.assign(static_cast<size_t>((s.gamma + 1) * V), 0.0f);
   if (s.use_memory) {
     for (size_t i = 0; i < man.large.reps.size(); ++i)
-      s.reps.emplace_back(static_cast<size_t>((capacity + min_rows) * man.large.hidden_size), 0.0f);
+      s.reps.emplace_back(static_cast<size_t>((capacity + 1) * man.large.hidden_size), 0.0f);
   }
   if (s.drafter) {
     s.drafter_kv.emplace(*s.drafter, capacity);

@@ -271,8 +271,9 @@ KvCache::KvCache(const Graph& graph, int64_t capacity) : capacity_(capacity), bi
   const GraphSpec& s = graph.spec();
   const auto type = s.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   const size_t element = s.kv_fp16 ? 2 : 4;
-  const std::vector<int64_t> shape{1, s.num_kv_heads, capacity, s.head_dim};
-  const size_t bytes = static_cast<size_t>(s.num_kv_heads) * static_cast<size_t>(capacity) *
+  const int64_t rows = capacity + s.kv_scratch_rows;
+  const std::vector<int64_t> shape{1, s.num_kv_heads, rows, s.head_dim};
+  const size_t bytes = static_cast<size_t>(s.num_kv_heads) * static_cast<size_t>(rows) *
                        static_cast<size_t>(s.head_dim) * element;
   for (int l = 0; l < s.num_layers; ++l) {
     for (int kv = 0; kv < 2; ++kv) {

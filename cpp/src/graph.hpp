@@ -29,9 +29,9 @@ class Graph {
 // The KV cache of one graph for one request, in ONNX Runtime GroupQueryAttention's shared
 // buffer layout, and the IO binding that carries it.
 //
-// Invariant: for every layer, K and V are one buffer each, [1, h, capacity, dh] of the
-// graph's kv dtype, bound once as both the past input and the present output; rows
-// [0, length) are valid. A call with n new rows is told seqlens_k = length + n - 1 and
+// Invariant: for every layer, K and V are one buffer each, [1, h, capacity + scratch, dh]
+// of the graph's kv dtype, bound once as both the past input and the present output; rows
+// [0, length) are valid (the graph may write `kv_scratch_rows` rows past a call's rows). A call with n new rows is told seqlens_k = length + n - 1 and
 // total_sequence_length = length + n, and writes rows [length, length + n) in place. So no
 // KV byte is ever copied by us, and RewindTo only changes `length`.
 class KvCache {
