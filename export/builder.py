@@ -177,7 +177,7 @@ def build_graph(
         hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
         precision=options.precision, kv_dtype=activation_dtype(options.precision),
         router_score="router_score" if router else "",
-        kv_scratch_rows=1 if role == "large" else 0,
+        kv_scratch_rows=1 if role in ("large", "draft") else 0,
     )
     if role == "large":
         spec.rep_layers = list(rep_layers or [])
@@ -205,10 +205,11 @@ def build_graph(
         logits_from = w.input(spec.logits_from, "int64", [1])
 
         if spec.kv_scratch_rows:
-            # M_L's attention gets one zero row after the call's rows (sliced off its output,
+            # The attention gets one zero row after the call's rows (sliced off its output,
             # its K/V written past the valid length): GroupQueryAttention then never runs its
             # one-row path, whose rounding differs, so a one-token step computes bit for bit
-            # what a verification block computes for the same position.
+            # what a verification block computes for the same position (M_L; and a plain
+            # drafter that is M_L itself proposes exactly what M_L accepts).
             seqlens_k = w.op("Add", [seqlens_k, w.const("attn.one", [1], np.int32)], name="attn.seqlens_k")
             total = w.op("Add", [total, w.const("attn.one_scalar", np.int32(1), np.int32)], name="attn.total")
             pad_row = w.const("attn.pad_row", [0, 0, 0, 0, 1, 0])

@@ -74,10 +74,10 @@ class GraphSpec:
     kv_dtype: str = "float32"  # float32 | float16
     precision: str = "fp32"
     # Rows the graph writes into the KV buffers after a call's own rows, as scratch (the
-    # buffers need that much room; the valid length does not include them). M_L's graph
-    # gives its attention one zero row more than the call has, so ONNX Runtime never takes
-    # GroupQueryAttention's one-row path, whose rounding differs: a token's logits are then
-    # bit for bit the same whatever the size of the block it is computed in.
+    # buffers need that much room; the valid length does not include them). M_L's and the
+    # plain drafter's graphs give their attention one zero row more than the call has, so
+    # ONNX Runtime never takes GroupQueryAttention's one-row path, whose rounding differs:
+    # a token's logits are bit for bit the same whatever the size of its block.
     kv_scratch_rows: int = 0
 
     @staticmethod
