@@ -87,9 +87,19 @@ def test_lossless_modes_equal_large(pair, model, mode):
             assert_equal_or_certified(got.ids, base, pair.large, prompt)
 
 
-def test_draft_equal_target_accepts_everything(self_draft_pair):
-    """Vanilla with M_L as its own drafter: every draft accepted, output == large."""
-    model = load(self_draft_pair.bundle, threads=1)
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_draft_equal_target_accepts_everything(self_draft_pair, precision, tmp_path):
+    """Vanilla with M_L as its own drafter: every draft accepted, output == large; at int4
+    too, where the drafter's one-token steps and M_L's verification blocks run different
+    kernels unless the graphs keep them bit-identical."""
+    bundle = self_draft_pair.bundle
+    if precision != "fp32":
+        from tandem.export.bundle import export_bundle
+
+        bundle = tmp_path / "int4"
+        export_bundle(self_draft_pair.large, bundle, plain=self_draft_pair.large, context_length=64,
+                      precision=precision, progress=None)
+    model = load(bundle, threads=1)
     prompt = [3, 9, 27]
     base = model.generate(prompt, mode="large", max_new_tokens=25, ignore_eos=True)
     got = model.generate(prompt, mode="vanilla", block_length=4, max_new_tokens=25, ignore_eos=True)
