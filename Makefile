@@ -45,22 +45,26 @@ test-cpp: cpp
 
 test-python: build cpp
 	TANDEM_EXAMPLE_BIN=$(abspath $(CPPDIR))/cpp/tandem_generate \
-	TANDEM_CONCURRENCY_BIN=$(abspath $(CPPDIR))/cpp/tandem_concurrency_test $(BIN)/python -m pytest -q
+	TANDEM_CONCURRENCY_BIN=$(abspath $(CPPDIR))/cpp/tandem_concurrency_test \
+	TANDEM_FUZZ_BIN=$(abspath $(CPPDIR))/cpp/tandem_fuzz_bundle $(BIN)/python -m pytest -q
 
 lint: $(DEPS)
 	$(BIN)/ruff check .
 
 test: test-cpp test-python lint
 
-# C++ unit tests and the C++ example on a real bundle under ASan + UBSan.
+# C++ unit tests, the C++ example and concurrency program on a real bundle, and the bundle
+# readers' mutation fuzzer, under ASan + UBSan.
 sanitize: $(DEPS) $(HDRS)
 	$(BIN)/cmake -S . -B $(ASANDIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON -DPython_EXECUTABLE=$(abspath $(BIN)/python) > /dev/null
 	$(BIN)/cmake --build $(ASANDIR)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(BIN)/ctest --test-dir $(ASANDIR) --output-on-failure
 	TANDEM_EXAMPLE_BIN=$(abspath $(ASANDIR))/cpp/tandem_generate \
 	TANDEM_CONCURRENCY_BIN=$(abspath $(ASANDIR))/cpp/tandem_concurrency_test TANDEM_SANITIZED=1 \
+	TANDEM_FUZZ_BIN=$(abspath $(ASANDIR))/cpp/tandem_fuzz_bundle TANDEM_FUZZ_ITERATIONS=1000 \
 	ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	$(BIN)/python -m pytest -q tests/test_cpp_example.py tests/test_concurrency.py -k 'example or cpp_concurrency'
+	$(BIN)/python -m pytest -q tests/test_cpp_example.py tests/test_concurrency.py tests/test_fuzz_cpp.py \
+		-k 'example or cpp_concurrency or cpp_bundle_readers'
 
 demo: build
 	$(BIN)/python -m tandem.demo

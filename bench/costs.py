@@ -1,4 +1,4 @@
-"""Dedicated timing runs for the cost ratios of the performance model (TANDEM.md §5).
+"""Dedicated timing runs for the cost ratios of the performance model (docs/METHOD.md §4).
 
 Each graph of the bundle runs alone in an ONNX Runtime session configured like the C++
 loop's (ORT_ENABLE_ALL, `threads` intra-op, 1 inter-op), on random inputs with a past of

@@ -8,7 +8,7 @@ machine hits them all alike. Per configuration we report:
     speedup       tokens/s ÷ tokens/s of `large` with the same decoding, in this run
     α             accepted / drafted
     E             tokens per round, measured: Σ (new_tokens - 1) / Σ rounds (prefill emits one)
-    E_α           (1 - α^(γ+1)) / (1 - α), the i.i.d. model of TANDEM.md §5
+    E_α           (1 - α^(γ+1)) / (1 - α), the i.i.d. model of docs/METHOD.md §4
     bound         E / (s·c + v(w)), with s = M_S calls per round (γ for a fixed block),
                   w = M_L tokens per round (γ+1 for speed/vanilla, γ for tandem), c and v from
                   the dedicated timing runs of `costs.py`
@@ -198,7 +198,7 @@ def summarize(runs: dict[Config, Runs], costs: dict[str, Any]) -> list[dict[str,
 
 
 def _model_bound(row: dict[str, Any], c: Config, costs: dict[str, Any]) -> None:
-    """E_α, c, v, the bound E / (s·c + v(w)) and achieved/bound (TANDEM.md §5)."""
+    """E_α, c, v, the bound E / (s·c + v(w)) and achieved/bound (docs/METHOD.md §4)."""
     if c.mode == "large":
         row.update({"c": 0.0, "v": 1.0, "bound": 1.0, "E_alpha": 1.0})
         row["achieved_over_bound"] = row["speedup"]

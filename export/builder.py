@@ -73,7 +73,12 @@ def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.nd
     none has a bias."""
     names = ckpt.tensors.names()
     weights = [ckpt.tensors.get(f"{p}.weight") for p in parts]
-    weight = weights[0] if len(weights) == 1 else np.concatenate(weights, axis=0)
+    if len(weights) == 1:
+        weight = weights[0]
+    else:
+        import torch
+
+        weight = torch.cat([torch.from_numpy(w) for w in weights]).numpy()
     if not any(f"{p}.bias" in names for p in parts):
         return weight, None
     bias = np.concatenate([ckpt.tensors.get(f"{p}.bias") if f"{p}.bias" in names

@@ -55,12 +55,15 @@ def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
     a multiple of 32 with zeros). Rows are independent: quantizing row blocks of a weight
     gives the row blocks of its quantization.
     """
+    import torch
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     n, k = weight.shape
     blocks = -(-k // BLOCK_SIZE)
-    weight_kn = np.zeros((blocks * BLOCK_SIZE, n), dtype=np.float32)  # ORT's quantizer reads [K, N]
-    weight_kn[:k] = weight.T
+    weight_kn = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).T  # ORT reads [K, N]
+    if blocks * BLOCK_SIZE != k:
+        weight_kn = torch.nn.functional.pad(weight_kn, (0, 0, 0, blocks * BLOCK_SIZE - k))
+    weight_kn = weight_kn.contiguous().numpy()  # torch's transposing copy is parallel and blocked
     packed = np.zeros((n, blocks, BLOCK_SIZE * bits // 8), dtype=np.uint8)
     scales = np.zeros((n, blocks), dtype=np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # unused when symmetric
@@ -70,23 +73,20 @@ def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 
 def dequantize_blocks(packed: np.ndarray, scales: np.ndarray, k: int, bits: int) -> np.ndarray:
-    """The `[N, K]` float32 weight that `quantize_blocks`' output stands for."""
+    """The `[N, K]` float32 weight that `quantize_blocks`' output stands for (int4: low
+    nibble first, zero point 8; int8: zero point 128)."""
+    import torch
+
     n, blocks, _ = packed.shape
-    values = _LEVELS[bits][packed].reshape(n, blocks, BLOCK_SIZE)  # byte -> its 1 or 2 levels
-    values *= scales[:, :, None]
+    stored = torch.from_numpy(packed)
+    if bits == 4:
+        values = torch.stack([stored & 0x0F, stored >> 4], dim=-1).reshape(n, blocks, BLOCK_SIZE)
+        values = values.to(torch.float32).sub_(8.0)
+    else:
+        values = stored.to(torch.float32).sub_(128.0)
+    values.mul_(torch.from_numpy(scales).unsqueeze(-1))
     values = values.reshape(n, blocks * BLOCK_SIZE)
-    return values if blocks * BLOCK_SIZE == k else np.ascontiguousarray(values[:, :k])
-
-
-def _levels() -> dict[int, np.ndarray]:
-    """Per stored byte, the signed levels it holds: int4 low nibble first, zero point 8;
-    int8 zero point 128."""
-    byte = np.arange(256)
-    return {4: np.stack([(byte & 0x0F) - 8, (byte >> 4) - 8], axis=-1).astype(np.float32),
-            8: (byte - 128).astype(np.float32)}
-
-
-_LEVELS = _levels()
+    return values.numpy() if blocks * BLOCK_SIZE == k else values[:, :k].contiguous().numpy()
 
 
 def stored_weight(weight: np.ndarray, precision: str) -> np.ndarray:

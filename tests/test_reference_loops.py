@@ -1,6 +1,6 @@
 """The reference decoding loops (train/reference.py) and sampling rules (train/sampling.py).
 
-Oracles (TANDEM.md §4): greedy ``large`` equals ``transformers`` ``generate``; greedy
+Oracles (docs/METHOD.md §3): greedy ``large`` equals ``transformers`` ``generate``; greedy
 ``speed``/``vanilla`` and ``tandem`` with γ = 1 equal greedy ``large`` token for token except
 after a certified near-tie (M_L's top-2 logit gap < 1e-3 at the divergence, computed, never
 skipped); sampled ``speed``/``vanilla`` have M_L's exact distribution (chi-square against an
@@ -31,7 +31,7 @@ from tandem.train.sampling import (
     residual,
 )
 
-TIE_GAP = 1e-3  # TANDEM.md §4.4: a divergence is certified when M_L's top-2 gap is below this
+TIE_GAP = 1e-3  # docs/METHOD.md §3.4: a divergence is certified when M_L's top-2 gap is below this
 PROMPTS = ([5, 17, 42, 9], [250, 3, 3, 77, 120, 8, 61])
 GAMMAS = (1, 2, 4, 7)
 MAX_NEW = 24

@@ -1,6 +1,6 @@
 """The C++ loop against the PyTorch reference loops (train/reference.py), mode by mode.
 
-Oracles (TANDEM.md §4): every mode's greedy output equals the reference token for token;
+Oracles (docs/METHOD.md §3): every mode's greedy output equals the reference token for token;
 speed/vanilla equal large except at certified near-ties; tandem with γ=1 equals large;
 sampled speed has M_L's distribution; EOS / max_new_tokens / context stop exactly.
 """

@@ -168,7 +168,7 @@ def test_step_cached_equals_from_scratch(arch, kv_heads, tie):
 @pytest.mark.parametrize("arch,kv_heads,tie", ARCH_CASES)
 @pytest.mark.parametrize("one_token_at_a_time", [False, True])
 def test_forward_train_equals_block_by_block_steps(arch, kv_heads, tie, one_token_at_a_time):
-    """TANDEM.md §4.3: feeding step block by block reproduces the training-mode forward."""
+    """docs/METHOD.md §3.3: feeding step block by block reproduces the training-mode forward."""
     large, tandem = make_pair(arch, kv_heads, tie, "proportional" if kv_heads != 4 else "last")
     n, gamma, offset = 11, 3, 2
     ids = torch.randint(0, 300, (1, n))

@@ -1,6 +1,6 @@
 """Adaptive block-length router: predicts whether M_L will accept M_S's next draft token.
 
-The router is a 2-layer MLP over features of M_S's next-token distribution (TANDEM.md §2):
+The router is a 2-layer MLP over features of M_S's next-token distribution (docs/METHOD.md §2):
 its entropy, its top-k probabilities and the M_S input embeddings of the top-k tokens,
 averaged with weights proportional to their probabilities. Its target is the acceptance
 probability of a sampled draft, ``1 - TV(q_S, p_L)``. Every op (softmax, topk, embedding

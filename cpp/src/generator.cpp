@@ -127,7 +127,7 @@ const std::string& Model::tokenizer_path() const { return impl_->manifest.tokeni
 // ---------------------------------------------------------------------------------------
 // Generator state
 //
-// Invariants between rounds (TANDEM.md §2):
+// Invariants between rounds (docs/METHOD.md §2):
 //   seq = prompt + out; the pending token t = seq.back() has not been seen by M_L;
 //   large_kv.length() == covered == seq.size() - 1;
 //   tandem drafter: small_kv holds memory K/V for [0, covered - mem_rows); the M_L

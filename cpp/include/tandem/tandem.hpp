@@ -43,7 +43,7 @@ class Error : public std::runtime_error {
   ErrorCode code_;
 };
 
-// Decoding modes (TANDEM.md §2).
+// Decoding modes (docs/METHOD.md §2).
 enum class Mode {
   kLarge,    // M_L alone, one token per step (baseline)
   kTandem,   // standalone Tandem: M_L block + γ-1 tokens of M_S (lossy)

@@ -1,0 +1,181 @@
+// Mutation fuzzer of every C++ reader of a bundle: the manifest parser (LoadManifest), the
+// graph loader (the external-data protobuf scan, ONNX Runtime's load, the I/O check) and the
+// C API's load, on malformed copies of a real bundle. Built with the other tests; `make
+// sanitize` runs it under ASan + UBSan (tests/test_fuzz_cpp.py drives it).
+//
+//   tandem_fuzz_bundle SEED_BUNDLE WORK_DIR ITERATIONS [RNG_SEED]
+//
+// Each iteration copies the seed bundle into WORK_DIR/case, damages one file (tandem.json,
+// or one .onnx graph) with random byte edits or JSON-aware edits, and loads it. Loading must
+// either succeed or fail with tandem::Error (C API: a status); anything else (another
+// exception type, a crash, a sanitizer report) fails the run. Deterministic for a seed.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <random>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include "bundle.hpp"
+#include "tandem/tandem.hpp"
+#include "tandem/tandem_c.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteFile(const fs::path& p, const std::string& data) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+// Values that make readers misbehave when they trust them.
+const char* const kNastyJson[] = {
+    "-1", "0", "1", "2", "4096", "65536", "2147483647", "2147483648", "-2147483649",
+    "9223372036854775807", "18446744073709551616", "1e308", "-1e308", "1.5", "NaN",
+    "null", "true", "\"\"", "\"../x\"", "\"/etc/passwd\"", "[]", "{}", "[1,2,3]",
+    "\"\\u0000\"", "\"\xff\xfe\"", "\"large.onnx\"", "\"float16\"", "\"bfloat16\""};
+
+class Mutator {
+ public:
+  explicit Mutator(uint64_t seed) : rng_(seed) {}
+
+  size_t Below(size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_); }
+
+  // Random byte-level damage: flips, overwrites, inserts, deletions, truncation, repeats.
+  std::string Bytes(std::string data) {
+    const int edits = 1 + static_cast<int>(Below(4));
+    for (int e = 0; e < edits; ++e) {
+      const size_t n = data.size();
+      switch (Below(6)) {
+        case 0:  // flip a bit
+          if (n) data[Below(n)] ^= static_cast<char>(1u << Below(8));
+          break;
+        case 1:  // overwrite a run with random bytes
+          for (size_t i = Below(n), k = 1 + Below(16); n && k-- && i < n; ++i) data[i] = static_cast<char>(Below(256));
+          break;
+        case 2:  // insert random bytes
+          data.insert(Below(n + 1), std::string(1 + Below(8), static_cast<char>(Below(256))));
+          break;
+        case 3:  // delete a run
+          if (n) data.erase(Below(n), 1 + Below(64));
+          break;
+        case 4:  // truncate
+          data.resize(Below(n + 1));
+          break;
+        default:  // repeat a chunk
+          if (n) {
+            const size_t at = Below(n);
+            data.insert(Below(n), data.substr(at, 1 + Below(64)));
+          }
+      }
+    }
+    return data;
+  }
+
+  // JSON-aware damage: replace a value (after a ':' or inside a list) with a nasty one, or
+  // delete a "key": value pair; falls back to byte damage now and then.
+  std::string Json(std::string text) {
+    if (Below(4) == 0) return Bytes(std::move(text));
+    const int edits = 1 + static_cast<int>(Below(3));
+    for (int e = 0; e < edits && !text.empty(); ++e) {
+      std::vector<size_t> starts;  // positions right after ':' or '[' or ','
+      for (size_t i = 0; i < text.size(); ++i)
+        if (text[i] == ':' || text[i] == '[' || text[i] == ',') starts.push_back(i + 1);
+      if (starts.empty()) break;
+      size_t begin = starts[Below(starts.size())];
+      while (begin < text.size() && text[begin] == ' ') ++begin;
+      size_t end = begin;
+      int depth = 0;
+      bool in_string = false;
+      for (; end < text.size(); ++end) {  // the end of the value at `begin`
+        const char c = text[end];
+        if (in_string) {
+          if (c == '\\') ++end;
+          else if (c == '"') in_string = false;
+          continue;
+        }
+        if (c == '"') in_string = true;
+        else if (c == '[' || c == '{') ++depth;
+        else if ((c == ']' || c == '}') && depth-- == 0) break;
+        else if (c == ',' && depth == 0) break;
+      }
+      text.replace(begin, end - begin, kNastyJson[Below(std::size(kNastyJson))]);
+    }
+    return text;
+  }
+
+ private:
+  std::mt19937_64 rng_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::cerr << "usage: " << argv[0] << " SEED_BUNDLE WORK_DIR ITERATIONS [RNG_SEED]\n";
+    return 2;
+  }
+  const fs::path seed_dir = argv[1], work = argv[2];
+  const long iterations = std::stol(argv[3]);
+  Mutator mutate(argc > 4 ? std::stoull(argv[4]) : 1);
+  std::vector<fs::path> graphs;
+  for (const auto& entry : fs::directory_iterator(seed_dir))
+    if (entry.path().extension() == ".onnx") graphs.push_back(entry.path().filename());
+  if (!fs::is_regular_file(seed_dir / "tandem.json") || graphs.empty()) {
+    std::cerr << seed_dir << " is not a bundle with graphs\n";
+    return 2;
+  }
+  std::sort(graphs.begin(), graphs.end());
+  const fs::path dir = work / "case";
+  long loaded = 0, refused = 0, c_refused = 0;
+  for (long it = 0; it < iterations; ++it) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const auto& entry : fs::directory_iterator(seed_dir))
+      if (entry.is_regular_file()) fs::copy_file(entry.path(), dir / entry.path().filename());
+    const bool manifest = mutate.Below(10) < 7;
+    const fs::path target = manifest ? dir / "tandem.json" : dir / graphs[mutate.Below(graphs.size())];
+    const std::string original = ReadFile(target);
+    WriteFile(target, manifest ? mutate.Json(original) : mutate.Bytes(original));
+    try {
+      tandem::detail::LoadManifest(dir.string());
+      tandem::ModelOptions options;
+      options.bundle_path = dir.string();
+      options.intra_op_threads = 1;
+      auto model = tandem::Model::Load(options);
+      ++loaded;
+      if (model->vocab_size() > 0) {  // a loaded model must also generate or refuse cleanly
+        tandem::GenerateOptions g;
+        g.max_new_tokens = 3;
+        g.mode = tandem::Mode::kLarge;
+        tandem::Generator(model, {1, 2, 3}, g).Run();
+      }
+    } catch (const tandem::Error&) {
+      ++refused;
+    } catch (const std::exception& e) {
+      std::cerr << "iteration " << it << " (" << target.filename() << "): unexpected " << typeid(e).name()
+                << ": " << e.what() << "\n";
+      WriteFile(work / "crash-input", ReadFile(target));
+      return 1;
+    }
+    tandem_model* model = nullptr;  // the C API never throws: a status either way
+    const tandem_status st = tandem_model_load(dir.string().c_str(), 1, nullptr, &model);
+    if (st == TANDEM_OK) tandem_model_free(model);
+    else ++c_refused;
+  }
+  fs::remove_all(dir);
+  std::cout << iterations << " inputs: " << loaded << " loaded, " << refused << " refused (C API: " << c_refused
+            << " refused)\n";
+  return 0;
+}

@@ -1,0 +1,28 @@
+"""The C++ bundle readers (manifest parser, graph loader with its external-data scan, C API)
+on malformed copies of a real bundle: cpp/tests/fuzz_bundle.cpp, a deterministic mutation
+fuzzer. `make sanitize` runs it under ASan + UBSan (TANDEM_FUZZ_BIN, more inputs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FUZZ = os.environ.get("TANDEM_FUZZ_BIN", str(ROOT / "build/cpp/cpp/tandem_fuzz_bundle"))
+ITERATIONS = int(os.environ.get("TANDEM_FUZZ_ITERATIONS", "300"))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cpp_bundle_readers_survive_malformed_bundles(pair, tmp_path, seed):
+    if not Path(FUZZ).is_file():
+        pytest.skip(f"{FUZZ} not built (make cpp)")
+    out = subprocess.run([FUZZ, str(pair.bundle), str(tmp_path), str(ITERATIONS), str(seed)],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout + out.stderr[-4000:]
+    assert f"{ITERATIONS} inputs:" in out.stdout
+    # the mutations hit both outcomes: some inputs still load, most are refused
+    refused = int(out.stdout.split(" loaded, ")[1].split(" refused")[0])
+    assert 0 < refused < ITERATIONS, out.stdout
