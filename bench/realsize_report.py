@@ -35,6 +35,8 @@ def _errors(e: dict[str, Any]) -> list[str]:
     for key, why in (e.get("ours") or {}).get("errors", {}).items():
         if key != "setup" or not (e.get("export") or {}).get("error"):
             out.append(f"ours {key}: {why}")
+    if (e.get("quality") or {}).get("error"):
+        out.append(f"quality: {e['quality']['error']}")
     g = e.get("ortgenai") or {}
     for key, why in g.get("build_errors", {}).items():
         out.append(f"ortgenai build {key}: {why}")
@@ -44,12 +46,38 @@ def _errors(e: dict[str, Any]) -> list[str]:
     return out
 
 
+def quality_table(entries: list[dict[str, Any]]) -> list[str]:
+    """The "Quality vs fp32" section (entries with --quality figures), or no lines."""
+    rows = [e for e in entries if e.get("quality") and not e["quality"].get("error")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Quality vs fp32 (same prefill calls; our large graph and GenAI's target graph vs the float32 "
+        "PyTorch reference)",
+        "",
+        "| model | precision | prompts | ours argmax | ours top-5 | ours rel L2 | ours KL | GenAI argmax "
+        "| GenAI top-5 | GenAI rel L2 | GenAI KL | ours vs GenAI argmax | NLL fp32 / ours / GenAI |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in rows:
+        q = e["quality"]
+        o, g, v = q.get("ours") or {}, q.get("genai") or {}, q.get("ours_vs_genai") or {}
+        nll = " / ".join(_f((x or {}).get("nll"), 3) for x in (q.get("fp32"), o, g)) if "nll" in o else "–"
+        lines.append(
+            f"| {_label(e)} | {e['precision']} | {q['cases']} × {q['tokens'][0]} {q['prompts']} "
+            f"| {_f(o.get('argmax_agreement'), 4)} | {_f(o.get('top5_overlap'), 4)} | {_f(o.get('rel_l2'), 4)} "
+            f"| {_f(o.get('kl_vs_fp32'), 4)} | {_f(g.get('argmax_agreement'), 4)} | {_f(g.get('top5_overlap'), 4)} "
+            f"| {_f(g.get('rel_l2'), 4)} | {_f(g.get('kl_vs_fp32'), 4)} | {_f(v.get('argmax_agreement'), 4)} | {nll} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, st = results["machine"], results["settings"]
     pv = results.get("peer_versions") or {}
     exp = results.get("exporter") or {}
     lines = [
-        "# Real-size benchmark (random weights): tandem vs ONNX Runtime GenAI",
+        "# Real-size benchmark: tandem vs ONNX Runtime GenAI",
         "",
         f"`{results['command']}`",
         "",
@@ -62,7 +90,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{st['max_new_tokens']} new tokens each (greedy, EOS ignored), γ = {st['block_length']}, "
         f"{st['repeats']} repeats (median), our context {st['context_length']}",
         f"- idle check: 1-min load {results['idle']['load_at_start'][0]:.2f} at start "
-        f"(limit {results['idle']['max_load']}), {results['load_at_end'][0]:.2f} at end",
+        f"(limit {results['idle']['max_load']}), {results['load_at_end'][0]:.2f} at end"
+        + (" (decoding runs skipped: --no-timing)" if results["idle"].get("skipped") else ""),
     ]
     for w in results.get("warnings", []):
         lines.append(f"- **warning**: {w}")
@@ -81,50 +110,52 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_label(e)} | {e['precision']} | {_f(s['export_s_ours'], 1)} | {_f(s['export_rss_mb_ours'], 0)} "
             f"| {_f(s['build_s_genai_target'], 1)} | {_f(s['build_s_genai_draft'], 1)} "
             f"| {_f(s['build_rss_mb_genai'], 0)} | {_f(s['export_time_ratio'])} | {_f(s['export_rss_ratio'])} |")
-    lines += [
-        "",
-        "## Decoding tokens/s (same prompts, threads, tokens and γ; ratio > 1: ours faster)",
-        "",
-        "| model | precision | ours large | GenAI plain | ratio | ours vanilla | GenAI speculative | ratio "
-        "| speedup ours | speedup GenAI | α ours | α GenAI | ids ours large == GenAI plain |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for e in entries:
-        s = e["summary"]
-        lines.append(
-            f"| {_label(e)} | {e['precision']} | {_f(s['tps_ours_large'])} | {_f(s['tps_genai_plain'])} "
-            f"| **{_f(s['plain_ratio'])}** | {_f(s['tps_ours_vanilla'])} | {_f(s['tps_genai_spec'])} "
-            f"| **{_f(s['spec_ratio'])}** | {_f(s['speedup_ours'])} | {_f(s['speedup_genai'])} "
-            f"| {_f(s['alpha_ours'])} | {_f(s['alpha_genai'])} | {_ids(s['ids_ours_large_vs_genai_plain'])} |")
-    lines += [
-        "",
-        "## Cost ratios",
-        "",
-        "| model | precision | ours M_L step ms | c | v(γ+1) | GenAI ms/token plain | GenAI draft ms/pass "
-        "| GenAI target ms/pass | GenAI c≈ | GenAI v≈ |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for e in entries:
-        s = e["summary"]
-        lines.append(
-            f"| {_label(e)} | {e['precision']} | {_f(s['t_large_step_ms'])} | {_f(s['c'], 3)} | {_f(s['v'])} "
-            f"| {_f(s['genai_ms_per_token_plain'])} | {_f(s['genai_draft_ms_per_pass'])} "
-            f"| {_f(s['genai_target_ms_per_pass'])} | {_f(s.get('c_genai_approx'), 3)} "
-            f"| {_f(s.get('v_genai_approx'))} |")
-    lines += [
-        "",
-        "## Runtime memory (MiB; loaded = before any generation, peak = VmHWM at the end)",
-        "",
-        "| model | precision | ours loaded | ours peak | GenAI plain loaded | GenAI plain peak "
-        "| GenAI spec loaded | GenAI spec peak | peak ours ÷ GenAI spec |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for e in entries:
-        s = e["summary"]
-        lines.append(
-            f"| {_label(e)} | {e['precision']} | {_f(s['rss_ours_loaded'], 0)} | {_f(s['rss_ours_peak'], 0)} "
-            f"| {_f(s['rss_genai_plain_loaded'], 0)} | {_f(s['rss_genai_plain_peak'], 0)} "
-            f"| {_f(s['rss_genai_spec_loaded'], 0)} | {_f(s['rss_genai_spec_peak'], 0)} | {_f(s['rss_ratio'])} |")
+    if st.get("timing", True):  # --no-timing: no decoding, cost or memory figures
+        lines += [
+            "",
+            "## Decoding tokens/s (same prompts, threads, tokens and γ; ratio > 1: ours faster)",
+            "",
+            "| model | precision | ours large | GenAI plain | ratio | ours vanilla | GenAI speculative | ratio "
+            "| speedup ours | speedup GenAI | α ours | α GenAI | ids ours large == GenAI plain |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in entries:
+            s = e["summary"]
+            lines.append(
+                f"| {_label(e)} | {e['precision']} | {_f(s['tps_ours_large'])} | {_f(s['tps_genai_plain'])} "
+                f"| **{_f(s['plain_ratio'])}** | {_f(s['tps_ours_vanilla'])} | {_f(s['tps_genai_spec'])} "
+                f"| **{_f(s['spec_ratio'])}** | {_f(s['speedup_ours'])} | {_f(s['speedup_genai'])} "
+                f"| {_f(s['alpha_ours'])} | {_f(s['alpha_genai'])} | {_ids(s['ids_ours_large_vs_genai_plain'])} |")
+        lines += [
+            "",
+            "## Cost ratios",
+            "",
+            "| model | precision | ours M_L step ms | c | v(γ+1) | GenAI ms/token plain | GenAI draft ms/pass "
+            "| GenAI target ms/pass | GenAI c≈ | GenAI v≈ |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in entries:
+            s = e["summary"]
+            lines.append(
+                f"| {_label(e)} | {e['precision']} | {_f(s['t_large_step_ms'])} | {_f(s['c'], 3)} | {_f(s['v'])} "
+                f"| {_f(s['genai_ms_per_token_plain'])} | {_f(s['genai_draft_ms_per_pass'])} "
+                f"| {_f(s['genai_target_ms_per_pass'])} | {_f(s.get('c_genai_approx'), 3)} "
+                f"| {_f(s.get('v_genai_approx'))} |")
+        lines += [
+            "",
+            "## Runtime memory (MiB; loaded = before any generation, peak = VmHWM at the end)",
+            "",
+            "| model | precision | ours loaded | ours peak | GenAI plain loaded | GenAI plain peak "
+            "| GenAI spec loaded | GenAI spec peak | peak ours ÷ GenAI spec |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in entries:
+            s = e["summary"]
+            lines.append(
+                f"| {_label(e)} | {e['precision']} | {_f(s['rss_ours_loaded'], 0)} | {_f(s['rss_ours_peak'], 0)} "
+                f"| {_f(s['rss_genai_plain_loaded'], 0)} | {_f(s['rss_genai_plain_peak'], 0)} "
+                f"| {_f(s['rss_genai_spec_loaded'], 0)} | {_f(s['rss_genai_spec_peak'], 0)} | {_f(s['rss_ratio'])} |")
+    lines += quality_table(entries)
     errors = [(e, why) for e in entries for why in _errors(e)]
     if errors:
         lines += ["", "## Errors", ""]
