@@ -243,8 +243,9 @@ def run_bench(args: argparse.Namespace) -> int:
     peer_precision = args.peer_precision or model.manifest.precision
     peer_results: dict[str, Any] = {}
     if peer_names:
-        large_dir = args.hf_large or (weights_dir() / "large" if is_default else None)
-        draft_dir = args.hf_draft or (weights_dir() / "plain" if is_default else None)
+        # absolute: the peers run in their own working folders
+        large_dir = args.hf_large.resolve() if args.hf_large else (weights_dir() / "large" if is_default else None)
+        draft_dir = args.hf_draft.resolve() if args.hf_draft else (weights_dir() / "plain" if is_default else None)
         log(f"peers: {', '.join(peer_names)} (γ = {peer_block}, ortgenai at {peer_precision})")
         peer_results = peers.run_peers(
             peer_names, large=large_dir, draft=draft_dir, prompts=prompts, max_new_tokens=args.max_new_tokens,
