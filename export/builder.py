@@ -157,22 +157,9 @@ class _Graph:
         return x if self.act == "float32" else self.w.op("Cast", [x], name=name, to=1)
 
 
-def build_graph(
-    ckpt: Checkpoint,
-    role: str,
-    path: Path,
-    options: BuildOptions,
-    *,
-    rep_layers: list[int] | None = None,
-    on_layer: Callable[[], None] | None = None,
-) -> GraphSpec:
-    """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
-
-    `rep_layers` (large): the M_L layers whose representations are outputs. The small
-    graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
-    decoder layer built (progress). Returns the graph's manifest entry.
-    """
-    shape = DecoderShape.of(ckpt.config, "M_L" if role == "large" else "M_S")
+def _spec(ckpt: Checkpoint, role: str, path: Path, options: BuildOptions, rep_layers: list[int] | None,
+          shape: DecoderShape) -> GraphSpec:
+    """The manifest entry of the graph `role` (I/O names, dims, memory and representation layers)."""
     tandem = ckpt.tandem_config if role == "small" else None
     if role == "small" and tandem is None:
         raise ExportError("the tandem M_S has no tandem_config.json: train it with `tandem train --mode tandem`")
@@ -196,147 +183,197 @@ def build_graph(
         if len(tandem["layer_map"]) != shape.num_layers:
             raise ExportError(f"the tandem config maps {len(tandem['layer_map'])} M_S layers but M_S has "
                               f"{shape.num_layers}; re-save the tandem M_S")
+    return spec
 
+
+def build_graph(
+    ckpt: Checkpoint,
+    role: str,
+    path: Path,
+    options: BuildOptions,
+    *,
+    rep_layers: list[int] | None = None,
+    on_layer: Callable[[], None] | None = None,
+) -> GraphSpec:
+    """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
+
+    `rep_layers` (large): the M_L layers whose representations are outputs. The small
+    graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
+    decoder layer built (progress). Returns the graph's manifest entry.
+    """
+    shape = DecoderShape.of(ckpt.config, "M_L" if role == "large" else "M_S")
+    spec = _spec(ckpt, role, path, options, rep_layers, shape)
     with GraphWriter(path, role) as w:
-        g = _Graph(w, shape, options)
-        act = g.act
-        ids = w.input(spec.input_ids, "int64", [1, "tokens"])
+        decoder = _Decoder(w, ckpt, spec, shape, options)
+        for i in range(shape.num_layers):
+            decoder.layer(i)
+            if on_layer is not None:
+                on_layer()
+        decoder.outputs(decoder.head())
+        w.save()
+    return spec
+
+
+class _Decoder(_Graph):
+    """One decoder graph under construction. Between layers: `residual` is the residual
+    stream of the token rows and `pending` the last MLP output not yet added to it (the next
+    norm adds it: SkipSimplifiedLayerNormalization); `reps` the representation outputs."""
+
+    def __init__(self, w: GraphWriter, ckpt: Checkpoint, spec: GraphSpec, shape: DecoderShape,
+                 options: BuildOptions) -> None:
+        super().__init__(w, shape, options)
+        self.ckpt, self.spec = ckpt, spec
+        self.tandem = ckpt.tandem_config if spec.memory else None
+        act = self.act
+        self.ids = w.input(spec.input_ids, "int64", [1, "tokens"])
         memory = [w.input(name, "float32", [1, "memory_rows", spec.memory_size]) for name in spec.memory]
         for k, v in zip(spec.past_keys, spec.past_values, strict=True):
             w.input(k, act, [1, shape.num_kv_heads, "buffer_length", shape.head_dim])
             w.input(v, act, [1, shape.num_kv_heads, "buffer_length", shape.head_dim])
-        seqlens_k = w.input(spec.seqlens_k, "int32", [1])
-        total = w.input(spec.total_sequence_length, "int32", [])
-        logits_from = w.input(spec.logits_from, "int64", [1])
-
+        self.seqlens_k = w.input(spec.seqlens_k, "int32", [1])
+        self.total = w.input(spec.total_sequence_length, "int32", [])
+        self.logits_from = w.input(spec.logits_from, "int64", [1])
         if spec.kv_scratch_rows:
             # The attention gets one zero row after the call's rows (sliced off its output,
             # its K/V written past the valid length): GroupQueryAttention then never runs its
             # one-row path, whose rounding differs, so a one-token step computes bit for bit
             # what a verification block computes for the same position (M_L; and a plain
             # drafter that is M_L itself proposes exactly what M_L accepts).
-            seqlens_k = w.op("Add", [seqlens_k, w.const("attn.one", [1], np.int32)], name="attn.seqlens_k")
-            total = w.op("Add", [total, w.const("attn.one_scalar", np.int32(1), np.int32)], name="attn.total")
-            pad_row = w.const("attn.pad_row", [0, 0, 0, 0, 1, 0])
+            self.seqlens_k = w.op("Add", [self.seqlens_k, w.const("attn.one", [1], np.int32)], name="attn.seqlens_k")
+            self.total = w.op("Add", [self.total, w.const("attn.one_scalar", np.int32(1), np.int32)],
+                              name="attn.total")
+            self.pad_row = w.const("attn.pad_row", [0, 0, 0, 0, 1, 0])
         cos, sin = rope_tables(ckpt.config, options.context_length + spec.kv_scratch_rows)
-        cos, sin = g.param("rope.cos", cos), g.param("rope.sin", sin)
+        self.cos, self.sin = self.param("rope.cos", cos), self.param("rope.sin", sin)
+
         # Tied embeddings in an int8/int4 graph share the LM head's quantized weights (read
         # by GatherBlockQuantized); otherwise the table is a Gather over float weights.
-        head_name = lm_head_name(shape, ckpt.tensors.names())
-        shared = options.precision in NBITS and head_name == EMBED
-        if shared:
-            head_q = g.quantized_head(ckpt.tensors.get(EMBED))
-            table = w.op("Reshape", [head_q[0], w.const("embed.table_shape", [shape.vocab_size, -1])],
-                         name="embed.table")
-
-            def embed_rows(rows: str, name: str) -> str:
-                out = w.op("GatherBlockQuantized", [table, rows, head_q[1]], name=name, domain=MS_DOMAIN,
-                           bits=NBITS[options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
-                if shape.hidden_size % BLOCK_SIZE:  # rows are padded to whole blocks
-                    out = w.op("Slice", [out, w.const(f"{name}.start", [0]), w.const(f"{name}.end", [shape.hidden_size]),
-                                         w.const(f"{name}.axis", [-1])], name=f"{name}.unpad")
-                return out
+        self.head_name = lm_head_name(shape, ckpt.tensors.names())
+        self.head_q: tuple[str, str] | None = None
+        if options.precision in NBITS and self.head_name == EMBED:
+            self.head_q = self.quantized_head(ckpt.tensors.get(EMBED))
+            self.table = w.op("Reshape", [self.head_q[0], w.const("embed.table_shape", [shape.vocab_size, -1])],
+                              name="embed.table")
         else:
-            table = g.param("embed_tokens", ckpt.tensors.get(EMBED))
+            self.table = self.param("embed_tokens", ckpt.tensors.get(EMBED))
+        self.residual: str = self.embed_rows(self.ids, "embed")  # [1, t, d]
+        self.pending: str | None = None
+        self.reps: dict[int, str] = {0: self.residual} if 0 in spec.rep_layers else {}
 
-            def embed_rows(rows: str, name: str) -> str:
-                return w.op("Gather", [table, rows], name=name, axis=0)
-        x = embed_rows(ids, "embed")  # [1, t, d]
-        reps: dict[int, str] = {}
-        if 0 in spec.rep_layers:
-            reps[0] = x
-
-        memory_rows = None
+        self.memory, self.memory_rows = memory, None
         if memory:
             if act == "float16":
-                memory = [w.op("Cast", [m], name=f"{m}.cast", to=TensorProto.FLOAT16) for m in memory]
-            memory_rows = w.op("Shape", [memory[0]], name="memory_rows", start=1, end=2)  # [1] = m
+                self.memory = [w.op("Cast", [m], name=f"{m}.cast", to=TensorProto.FLOAT16) for m in memory]
+            self.memory_rows = w.op("Shape", [self.memory[0]], name="memory_rows", start=1, end=2)  # [1] = m
 
-        residual, pending = x, None  # residual stream (token rows); MLP output not yet added
-        for i in range(shape.num_layers):
-            name = f"layers.{i}"
-            ln_in = g.param(f"{name}.input_layernorm", ckpt.tensors.get(layer_name(i, "input_layernorm.weight")))
-            if tandem is not None:
-                if pending is not None:
-                    residual = w.op("Add", [residual, pending], name=f"{name}.residual")
-                layer_l = tandem["layer_map"][i]
-                mem = memory[spec.memory_layers.index(layer_l)]
-                proj = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
-                mem = g.linear(mem, proj, None, f"{name}.tandem_projection")
-                stream = w.op("Concat", [mem, residual], name=f"{name}.memory_then_tokens", axis=1)
-                h = g.norm(stream, ln_in, f"{name}.input_norm")
-            elif pending is None:
-                h = g.norm(residual, ln_in, f"{name}.input_norm")
-            else:
-                h, residual = g.skip_norm(pending, residual, ln_in, f"{name}.input_norm")
-            if i in spec.rep_layers and i > 0:
-                reps[i] = residual
+    def embed_rows(self, rows: str, name: str) -> str:
+        """Embedding rows of the token ids `rows`."""
+        w = self.w
+        if self.head_q is None:
+            return w.op("Gather", [self.table, rows], name=name, axis=0)
+        out = w.op("GatherBlockQuantized", [self.table, rows, self.head_q[1]], name=name, domain=MS_DOMAIN,
+                   bits=NBITS[self.options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
+        if self.shape.hidden_size % BLOCK_SIZE:  # rows are padded to whole blocks
+            out = w.op("Slice", [out, w.const(f"{name}.start", [0]), w.const(f"{name}.end", [self.shape.hidden_size]),
+                                 w.const(f"{name}.axis", [-1])], name=f"{name}.unpad")
+        return out
 
-            qkv_w, qkv_b = linear_weight(ckpt, [layer_name(i, p) for p in QKV])
-            qkv = g.linear(h, qkv_w, qkv_b, f"{name}.attn.qkv")
-            del qkv_w
-            if spec.kv_scratch_rows:
-                qkv = w.op("Pad", [qkv, pad_row], name=f"{name}.attn.pad_row")
-            attn = w.op(
-                "GroupQueryAttention",
-                [qkv, "", "", spec.past_keys[i], spec.past_values[i], seqlens_k, total, cos, sin],
-                outputs=[f"{name}.attn/out", spec.present_keys[i], spec.present_values[i]],
-                name=f"{name}.attn", domain=MS_DOMAIN, num_heads=shape.num_heads,
-                kv_num_heads=shape.num_kv_heads, scale=shape.scale, do_rotary=1, rotary_interleaved=0,
-                local_window_size=shape.windows[i] or -1,
-            )[0]
-            if memory_rows is not None:  # only the token rows go on
-                attn = w.op("Slice", [attn, memory_rows, w.const(f"{name}.slice_end", [INT64_MAX]),
-                                      w.const(f"{name}.slice_axis", [1])], name=f"{name}.token_rows")
-            if spec.kv_scratch_rows:  # drop the pad row
-                attn = w.op("Slice", [attn, w.const(f"{name}.slice_start", [0]), w.const(f"{name}.slice_end", [-1]),
-                                      w.const(f"{name}.slice_axis", [1])], name=f"{name}.call_rows")
-            o_w, o_b = linear_weight(ckpt, [layer_name(i, "self_attn.o_proj")])
-            o = g.linear(attn, o_w, o_b, f"{name}.attn.o_proj")
-            ln_post = g.param(f"{name}.post_attention_layernorm",
-                              ckpt.tensors.get(layer_name(i, "post_attention_layernorm.weight")))
-            h, residual = g.skip_norm(o, residual, ln_post, f"{name}.post_attention_norm")
-
-            gu_w, gu_b = linear_weight(ckpt, [layer_name(i, p) for p in GATE_UP])
-            gate_up = g.linear(h, gu_w, gu_b, f"{name}.mlp.gate_up")
-            del gu_w
-            gate, up = w.op("Split", [gate_up], outputs=2, name=f"{name}.mlp.split", axis=-1, num_outputs=2)
-            silu = w.op("Mul", [gate, w.op("Sigmoid", [gate], name=f"{name}.mlp.sigmoid")], name=f"{name}.mlp.silu")
-            act_out = w.op("Mul", [silu, up], name=f"{name}.mlp.gated")
-            down_w, down_b = linear_weight(ckpt, [layer_name(i, "mlp.down_proj")])
-            pending = g.linear(act_out, down_w, down_b, f"{name}.mlp.down_proj")
-            if on_layer is not None:
-                on_layer()
-
-        final = g.param("norm", ckpt.tensors.get(FINAL_NORM))
-        hidden, _ = g.skip_norm(pending, residual, final, "final_norm")
-        if shape.num_layers in spec.rep_layers:
-            reps[shape.num_layers] = hidden
-        hidden = w.op("Slice", [hidden, logits_from, w.const("logits.slice_end", [INT64_MAX]),
-                                w.const("logits.slice_axis", [1])], name="logits_rows")
-        if shared:
-            logits = g.nbits(hidden, *head_q, (shape.vocab_size, shape.hidden_size), None, "lm_head")
+    def layer(self, i: int) -> None:
+        """Decoder layer `i`: input norm, attention, post-attention norm, MLP."""
+        w, ckpt, name = self.w, self.ckpt, f"layers.{i}"
+        ln_in = self.param(f"{name}.input_layernorm", ckpt.tensors.get(layer_name(i, "input_layernorm.weight")))
+        if self.tandem is not None:  # memory rows W_T x^(ℓ) before the token rows
+            if self.pending is not None:
+                self.residual = w.op("Add", [self.residual, self.pending], name=f"{name}.residual")
+            mem = self.memory[self.spec.memory_layers.index(self.tandem["layer_map"][i])]
+            proj = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
+            mem = self.linear(mem, proj, None, f"{name}.tandem_projection")
+            stream = w.op("Concat", [mem, self.residual], name=f"{name}.memory_then_tokens", axis=1)
+            h = self.norm(stream, ln_in, f"{name}.input_norm")
+        elif self.pending is None:
+            h = self.norm(self.residual, ln_in, f"{name}.input_norm")
         else:
-            head = ckpt.tensors.get(head_name)
-            if options.precision in NBITS:
-                logits = g.nbits(hidden, *g.quantized_head(head), head.shape, None, "lm_head")
-            else:
-                logits = w.op("MatMul", [hidden, g.float_head(head)], name="lm_head")
-            del head
-        logits = g.to_float(logits, "logits.cast")
+            h, self.residual = self.skip_norm(self.pending, self.residual, ln_in, f"{name}.input_norm")
+        if i in self.spec.rep_layers and i > 0:
+            self.reps[i] = self.residual
 
+        o_w, o_b = linear_weight(ckpt, [layer_name(i, "self_attn.o_proj")])
+        o = self.linear(self._attention(i, h), o_w, o_b, f"{name}.attn.o_proj")
+        ln_post = self.param(f"{name}.post_attention_layernorm",
+                             ckpt.tensors.get(layer_name(i, "post_attention_layernorm.weight")))
+        h, self.residual = self.skip_norm(o, self.residual, ln_post, f"{name}.post_attention_norm")
+        self.pending = self._mlp(i, h)
+
+    def _attention(self, i: int, h: str) -> str:
+        """Fused QKV projection and GroupQueryAttention over the shared KV buffer; the token
+        rows of its output."""
+        w, spec, shape, name = self.w, self.spec, self.shape, f"layers.{i}"
+        qkv_w, qkv_b = linear_weight(self.ckpt, [layer_name(i, p) for p in QKV])
+        qkv = self.linear(h, qkv_w, qkv_b, f"{name}.attn.qkv")
+        del qkv_w
+        if spec.kv_scratch_rows:
+            qkv = w.op("Pad", [qkv, self.pad_row], name=f"{name}.attn.pad_row")
+        attn = w.op(
+            "GroupQueryAttention",
+            [qkv, "", "", spec.past_keys[i], spec.past_values[i], self.seqlens_k, self.total, self.cos, self.sin],
+            outputs=[f"{name}.attn/out", spec.present_keys[i], spec.present_values[i]],
+            name=f"{name}.attn", domain=MS_DOMAIN, num_heads=shape.num_heads,
+            kv_num_heads=shape.num_kv_heads, scale=shape.scale, do_rotary=1, rotary_interleaved=0,
+            local_window_size=shape.windows[i] or -1,
+        )[0]
+        if self.memory_rows is not None:  # only the token rows go on
+            attn = w.op("Slice", [attn, self.memory_rows, w.const(f"{name}.slice_end", [INT64_MAX]),
+                                  w.const(f"{name}.slice_axis", [1])], name=f"{name}.token_rows")
+        if spec.kv_scratch_rows:  # drop the pad row
+            attn = w.op("Slice", [attn, w.const(f"{name}.slice_start", [0]), w.const(f"{name}.slice_end", [-1]),
+                                  w.const(f"{name}.slice_axis", [1])], name=f"{name}.call_rows")
+        return attn
+
+    def _mlp(self, i: int, h: str) -> str:
+        """down(silu(gate(h)) * up(h)), gate and up fused into one matmul."""
+        w, name = self.w, f"layers.{i}"
+        gu_w, gu_b = linear_weight(self.ckpt, [layer_name(i, p) for p in GATE_UP])
+        gate_up = self.linear(h, gu_w, gu_b, f"{name}.mlp.gate_up")
+        del gu_w
+        gate, up = w.op("Split", [gate_up], outputs=2, name=f"{name}.mlp.split", axis=-1, num_outputs=2)
+        silu = w.op("Mul", [gate, w.op("Sigmoid", [gate], name=f"{name}.mlp.sigmoid")], name=f"{name}.mlp.silu")
+        gated = w.op("Mul", [silu, up], name=f"{name}.mlp.gated")
+        down_w, down_b = linear_weight(self.ckpt, [layer_name(i, "mlp.down_proj")])
+        return self.linear(gated, down_w, down_b, f"{name}.mlp.down_proj")
+
+    def head(self) -> str:
+        """Final norm, the rows `logits_from..` and the LM head: float32 logits."""
+        w, shape = self.w, self.shape
+        final = self.param("norm", self.ckpt.tensors.get(FINAL_NORM))
+        hidden, _ = self.skip_norm(self.pending, self.residual, final, "final_norm")
+        if shape.num_layers in self.spec.rep_layers:
+            self.reps[shape.num_layers] = hidden
+        hidden = w.op("Slice", [hidden, self.logits_from, w.const("logits.slice_end", [INT64_MAX]),
+                                w.const("logits.slice_axis", [1])], name="logits_rows")
+        if self.head_q is not None:
+            logits = self.nbits(hidden, *self.head_q, (shape.vocab_size, shape.hidden_size), None, "lm_head")
+        else:
+            head = self.ckpt.tensors.get(self.head_name)
+            if self.options.precision in NBITS:
+                logits = self.nbits(hidden, *self.quantized_head(head), head.shape, None, "lm_head")
+            else:
+                logits = w.op("MatMul", [hidden, self.float_head(head)], name="lm_head")
+            del head
+        return self.to_float(logits, "logits.cast")
+
+    def outputs(self, logits: str) -> None:
+        """Declare the graph's outputs: logits, present K/V, representations, router score."""
+        w, spec, shape = self.w, self.spec, self.shape
         w.output(logits, spec.logits, "float32", [1, "logit_rows", shape.vocab_size])
         kv_shape: list[int | str] = [1, shape.num_kv_heads, "buffer_length", shape.head_dim]
         for k, v in zip(spec.present_keys, spec.present_values, strict=True):
-            w.output(k, k, act, kv_shape)
-            w.output(v, v, act, kv_shape)
+            w.output(k, k, self.act, kv_shape)
+            w.output(v, v, self.act, kv_shape)
         for layer, name in zip(spec.rep_layers, spec.reps, strict=True):
-            w.output(g.to_float(reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
-        if router:
-            score = _router(w, ckpt, logits, embed_rows, g)
-            w.output(score, spec.router_score, "float32", [1, "logit_rows"])
-        w.save()
-    return spec
+            w.output(self.to_float(self.reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
+        if spec.router_score:
+            w.output(_router(w, self.ckpt, logits, self.embed_rows, self), spec.router_score, "float32",
+                     [1, "logit_rows"])
 
 
 def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str], str], g: _Graph) -> str:
