@@ -47,6 +47,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,13 @@ def export_ours(args: argparse.Namespace, target: Path, drafter: Path, precision
         return record
     record["bundle_bytes"] = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     record_path.write_text(json.dumps(record, indent=1))
+    for stale in bundle.parent.glob(f"{name}-{precision}-*"):  # older exports of this pair: superseded
+        if not stale.name.startswith(bundle.name):
+            log(f"{name} {precision}: removing the superseded bundle {stale.name}")
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     log(f"{name} {precision}: exported in {run['wall_s']:.0f} s, peak RSS {run['peak_rss_mb']:.0f} MiB")
     return {**record, "cached": False}
 
