@@ -72,8 +72,10 @@ def _median_time(call: _Call, reps: int) -> float:
     return statistics.median(times)
 
 
-def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], reps: int) -> dict[str, Any]:
-    """t_L(k) for every k in `widths` (1 always included), t_S, t_D, and the ratios c and v."""
+def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], reps: int,
+                  drafter_threads: int = 1) -> dict[str, Any]:
+    """t_L(k) for every k in `widths` (1 always included), t_S, t_D, and the ratios c and v.
+    The drafters run with `drafter_threads` intra-op threads, as the runtime runs them."""
     manifest = Manifest.load(bundle)
     past_len = max(1, min(past_len, manifest.context_length - max(widths) - 1))
     large = manifest.graphs["large"]
@@ -82,7 +84,7 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
     del sess
     out: dict[str, Any] = {
         "method": "dedicated ORT timing runs per graph (random inputs, median of reps)",
-        "past_len": past_len, "reps": reps, "threads": threads,
+        "past_len": past_len, "reps": reps, "threads": threads, "drafter_threads": drafter_threads,
         "t_large_ms": {str(k): t * 1e3 for k, t in t_large.items()},
         "v": {str(k): t / t_large[1] for k, t in t_large.items()},
         "c": {},
@@ -92,7 +94,7 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
         spec = manifest.graphs.get(role)
         if spec is None:
             continue
-        sess = _session(bundle / spec.file, threads)
+        sess = _session(bundle / spec.file, drafter_threads or threads)
         t = _median_time(_Call(sess, spec, 1, past_len, last_logits=True), reps)
         out["t_step_ms"][role] = t * 1e3
         out["c"][role] = t / t_large[1]
