@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tandem
 from tandem.errors import BundleError
+from tandem.manifest import FORMAT_VERSION
 
 # tandem/models/default/{large,tandem,plain}: in the source tree and in an installed wheel
 WEIGHTS = Path(tandem.__file__).resolve().parent / "models" / "default"
@@ -44,7 +45,8 @@ def default_bundle(rebuild: bool = False) -> Path:
             f"the default model weights are missing from {WEIGHTS}; "
             "reinstall tandem or pass a bundle path (see `tandem export --help`)"
         )
-    bundle = cache_root() / f"default-{weights_hash()}"
+    # the bundle format is part of the name: a bundle cached by an older tandem is rebuilt
+    bundle = cache_root() / f"default-v{FORMAT_VERSION}-{weights_hash()}"
     if (bundle / "tandem.json").is_file() and not rebuild:
         return bundle
     bundle.parent.mkdir(parents=True, exist_ok=True)
