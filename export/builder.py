@@ -57,7 +57,7 @@ from tandem.manifest import GraphSpec
 
 INT64_MAX = np.iinfo(np.int64).max
 HEAD_ROWS = 8192  # vocabulary rows of the LM head quantized at a time
-HEAD_COLUMNS = 64  # LM head columns transposed at a time (float graphs)
+HEAD_COLUMNS = 256  # LM head columns transposed at a time (float graphs)
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,13 @@ def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.nd
     return weight, bias
 
 
+def _transposed(weight: np.ndarray) -> np.ndarray:
+    """weight.T as a contiguous array (torch's transposing copy is parallel and blocked)."""
+    import torch
+
+    return torch.from_numpy(weight).T.contiguous().numpy()
+
+
 class _Graph:
     """Helpers over a GraphWriter for one decoder at one precision."""
 
@@ -103,7 +110,7 @@ class _Graph:
             packed, scales = quantize_blocks(weight, NBITS[self.options.precision])
             return self.nbits(x, self.w.weight(f"{name}.qweight", packed), self.w.weight(f"{name}.scales", scales),
                                weight.shape, bias, name)
-        y = self.w.op("MatMul", [x, self.param(f"{name}.weight", weight.T)], name=name)
+        y = self.w.op("MatMul", [x, self.param(f"{name}.weight", _transposed(weight))], name=name)
         if bias is not None:
             y = self.w.op("Add", [y, self.param(f"{name}.bias", bias)], name=f"{name}.bias_add")
         return y
@@ -139,7 +146,7 @@ class _Graph:
     def float_head(self, weight: np.ndarray, name: str = "lm_head") -> str:
         """The MatMul weight `[K, V]` of the head, transposed and written in column slices."""
         n, k = weight.shape
-        columns = (weight[:, c:c + HEAD_COLUMNS].T for c in range(0, k, HEAD_COLUMNS))  # rows of weight.T
+        columns = (_transposed(weight[:, c:c + HEAD_COLUMNS]) for c in range(0, k, HEAD_COLUMNS))  # rows of weight.T
         return self.w.stream(f"{name}.weight", self.np_act, (k, n), columns)
 
     def norm(self, x: str, weight: str, name: str) -> str:
@@ -194,12 +201,13 @@ def build_graph(
     *,
     rep_layers: list[int] | None = None,
     on_layer: Callable[[], None] | None = None,
-) -> GraphSpec:
+) -> tuple[GraphSpec, str]:
     """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
 
     `rep_layers` (large): the M_L layers whose representations are outputs. The small
     graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
-    decoder layer built (progress). Returns the graph's manifest entry.
+    decoder layer built (progress). Returns the graph's manifest entry and the sha256 of its
+    data file.
     """
     shape = DecoderShape.of(ckpt.config, "M_L" if role == "large" else "M_S")
     spec = _spec(ckpt, role, path, options, rep_layers, shape)
@@ -211,7 +219,7 @@ def build_graph(
                 on_layer()
         decoder.outputs(decoder.head())
         w.save()
-    return spec
+    return spec, w.data_sha256
 
 
 class _Decoder(_Graph):

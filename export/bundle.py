@@ -226,15 +226,15 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx)
     small = ckpts.get("small")
     rep_layers = list(small.tandem_config["large_layers"]) if small is not None else []
-    graphs, validation = {}, {}
+    graphs, validation, data_hashes = {}, {}, {}
     text = text_ids(tok_file, vocab) if validate else None
     for role, ckpt in ckpts.items():
         file = GRAPH_FILES[role]
         layers = int(ckpt.config.num_hidden_layers)
         with tqdm(total=layers, desc=f"{file} ({precision})", unit="layer", disable=not bars,
                   file=sys.stderr, leave=True) as bar:
-            spec = build_graph(ckpt, role, tmp / file, options, rep_layers=rep_layers if role == "large" else None,
-                               on_layer=bar.update)
+            spec, data_hashes[role] = build_graph(ckpt, role, tmp / file, options, on_layer=bar.update,
+                                                  rep_layers=rep_layers if role == "large" else None)
         graphs[role] = spec
         if validate:
             figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx,
@@ -258,8 +258,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     hashes = {}
     for role, spec in graphs.items():
         hashes[role] = _sha256(tmp / spec.file)
-        if (tmp / (spec.file + ".data")).is_file():
-            hashes[role + ".data"] = _sha256(tmp / (spec.file + ".data"))
+        hashes[role + ".data"] = data_hashes[role]  # hashed while written
     import torch
 
     manifest = Manifest(

@@ -9,6 +9,7 @@ requires of a bundle.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +45,7 @@ class GraphWriter:
         self._counts: Counter[str] = Counter()
         self._data = (self.path.parent / self.data_name).open("wb")
         self._offset = 0
+        self._digest = hashlib.sha256()  # of the data file, as written (no second read)
 
     def __enter__(self) -> GraphWriter:
         return self
@@ -78,16 +80,11 @@ class GraphWriter:
         """Add a constant tensor written piece by piece: `pieces` are consecutive row-major
         slices of it (so it never needs to exist whole in memory)."""
         dtype = np.dtype(dtype)
-        pad = -self._offset % ALIGN
-        if pad:
-            self._data.write(b"\0" * pad)
-            self._offset += pad
-        start = self._offset
+        start = self._offset + (-self._offset % ALIGN)
         try:
+            self._write(b"\0" * (start - self._offset))
             for piece in pieces:
-                piece = np.ascontiguousarray(piece, dtype=dtype)
-                self._data.write(memoryview(piece).cast("B"))
-                self._offset += piece.nbytes
+                self._write(memoryview(np.ascontiguousarray(piece, dtype=dtype)).cast("B"))
         except OSError as exc:
             raise ExportError(f"cannot write {self.data_name}: {exc}") from exc
         length = self._offset - start
@@ -103,6 +100,16 @@ class GraphWriter:
             entry.key, entry.value = key, value
         self.initializers.append(tensor)
         return name
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._data.write(data)
+        self._digest.update(data)
+        self._offset += len(data)
+
+    @property
+    def data_sha256(self) -> str:
+        """sha256 of the data file written so far."""
+        return self._digest.hexdigest()
 
     def const(self, name: str, values: list[int] | np.ndarray, dtype: type = np.int64) -> str:
         return self.weight(name, np.asarray(values, dtype=dtype))

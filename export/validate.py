@@ -93,6 +93,10 @@ def run_graph(path: Path, spec: GraphSpec, cases: list[CaseInputs], threads: int
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if spec.precision in ("fp32", "fp16"):
+        # a few calls only: no prepacked copy of the float weights (memory and load time);
+        # MatMulNBits keeps its prepacking, which decides the kernels it runs
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
     try:
