@@ -175,12 +175,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
     """tokens_per_second.png: bars per (model, precision) and system."""
-    try:
-        import matplotlib
+    from tandem.bench.report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     entries = [e for e in results["entries"] if any(e["summary"].get(k) for k in
                                                     ("tps_ours_large", "tps_genai_plain"))]

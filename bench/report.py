@@ -85,14 +85,22 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict[str, Any], out: Path) -> list[str]:
-    """speedup.png (speedup vs γ per mode) and acceptance.png (accepted-drafts histograms)."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    """speedup.png (speedup vs γ per mode) and acceptance.png (accepted-drafts histograms)."""
+    plt = pyplot()
+    if plt is None:
         return []
     rows = [r for r in results["rows"] if r.get("tokens_per_second")]
     decodings = [d for d in ("greedy", "sampled") if any(r["decoding"] == d for r in rows)]
