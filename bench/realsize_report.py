@@ -197,7 +197,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_xticklabels([f"{_label(e)}\n{e['precision']}" for e in entries], fontsize=7)
     ax.set_ylabel("tokens/s (median of repeats)")
     st = results["settings"]
-    ax.set_title(f"random-weight models, {st['threads']} threads, γ = {st['block_length']}, "
+    ax.set_title(f"ours vs ONNX Runtime GenAI, {st['threads']} threads, γ = {st['block_length']}, "
                  f"{st['max_new_tokens']} new tokens", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
