@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:
-        if exc.name in ("torch", "transformers", "onnx", "onnxscript", "safetensors"):
+        if exc.name in ("torch", "transformers", "onnx", "safetensors", "tqdm"):
             print(f"error: `tandem {args.command}` needs the PyTorch side: "
                   "pip install 'tandem-runtime[torch]' (torch==2.13.0)", file=sys.stderr)
             return 1

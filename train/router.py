@@ -3,9 +3,9 @@
 The router is a 2-layer MLP over features of M_S's next-token distribution (docs/METHOD.md §2):
 its entropy, its top-k probabilities and the M_S input embeddings of the top-k tokens,
 averaged with weights proportional to their probabilities. Its target is the acceptance
-probability of a sampled draft, ``1 - TV(q_S, p_L)``. Every op (softmax, topk, embedding
-gather) exports with ``torch.onnx.export(dynamo=True)``, so the score is an extra output
-of the step graph.
+probability of a sampled draft, ``1 - TV(q_S, p_L)``. The graph builder writes the same ops
+(log-softmax, TopK, embedding gather, the MLP) into the drafter's step graph, so the score is
+an extra output of it.
 
 Saved next to a drafter as ``router.safetensors`` + ``router_config.json`` (plain M_S); the
 tandem M_S stores the same weights under ``router.`` in ``tandem.safetensors`` and the
