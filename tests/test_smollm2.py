@@ -116,3 +116,35 @@ def test_quantized_export_of_a_trained_model_validates(smollm2: Path, tmp_path: 
     got = model.generate(prompt, mode="vanilla", block_length=4, max_new_tokens=24, ignore_eos=True)
     assert got.ids == base.ids and got.stats["acceptance_rate"] == 1.0
     assert len(base.text.split()) >= 8  # decoded words
+
+
+def test_new_drafter_starts_near_uniform(smollm2: Path) -> None:
+    """A fresh drafter at M_L's width (SmolLM2: 576, embeddings copied from M_L) starts with a
+    loss within 20% of ln V, not confidently repeating its input token (loss 35-45 before)."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tandem.train.data import TextTokenizer
+    from tandem.train.model import (
+        block_starts,
+        create_drafter,
+        create_drafter_config,
+        create_tandem,
+        empty_past,
+        large_step,
+    )
+
+    large = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()[:4000]
+    ids = torch.tensor([TextTokenizer.load(smollm2).encode_document(text)[:256]])
+    ln_v = math.log(large.config.vocab_size)
+    small = create_drafter(large, create_drafter_config(large.config, 1, large.config.hidden_size), seed=0)
+    tandem = create_tandem(large, small, "15", seed=0)
+    with torch.no_grad():
+        reps = large_step(large, ids, empty_past(large.config), tandem.config.large_layers)[2]
+        for name, logits in (("tandem", tandem.forward_train(ids, reps, block_starts(1, ids.shape[1], 2))),
+                             ("plain", small(input_ids=ids).logits)):
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+            assert abs(loss - ln_v) <= 0.2 * ln_v, (name, loss, ln_v)

@@ -157,12 +157,18 @@ def test_cli_train_and_eval(tmp_path, capsys):
     for mode in ("tandem", "plain"):
         args = parser.parse_args(["train", "--mode", mode, "--out", str(tmp_path / mode), *common])
         assert args.func(args) == 0
+    # the tiny corpus's held-out split is far too small to report on: train warns, eval refuses
+    assert "held-out tokens (< 10000)" in capsys.readouterr().err
+    eval_args = ["eval", "--large", str(large_dir), "--model", f"plain={tmp_path / 'plain'}",
+                 "--model", f"tandem={tmp_path / 'tandem'}", "--data", str(data),
+                 "--seq-len", "8", "--block-length", "3", "--json", str(tmp_path / "r.json")]
+    args = parser.parse_args(eval_args)
+    with pytest.raises(TrainingError, match="refusing to report: only \\d+ held-out tokens.*--min-heldout-tokens"):
+        args.func(args)
     assert TandemSmall.from_pretrained(tmp_path / "tandem").router is not None
     assert (tmp_path / "plain" / "router.safetensors").exists()
     assert (tmp_path / "tandem" / "tokenizer.json").exists()
-    args = parser.parse_args(["eval", "--large", str(large_dir), "--model", f"plain={tmp_path / 'plain'}",
-                              "--model", f"tandem={tmp_path / 'tandem'}", "--data", str(data),
-                              "--seq-len", "8", "--block-length", "3", "--json", str(tmp_path / "r.json")])
+    args = parser.parse_args([*eval_args, "--min-heldout-tokens", "0"])
     assert args.func(args) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in results] == ["M_L", "plain", "tandem"]

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tandem.errors import TrainingError
 from tandem.train.data import (
+    MIN_HELDOUT_TOKENS,
     Corpus,
     TextTokenizer,
     collect_files,
@@ -41,6 +43,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="text/code files or folders")
     parser.add_argument("--heldout-fraction", type=float, default=0.05,
                         help="share of files (by content hash) held out for evaluation")
+    parser.add_argument("--min-heldout-tokens", type=int, default=MIN_HELDOUT_TOKENS,
+                        help="held-out tokens needed for figures worth reporting: `train` warns below it, "
+                             f"`eval` refuses (default: {MIN_HELDOUT_TOKENS})")
     parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
@@ -142,6 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
                             f"{large.config.vocab_size}; use M_L's own tokenizer")
     corpus = Corpus.build(args.data, tokenizer, args.heldout_fraction)
     print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+    problem = corpus.heldout_problem(args.min_heldout_tokens)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model, router = _build_model(args, large, tokenizer)
     trainer = Trainer(model, large, corpus, config, args.out, router)
@@ -163,6 +171,9 @@ def run_eval(args: argparse.Namespace) -> int:
             raise TrainingError(f"--model {spec!r}: write NAME=FOLDER, e.g. --model tandem=out/tandem")
         drafters[name] = load_drafter(folder)
     corpus = Corpus.build(args.data, TextTokenizer.load(args.large), args.heldout_fraction)
+    problem = corpus.heldout_problem(args.min_heldout_tokens)
+    if problem:
+        raise TrainingError(f"refusing to report: {problem}")
     windows = consecutive_windows(corpus.heldout, args.seq_len + 1, args.max_windows)
     results = evaluate(large, drafters, windows, args.block_length, args.batch_size, resolve_device(args.device),
                        progress=True)

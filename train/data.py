@@ -100,12 +100,23 @@ def heldout_score(data: bytes) -> float:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2.0**64
 
 
+MIN_HELDOUT_TOKENS = 10_000  # below this, held-out figures are noise (e.g. ±1.5 points of accuracy at 4k)
+
+
 @dataclass
 class Corpus:
     """Token streams (1-D long tensors) of the training and held-out files."""
 
     train: Tensor
     heldout: Tensor
+
+    def heldout_problem(self, minimum: int = MIN_HELDOUT_TOKENS) -> str | None:
+        """Why the held-out split is too small to report on, or None when it is large enough."""
+        if self.heldout.numel() >= minimum:
+            return None
+        return (f"only {self.heldout.numel()} held-out tokens (< {minimum}): accuracy measured on so few "
+                f"tokens is noise. Add data files, raise --heldout-fraction (files are held out whole, "
+                f"by content hash), or set --min-heldout-tokens lower to accept it")
 
     @classmethod
     def build(cls, paths: Sequence[str | Path], tokenizer: TextTokenizer, heldout_fraction: float = 0.05,
