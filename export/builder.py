@@ -184,6 +184,7 @@ def _spec(ckpt: Checkpoint, role: str, path: Path, options: BuildOptions, rep_la
         if any(not 0 <= layer <= shape.num_layers for layer in spec.rep_layers):
             raise ExportError(f"representation layers {spec.rep_layers} outside 0..{shape.num_layers}")
     if tandem is not None:
+        spec.draft_vocab = [int(i) for i in tandem.get("draft_vocab") or []]
         spec.memory_layers = list(tandem["large_layers"])
         spec.memory = [f"memory.{layer}" for layer in spec.memory_layers]
         spec.memory_size = int(tandem["large_hidden_size"])
@@ -358,21 +359,25 @@ class _Decoder(_Graph):
             self.reps[shape.num_layers] = hidden
         hidden = w.op("Slice", [hidden, self.logits_from, w.const("logits.slice_end", [INT64_MAX]),
                                 w.const("logits.slice_axis", [1])], name="logits_rows")
-        if self.head_q is not None:
+        vocab = self.spec.draft_vocab
+        if self.head_q is not None and not vocab:
             logits = self.nbits(hidden, *self.head_q, (shape.vocab_size, shape.hidden_size), None, "lm_head")
         else:
             head = self.ckpt.tensors.get(self.head_name)
+            name = "lm_head"
+            if vocab:  # a reduced draft vocabulary: the head's rows of those tokens only
+                head, name = head[np.asarray(vocab)], "draft_head"
             if self.options.precision in NBITS:
-                logits = self.nbits(hidden, *self.quantized_head(head), head.shape, None, "lm_head")
+                logits = self.nbits(hidden, *self.quantized_head(head, name), head.shape, None, name)
             else:
-                logits = w.op("MatMul", [hidden, self.float_head(head)], name="lm_head")
+                logits = w.op("MatMul", [hidden, self.float_head(head, name)], name=name)
             del head
         return self.to_float(logits, "logits.cast")
 
     def outputs(self, logits: str) -> None:
         """Declare the graph's outputs: logits, present K/V, representations, router score."""
         w, spec, shape = self.w, self.spec, self.shape
-        w.output(logits, spec.logits, "float32", [1, "logit_rows", shape.vocab_size])
+        w.output(logits, spec.logits, "float32", [1, "logit_rows", spec.logits_size])
         kv_shape: list[int | str] = [1, shape.num_kv_heads, "buffer_length", shape.head_dim]
         for k, v in zip(spec.present_keys, spec.present_values, strict=True):
             w.output(k, k, self.act, kv_shape)
@@ -380,13 +385,15 @@ class _Decoder(_Graph):
         for layer, name in zip(spec.rep_layers, spec.reps, strict=True):
             w.output(self.to_float(self.reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
         if spec.router_score:
-            w.output(_router(w, self.ckpt, logits, self.embed_rows, self), spec.router_score, "float32",
-                     [1, "logit_rows"])
+            w.output(_router(w, self.ckpt, logits, self.embed_rows, self, spec.draft_vocab), spec.router_score,
+                     "float32", [1, "logit_rows"])
 
 
-def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str], str], g: _Graph) -> str:
+def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str], str], g: _Graph,
+            draft_vocab: list[int]) -> str:
     """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> score `[1, r]`:
-    sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability]))."""
+    sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability])). With a draft
+    vocabulary the logits' columns are its tokens: top-k columns map to token ids."""
     k = int(ckpt.router_config["top_k"])
     logp = w.op("LogSoftmax", [logits], name="router.log_softmax", axis=-1)
     probs = w.op("Exp", [logp], name="router.probs")
@@ -395,6 +402,8 @@ def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[
                                 name="router.sum_plogp", keepdims=1)], name="router.entropy")  # [1, r, 1]
     top_logp, top_ids = w.op("TopK", [logp, w.const("router.k", [k])], outputs=2, name="router.topk", axis=-1)
     top_p = w.op("Exp", [top_logp], name="router.top_p")  # [1, r, k]
+    if draft_vocab:
+        top_ids = w.op("Gather", [w.const("router.draft_vocab", draft_vocab), top_ids], name="router.token_ids", axis=0)
     weights = w.op("Div", [top_p, w.op("ReduceSum", [top_p, axis_last], name="router.top_mass", keepdims=1)],
                    name="router.weights")
     top_emb = g.to_float(embed_rows(top_ids, "router.top_embeddings"), "router.top_embeddings.cast")  # [1, r, k, d]

@@ -135,6 +135,9 @@ class Reference:
                     out[c][v][f"rep.{shape.num_layers}"] = hidden[c][v].numpy()
                 hidden[c][v] = hidden[c][v][:, case.logits_from:]
         head = self.ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))  # [V, d]
+        vocab = np.asarray((tandem or {}).get("draft_vocab") or [], dtype=np.int64)
+        if vocab.size:  # a reduced draft vocabulary: logits of those tokens only
+            head = head[vocab]
         logits = [{v: [] for v in self.variants} for _ in cases]
         for row in range(0, head.shape[0], HEAD_ROWS):  # slices: no second copy of the head
             for v in self.variants:
@@ -146,6 +149,8 @@ class Reference:
         router_embed = ckpt.tensors.get(EMBED) if router is not None else None
         for v in self.variants:
             table = None if router is None else torch.from_numpy(self._embedding(router_embed, v))
+            if table is not None and vocab.size:
+                table = table[torch.from_numpy(vocab)]
             for c in range(len(cases)):
                 full = torch.cat(logits[c][v], dim=-1)
                 out[c][v]["logits"] = full.numpy()

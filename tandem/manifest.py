@@ -79,6 +79,14 @@ class GraphSpec:
     # ONNX Runtime never takes GroupQueryAttention's one-row path, whose rounding differs:
     # a token's logits are bit for bit the same whatever the size of its block.
     kv_scratch_rows: int = 0
+    # Drafters only: the token ids of the logits' columns, ascending (a reduced draft
+    # vocabulary: the drafter proposes only these, and its distribution is 0 elsewhere, so
+    # verification stays exact). Empty: the full vocabulary.
+    draft_vocab: list[int] = field(default_factory=list)
+
+    @property
+    def logits_size(self) -> int:
+        return len(self.draft_vocab) or self.vocab_size
 
     @staticmethod
     def for_layers(

@@ -38,6 +38,9 @@ def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list
         logits, present = plain_step(model, ids, _past(inputs))
         score = None if router is None else router(logits, model.get_input_embeddings().weight)
     start = inputs.logits_from
+    vocab = getattr(getattr(model, "config", None), "draft_vocab", None) if role == "small" else None
+    if vocab:  # the graph outputs the draft vocabulary's columns only
+        logits = logits[..., torch.tensor(vocab)]
     out["logits"] = logits[:, start:].numpy()
     if score is not None:
         out["router_score"] = score[:, start:].numpy()

@@ -212,6 +212,9 @@ class TandemConfig:
     large_num_layers: int
     vocab_size: int
     router: RouterConfig | None = None
+    # a reduced draft vocabulary: ascending token ids the drafter may propose (None: all);
+    # its distribution is 0 elsewhere, so speculative decoding stays exact
+    draft_vocab: list[int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -396,7 +399,7 @@ class TandemSmall(nn.Module):
         """Append ``m`` memory rows then ``t`` tokens after ``past`` (length ``P``).
 
         input_ids ``(1, t)`` (``t = 0``: memory only); memory: ``(1, m, d_L)`` per ``large_layers`` entry; past: ``(k, v)``
-        ``(1, h_kv, P, dh)`` per layer. Returns logits ``(1, t, V)``, present
+        ``(1, h_kv, P, dh)`` per layer. Returns logits ``(1, t, V)`` (-inf outside a draft vocabulary), present
         ``(1, h_kv, P+m+t, dh)`` and the router score ``(1, t)`` (None without a router).
         """
         past_len = past[0][0].shape[2]
@@ -407,7 +410,14 @@ class TandemSmall(nn.Module):
         key_pos = torch.arange(past_len + m + t, device=device)
         mask = (key_pos.view(1, -1) <= token_pos.view(-1, 1)).unsqueeze(0)  # (1, t, P+m+t)
         logits, present = self._forward(input_ids, token_pos, memory, memory_pos, mask, past)
-        score = None if self.router is None else self.router(logits, self.small.get_input_embeddings().weight)
+        embed = self.small.get_input_embeddings().weight
+        vocab = self.config.draft_vocab
+        if vocab:  # the drafter proposes only its draft vocabulary: -inf (probability 0) elsewhere
+            ids = torch.tensor(vocab, device=logits.device)
+            draft = logits[..., ids]
+            score = None if self.router is None else self.router(draft, embed[ids])
+            return torch.full_like(logits, float("-inf")).index_copy(-1, ids, draft), present, score
+        score = None if self.router is None else self.router(logits, embed)
         return logits, present, score
 
     def forward_train(self, input_ids: Tensor, reps: list[Tensor], block_starts: Tensor) -> Tensor:

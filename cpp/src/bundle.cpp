@@ -81,6 +81,7 @@ GraphSpec ParseGraph(const json& g, const std::string& role, const fs::path& fol
   s.kv_fp16 = kv_dtype == "float16";
   s.kv_scratch_rows = GetOr<int>(g, "kv_scratch_rows", 0, where);
   if (s.kv_scratch_rows < 0 || s.kv_scratch_rows > 16) Fail(where, "kv_scratch_rows must be in [0, 16]");
+  s.draft_vocab = GetOr<std::vector<int64_t>>(g, "draft_vocab", {}, where);
   if (s.num_layers < 1 || s.num_kv_heads < 1 || s.head_dim < 1 || s.hidden_size < 1 || s.vocab_size < 2)
     Fail(where, "dims must be positive (num_layers, num_kv_heads, head_dim, hidden_size, vocab_size)");
   // bounds that keep every buffer size computed from them far from overflow
@@ -94,6 +95,13 @@ GraphSpec ParseGraph(const json& g, const std::string& role, const fs::path& fol
     Fail(where, "past/present name lists must have num_layers entries");
   if (s.rep_layers.size() != s.reps.size()) Fail(where, "rep_layers and reps differ in length");
   if (s.memory_layers.size() != s.memory.size()) Fail(where, "memory_layers and memory differ in length");
+  if (!s.draft_vocab.empty()) {
+    if (role == "large") Fail(where, "M_L's graph cannot have a draft vocabulary");
+    if (s.draft_vocab.size() < 2) Fail(where, "draft_vocab needs at least 2 token ids");
+    for (size_t i = 0; i < s.draft_vocab.size(); ++i)
+      if (s.draft_vocab[i] < 0 || s.draft_vocab[i] >= s.vocab_size || (i > 0 && s.draft_vocab[i] <= s.draft_vocab[i - 1]))
+        Fail(where, "draft_vocab must hold ascending token ids inside the vocabulary");
+  }
   if (role == "small" && s.memory.empty()) Fail(where, "a tandem step graph needs memory inputs");
   if (role != "small" && !s.memory.empty()) Fail(where, "only the small graph takes memory inputs");
   return s;

@@ -27,6 +27,8 @@ struct GraphSpec {
   std::string router_score;          // "" when the graph has no router
   bool kv_fp16 = false;              // KV buffers hold float16 (kv_dtype "float16"), else float32
   int kv_scratch_rows = 0;           // rows the graph writes past a call's rows (buffer room only)
+  std::vector<int64_t> draft_vocab;  // drafters: token id of each logits column (ascending); empty: all
+  int64_t logits_size() const { return draft_vocab.empty() ? vocab_size : static_cast<int64_t>(draft_vocab.size()); }
 };
 
 struct Manifest {

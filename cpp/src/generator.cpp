@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <unordered_set>
 
@@ -154,6 +155,9 @@ struct Generator::State {
   std::optional<KvCache> drafter_kv;
   std::vector<float> large_logits;   // [γ + 1, V]: M_L's logits rows of the newest call
   std::vector<float> drafter_logits;  // [V]: every drafter call returns its last row only
+  // a drafter with a reduced vocabulary writes its N logits here; they are scattered into
+  // drafter_logits, whose other entries stay -inf (probability 0: it never proposes them)
+  std::vector<float> draft_vocab_logits;
   std::vector<float> router;          // [1]
   std::vector<std::vector<float>> reps;  // tandem only, per large reps output: [capacity + 1, d_L]
   int64_t mem_rows = 0;
@@ -226,9 +230,11 @@ struct Generator::State {
     a.memory_rows = memory_rows;
     for (int src : m.small_memory_source) if (use_memory) a.memory.push_back(reps[src].data());
     a.logits_from = n - 1;
-    a.logits = drafter_logits.data();
+    const auto& vocab = drafter->spec().draft_vocab;
+    a.logits = vocab.empty() ? drafter_logits.data() : draft_vocab_logits.data();
     a.router = router.empty() ? nullptr : router.data();
     double t = detail::RunGraph(*drafter, *drafter_kv, a);
+    for (size_t i = 0; i < vocab.size(); ++i) drafter_logits[static_cast<size_t>(vocab[i])] = draft_vocab_logits[i];
     stats.ort_time += t;
     stats.small_time += t;
     ++stats.small_calls;
@@ -412,7 +418,9 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   }
   if (s.drafter) {
     s.drafter_kv.emplace(*s.drafter, capacity);
-    s.drafter_logits.assign(static_cast<size_t>(V), 0.0f);
+    const auto& vocab = s.drafter->spec().draft_vocab;
+    s.drafter_logits.assign(static_cast<size_t>(V), vocab.empty() ? 0.0f : -std::numeric_limits<float>::infinity());
+    s.draft_vocab_logits.assign(vocab.size(), 0.0f);
     if (!s.drafter->spec().router_score.empty()) s.router.assign(1, 0.0f);
     if (o.do_sample) s.q.assign(static_cast<size_t>(std::max(s.gamma, 1)), std::vector<float>());
   }

@@ -227,13 +227,13 @@ void Graph::CheckIo() const {
   };
   constexpr auto F32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   const auto kv = spec_.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : F32;
-  const int64_t h = spec_.num_kv_heads, dh = spec_.head_dim, V = spec_.vocab_size;
+  const int64_t h = spec_.num_kv_heads, dh = spec_.head_dim;
   std::set<std::string> declared_in{spec_.input_ids, spec_.seqlens_k, spec_.total_sequence_length, spec_.logits_from};
   expect(inputs, spec_.input_ids, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, {1, -1}, "input");
   expect(inputs, spec_.seqlens_k, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {1}, "input");
   expect(inputs, spec_.total_sequence_length, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {}, "input");
   expect(inputs, spec_.logits_from, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, {1}, "input");
-  expect(outputs, spec_.logits, F32, {1, -1, V}, "output");
+  expect(outputs, spec_.logits, F32, {1, -1, spec_.logits_size()}, "output");
   for (int l = 0; l < spec_.num_layers; ++l) {
     for (const std::string* n : {&spec_.past_keys[l], &spec_.past_values[l]}) {
       expect(inputs, *n, kv, {1, h, -1, dh}, "input");
@@ -314,7 +314,7 @@ double RunGraph(const Graph& graph, KvCache& cache, const RunArgs& a) {
   for (size_t i = 0; i < s.memory.size(); ++i)
     binding.BindInput(s.memory[i].c_str(), Tensor<float>(const_cast<float*>(a.memory[i]), {1, a.memory_rows, s.memory_size}));
   const int64_t rows = a.num_ids - a.logits_from;
-  binding.BindOutput(s.logits.c_str(), Tensor<float>(a.logits, {1, rows, s.vocab_size}));
+  binding.BindOutput(s.logits.c_str(), Tensor<float>(a.logits, {1, rows, s.logits_size()}));
   for (size_t i = 0; i < a.reps.size(); ++i)
     binding.BindOutput(s.reps[i].c_str(), Tensor<float>(a.reps[i], {1, a.num_ids, s.hidden_size}));
   if (!s.router_score.empty() && a.router) binding.BindOutput(s.router_score.c_str(), Tensor<float>(a.router, {1, rows}));
