@@ -71,10 +71,10 @@ def test_tandem_training_decreases_loss(corpus, tmp_path, variable):
     trainer = Trainer(tandem, large, corpus, cfg, tmp_path)
     windows = consecutive_windows(corpus.train, cfg.seq_len + 1, 8)
     with torch.no_grad():
-        before = trainer.compute_loss(windows, "distil").item()
+        before = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
     trainer.train(progress=False)
     with torch.no_grad():
-        after = trainer.compute_loss(windows, "distil").item()
+        after = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
     assert after < before - 0.1, (before, after)
     assert not any(p.grad is not None for p in large.parameters())  # M_L stays frozen
 

@@ -7,8 +7,16 @@ Modes (``TrainConfig.mode``):
 - ``lm``: pretrain a from-scratch HF model with plain next-token CE (no M_L).
 
 Distil = ``0.5 * CE(data) + 0.5 * CE(M_L soft labels)``. Checkpoints hold model, optimizer,
-schedule, step and every RNG, so a resumed run continues exactly as an uninterrupted one.
+schedule, step and every RNG, so a resumed run continues exactly as an uninterrupted one
+(frozen parameters, M_L's shared embedding and head, are not stored: they come from M_L).
 After training, a router (if any) is fitted on (M_S, M_L) pairs logged on training data.
+
+M_L's side of a batch comes from one of two sources: M_L itself, run in the loop on random
+windows of the corpus, or a reps folder (``tandem reps``) whose shards hold its
+representations and its next-token teacher (top-k log-probabilities, or the final hidden
+state put through M_L's LM head here). A drafter with a reduced draft vocabulary computes
+logits over those tokens only; targets outside it are ignored by the CE and the teacher's
+mass outside it is dropped (it can never be proposed).
 """
 
 from __future__ import annotations
@@ -30,14 +38,15 @@ from transformers import PreTrainedModel
 from tandem.errors import TrainingError
 from tandem.train.data import Corpus, sample_windows
 from tandem.train.model import (
+    LargeParts,
     TandemSmall,
     block_starts,
     check_pair,
-    drafter_logits,
     empty_past,
     large_step,
 )
-from tandem.train.router import Router, fit_router, total_variation
+from tandem.train.reps import RepsReader
+from tandem.train.router import Router, fit_router
 
 MODES = ("tandem", "plain", "lm")
 LOSSES = ("ce", "distil", "ce-then-distil")
@@ -87,12 +96,68 @@ class TrainConfig:
             raise TrainingError(f"ce fraction {self.ce_fraction} must lie in [0, 1]")
 
 
-def distil_loss(logits: Tensor, targets: Tensor, large_logits: Tensor, weight: float = 0.5) -> Tensor:
-    """``(1 - λ) * CE(targets) + λ * CE(softmax(M_L logits))``; logits ``(B, N, V)``, targets ``(B, N)``."""
-    hard = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-    soft_labels = torch.softmax(large_logits.float(), dim=-1)  # (B, N, V)
-    soft = -(soft_labels * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+@dataclass
+class Teacher:
+    """M_L's next-token distribution at each position: full logits ``(B, N, V)``, or its top-k
+    token ids and log-probabilities ``(B, N, k)`` (the rest of its mass unknown)."""
+
+    logits: Tensor | None = None
+    top_ids: Tensor | None = None
+    top_logp: Tensor | None = None
+
+    def on_columns(self, columns: Tensor | None, to_column: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """M_L's probabilities over the drafter's logit columns: dense ``(B, N, C)`` and None, or
+        sparse ``(B, N, k)`` with the column of each (-1: outside the draft vocabulary).
+        ``columns``: token id per column (None: all ids); ``to_column``: column per token id."""
+        if self.logits is not None:
+            p = torch.softmax(self.logits.float(), dim=-1)
+            return (p if columns is None else p[..., columns.to(p.device)]), None
+        assert self.top_ids is not None and self.top_logp is not None
+        cols = self.top_ids if to_column is None else to_column.to(self.top_ids.device)[self.top_ids]
+        return self.top_logp.float().exp(), cols
+
+    def soft_ce(self, logq: Tensor, columns: Tensor | None, to_column: Tensor | None) -> Tensor:
+        """``-Σ_v p_v log q_v`` per position, averaged; ``logq (B, N, C)`` over the drafter's columns."""
+        p, cols = self.on_columns(columns, to_column)
+        if cols is None:
+            return -(p * logq).sum(-1).mean()
+        valid = cols >= 0
+        return -(p * logq.gather(-1, cols.clamp(min=0)) * valid).sum(-1).mean()
+
+    def overlap(self, q: Tensor, columns: Tensor | None, to_column: Tensor | None) -> Tensor:
+        """``Σ_v min(p_v, q_v) = 1 - TV(p, q)`` per position ``(B, N)``: a sampled draft's acceptance
+        probability (a lower bound with a top-k teacher)."""
+        p, cols = self.on_columns(columns, to_column)
+        if cols is None:
+            return torch.minimum(p, q).sum(-1)
+        return (torch.minimum(p, q.gather(-1, cols.clamp(min=0))) * (cols >= 0)).sum(-1)
+
+
+def distil_loss(logits: Tensor, targets: Tensor, teacher: Teacher | Tensor, weight: float = 0.5,
+                columns: Tensor | None = None, to_column: Tensor | None = None) -> Tensor:
+    """``(1 - λ) * CE(targets) + λ * CE(M_L's soft labels)``; logits ``(B, N, C)`` over the
+    drafter's columns (all V without a draft vocabulary), targets ``(B, N)`` token ids."""
+    teacher = teacher if isinstance(teacher, Teacher) else Teacher(logits=teacher)
+    hard = hard_loss(logits, targets, to_column)
+    soft = teacher.soft_ce(torch.log_softmax(logits.float(), dim=-1), columns, to_column)
     return (1.0 - weight) * hard + weight * soft
+
+
+def hard_loss(logits: Tensor, targets: Tensor, to_column: Tensor | None = None) -> Tensor:
+    """Next-token CE; targets outside a draft vocabulary (column -1) are ignored."""
+    cols = targets if to_column is None else to_column.to(targets.device)[targets]
+    return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1)
+
+
+@dataclass
+class Batch:
+    """One micro-batch: inputs and targets ``(B, N)``, M_L's representations of the inputs
+    (per ``large_layers``; empty for plain and lm), and M_L's teacher when the loss needs it."""
+
+    inputs: Tensor
+    targets: Tensor
+    reps: list[Tensor]
+    teacher: Teacher | None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,16 +177,34 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 class Trainer:
-    """One run: ``model`` (TandemSmall or HF model) trained on ``corpus.train`` into ``out_dir``."""
+    """One run: ``model`` (TandemSmall or HF model) trained into ``out_dir`` on random windows of
+    ``corpus.train`` with M_L (a model) in the loop, or on windows of a reps folder (``reps``;
+    ``large`` is then M_L's :class:`LargeParts`, whose head turns a stored final hidden state
+    into the teacher's logits)."""
 
-    def __init__(self, model: TandemSmall | PreTrainedModel, large: PreTrainedModel | None, corpus: Corpus,
-                 config: TrainConfig, out_dir: str | Path, router: Router | None = None) -> None:
+    def __init__(self, model: TandemSmall | PreTrainedModel, large: PreTrainedModel | LargeParts | None,
+                 corpus: Corpus | None, config: TrainConfig, out_dir: str | Path, router: Router | None = None,
+                 reps: RepsReader | None = None) -> None:
         config.validate()
         if (config.mode == "tandem") != isinstance(model, TandemSmall):
             raise TrainingError(f"mode {config.mode!r} got a {type(model).__name__}; "
                                 "tandem mode trains a TandemSmall, plain and lm modes an HF model")
         if config.mode != "lm" and large is None:
             raise TrainingError(f"mode {config.mode!r} needs M_L (--large)")
+        if reps is None and (corpus is None or isinstance(large, LargeParts)):
+            raise TrainingError("training without a reps folder needs the corpus and M_L itself")
+        if reps is not None:
+            if config.mode == "lm":
+                raise TrainingError("--mode lm trains without M_L; it does not read a reps folder")
+            if isinstance(model, TandemSmall):
+                reps.check_layers(model.config.large_layers)
+            if (reps.spec.large_hidden_size, reps.spec.large_num_layers, reps.spec.vocab_size) != (
+                    large.config.hidden_size, large.config.num_hidden_layers, large.config.vocab_size):
+                raise TrainingError(f"{reps.folder} was computed by another M_L (width {reps.spec.large_hidden_size}, "
+                                    f"{reps.spec.large_num_layers} layers); pass the same --large")
+            if config.seq_len > reps.spec.seq_len:
+                raise TrainingError(f"--seq-len {config.seq_len} is longer than the stored windows "
+                                    f"({reps.spec.seq_len}); lower it")
         if config.mode != "lm":
             small = model.small if isinstance(model, TandemSmall) else model
             check_pair(large.config, small.config)
@@ -135,9 +218,24 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.large = None if large is None else large.to(self.device).eval().requires_grad_(False)
+        self.reps = reps
+        self.large: PreTrainedModel | None = None
+        self.teacher_head: Tensor | None = None
+        if isinstance(large, LargeParts):
+            self.teacher_head = large.head.to(self.device)
+        elif large is not None:
+            self.large = large.to(self.device).eval().requires_grad_(False)
+            self.teacher_head = self.large.get_output_embeddings().weight
         self.router = model.router if isinstance(model, TandemSmall) else router
         self.corpus = corpus
+        if isinstance(model, TandemSmall):
+            self.columns: Tensor | None = model.draft_ids.to(self.device) if model.config.draft_vocab else None
+        else:
+            self.columns = None
+        self.to_column: Tensor | None = None
+        if self.columns is not None:
+            self.to_column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=self.device)
+            self.to_column[self.columns] = torch.arange(len(self.columns), device=self.device)
         self.out_dir = Path(out_dir)
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -168,27 +266,53 @@ class Trainer:
                    if self.config.variable_boundaries else None)
         return block_starts(batch, length, gamma, offsets).to(self.device)
 
-    def forward(self, inputs: Tensor, generator: torch.Generator,
-                need_large_logits: bool) -> tuple[Tensor, Tensor | None]:
-        """M_S logits ``(B, N, V)`` and, when needed or available, M_L's logits ``(B, N, V)``."""
-        large_logits, reps = None, []
-        if self.large is not None and (need_large_logits or self.config.mode == "tandem"):
-            layers = self.model.config.large_layers if self.config.mode == "tandem" else []
+    @property
+    def _layers(self) -> list[int]:
+        return self.model.config.large_layers if isinstance(self.model, TandemSmall) else []
+
+    def next_batch(self, generator: torch.Generator, need_teacher: bool, seq_len: int | None = None) -> Batch:
+        """A micro-batch of random windows, with M_L's side from the reps folder or from M_L."""
+        cfg = self.config
+        n = cfg.seq_len if seq_len is None else seq_len
+        if self.reps is not None:
+            got = self.reps.sample(cfg.batch_size, generator, self._layers, n, teacher=need_teacher)
+            windows = got.windows.to(self.device)
+            teacher = None
+            if got.hidden is not None:
+                with torch.no_grad():
+                    teacher = Teacher(logits=F.linear(got.hidden.to(self.device), self.teacher_head))
+            elif got.top_ids is not None:
+                teacher = Teacher(top_ids=got.top_ids.to(self.device), top_logp=got.top_logp.to(self.device))
+            return Batch(windows[:, :-1], windows[:, 1:], [r.to(self.device) for r in got.reps], teacher)
+        return self.live_batch(sample_windows(self.corpus.train, cfg.batch_size, n + 1, generator), need_teacher)
+
+    def live_batch(self, windows: Tensor, need_teacher: bool) -> Batch:
+        """The batch of ``windows (B, N+1)`` with M_L run on them (when it is loaded)."""
+        windows = windows.to(self.device)
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        teacher, reps = None, []
+        if self.large is not None and (need_teacher or self._layers):
             with torch.no_grad(), self.autocast:
                 past = empty_past(self.large.config, inputs.shape[0], device=self.device)
-                large_logits, _, reps = large_step(self.large, inputs, past, layers)
-        starts = self._block_starts(*inputs.shape, generator)
-        with self.autocast:
-            logits = drafter_logits(self.model, inputs, reps, starts)
-        return logits, large_logits
+                large_logits, _, reps = large_step(self.large, inputs, past, self._layers)
+            teacher = Teacher(logits=large_logits) if need_teacher else None
+        return Batch(inputs, targets, reps, teacher)
 
-    def compute_loss(self, windows: Tensor, kind: str) -> Tensor:
-        """Loss of one micro-batch of windows ``(B, N+1)``."""
-        inputs, targets = windows[:, :-1].to(self.device), windows[:, 1:].to(self.device)
-        logits, large_logits = self.forward(inputs, self.generator, need_large_logits=kind == "distil")
+    def drafter_logits(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        """M_S logits ``(B, N, C)`` over its columns (the draft vocabulary, or all V)."""
+        starts = self._block_starts(*batch.inputs.shape, generator)
+        with self.autocast:
+            if isinstance(self.model, TandemSmall):
+                return self.model.forward_columns(batch.inputs, batch.reps, starts)
+            return self.model(input_ids=batch.inputs).logits
+
+    def compute_loss(self, batch: Batch, kind: str) -> Tensor:
+        """Loss of one micro-batch."""
+        logits = self.drafter_logits(batch, self.generator)
         if kind == "distil":
-            return distil_loss(logits, targets, large_logits, self.config.distil_weight)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            return distil_loss(logits, batch.targets, batch.teacher, self.config.distil_weight, self.columns,
+                               self.to_column)
+        return hard_loss(logits, batch.targets, self.to_column)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -205,7 +329,7 @@ class Trainer:
             "step": self.step,
             "config": asdict(self.config),
             "tandem_config": self._tandem_config_json(),
-            "model": self.model.state_dict(),
+            "model": self._trained_state(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "generator": self.generator.get_state(),
@@ -216,6 +340,20 @@ class Trainer:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint_path)
+
+    def _trained_state(self) -> dict[str, Tensor]:
+        """The model's state without frozen parameters (M_L's shared embedding and head)."""
+        frozen = {p.data_ptr() for p in self.model.parameters() if not p.requires_grad}
+        return {k: v for k, v in self.model.state_dict().items() if v.data_ptr() not in frozen}
+
+    def _load_trained_state(self, state: dict[str, Tensor]) -> None:
+        result = self.model.load_state_dict(state, strict=False)
+        frozen = {p.data_ptr() for p in self.model.parameters() if not p.requires_grad}
+        own = self.model.state_dict()
+        missing = [k for k in result.missing_keys if own[k].data_ptr() not in frozen]
+        if missing or result.unexpected_keys:
+            raise TrainingError(f"{self.checkpoint_path} does not match this model (missing {missing[:3]}, "
+                                f"unexpected {result.unexpected_keys[:3]}); use another --out or --no-resume")
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
@@ -229,7 +367,7 @@ class Trainer:
         if state.get("tandem_config", tandem_config) != tandem_config:  # absent in older checkpoints
             raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment, M_L or "
                                 "router; use the same --layer-assignment and M_L, another --out, or --no-resume")
-        self.model.load_state_dict(state["model"])
+        self._load_trained_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
@@ -258,8 +396,8 @@ class Trainer:
             kind = self.loss_kind(self.step)
             total = 0.0
             for _ in range(cfg.grad_accum):
-                windows = sample_windows(self.corpus.train, cfg.batch_size, cfg.seq_len + 1, self.generator)
-                loss = self.compute_loss(windows, kind) / cfg.grad_accum
+                batch = self.next_batch(self.generator, need_teacher=kind == "distil")
+                loss = self.compute_loss(batch, kind) / cfg.grad_accum
                 loss.backward()
                 total += loss.item()
                 tokens += cfg.batch_size * cfg.seq_len
@@ -282,18 +420,21 @@ class Trainer:
 
     def fit_router(self) -> float | None:
         """Fit the router on (M_S, M_L) pairs from training batches; returns its mean abs error."""
-        if self.router is None or self.large is None:
+        if self.router is None or (self.large is None and self.reps is None):
             return None
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         embed = self.model_small.get_input_embeddings().weight.detach()
+        if self.columns is not None:
+            embed = embed[self.columns]
         features, targets = [], []
         with torch.no_grad():
             for _ in range(cfg.router_batches):
-                inputs = sample_windows(self.corpus.train, cfg.batch_size, cfg.seq_len, generator).to(self.device)
-                logits, large_logits = self.forward(inputs, generator, need_large_logits=True)
+                batch = self.next_batch(generator, need_teacher=True)
+                logits = self.drafter_logits(batch, generator).float()
                 features.append(self.router.features(logits, embed).flatten(0, 1).float().cpu())
-                targets.append(1.0 - total_variation(logits, large_logits).flatten().cpu())
+                overlap = batch.teacher.overlap(torch.softmax(logits, -1), self.columns, self.to_column)
+                targets.append(overlap.flatten().cpu())
         self.router.cpu()
         error = fit_router(self.router, torch.cat(features), torch.cat(targets), steps=cfg.router_steps,
                            seed=cfg.seed)
