@@ -3,6 +3,7 @@
     tandem generate [BUNDLE] --prompt "def fib(n):" --mode speed --block-length 4 --stats
     tandem export --large M_L/ --tandem M_S/ [--plain PLAIN/] --out bundle/
     tandem train ...        (PyTorch side; see `tandem train --help`)
+    tandem reps ...         (M_L's representations, once, for training)
     tandem eval ...
     tandem bench [BUNDLE]   (benchmarks; see `tandem bench --help`)
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tandem.errors import TandemError
 
-TORCH_COMMANDS = ("train", "eval", "export")
+TORCH_COMMANDS = ("train", "reps", "eval", "export")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -150,14 +151,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_export(sub)
     command = next((a for a in argv if not a.startswith("-")), None)
-    # train/eval import torch: register their full parsers only when asked for
-    if command in ("train", "eval"):
-        from tandem.train.cli import add_eval_parser, add_train_parser
+    # train/reps/eval import torch: register their full parsers only when asked for
+    if command in ("train", "reps", "eval"):
+        from tandem.train.cli import add_eval_parser, add_reps_parser, add_train_parser
 
         add_train_parser(sub)
+        add_reps_parser(sub)
         add_eval_parser(sub)
     else:
         sub.add_parser("train", help="train a tandem M_S, a plain M_S, or a from-scratch LM (needs torch)")
+        sub.add_parser("reps", help="precompute M_L's representations for training (needs torch)")
         sub.add_parser("eval", help="held-out accuracy and agreement with M_L (needs torch)")
     try:
         from tandem.bench.cli import add_bench_parser

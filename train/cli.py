@@ -4,6 +4,12 @@
     tandem train --mode tandem --large large/ --layers 2 --hidden 128 --data src/ --out tandem/
     tandem train --mode plain  --large large/ --layers 2 --hidden 128 --data src/ --out plain/
     tandem eval --large large/ --model plain=plain/ --model tandem-distil=tandem/ --data src/
+
+For a big M_L, compute its representations once, then train without it:
+
+    tandem reps --large qwen/ --data src/ --rep-layers 14 --out reps/
+    tandem train --large qwen/ --reps reps/ --layers 1 --shared-head --draft-vocab 8192 \
+        --layer-assignment 14 --out tandem/
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -29,18 +36,23 @@ from tandem.train.evaluate import evaluate, format_table, load_drafter, write_re
 from tandem.train.model import (
     LAYER_ASSIGNMENTS,
     SUPPORTED_MODEL_TYPES,
+    LargeParts,
     TandemSmall,
     create_drafter,
     create_drafter_config,
     create_lm_config,
     create_tandem,
+    draft_vocabulary,
 )
+from tandem.train.reps import DEFAULT_TOP_K, DISTIL_TEACHERS, ENGINES, RepsReader, precompute
 from tandem.train.router import Router, RouterConfig
 from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
 
+DEFAULT_HIDDEN = 256
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", nargs="+", required=True, help="text/code files or folders")
+
+def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", nargs="+", required=required, help="text/code files or folders")
     parser.add_argument("--heldout-fraction", type=float, default=0.05,
                         help="share of files (by content hash) held out for evaluation")
     parser.add_argument("--min-heldout-tokens", type=int, default=MIN_HELDOUT_TOKENS,
@@ -62,7 +74,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--init", type=Path, help="start M_S from this HF folder instead of a new model")
     parser.add_argument("--arch", choices=SUPPORTED_MODEL_TYPES, default="llama", help="--mode lm architecture")
     parser.add_argument("--layers", type=int, default=2, help="layers of a new model")
-    parser.add_argument("--hidden", type=int, default=256, help="width of a new model")
+    parser.add_argument("--hidden", type=int, help=f"width of a new model (default {DEFAULT_HIDDEN})")
     parser.add_argument("--heads", type=int, help="attention heads of a new model")
     parser.add_argument("--kv-heads", type=int, help="KV heads of a new model (GQA when fewer than heads)")
     parser.add_argument("--intermediate", type=int, help="MLP width of a new model")
@@ -76,7 +88,17 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--loss", choices=LOSSES, help="default: ce-then-distil (tandem), distil (plain), ce (lm)")
     parser.add_argument("--variable-boundaries", action="store_true",
                         help="random block offset per training sequence")
-    _add_data_args(parser)
+    parser.add_argument("--reps", type=Path, metavar="FOLDER",
+                        help="train from M_L representations precomputed by `tandem reps` (M_L is not run; "
+                             "--large is still read for its config, embedding and LM head, --data only for the "
+                             "held-out check)")
+    parser.add_argument("--shared-head", action="store_true",
+                        help="build M_S at M_L's width and share M_L's embedding and LM head, frozen (not "
+                             "trained, stored once in the bundle); --hidden is then M_L's width")
+    parser.add_argument("--draft-vocab", type=int, metavar="N",
+                        help="tandem: the drafter proposes only the N most frequent tokens of the training data "
+                             "(plus EOS); still lossless, and its head costs N rows instead of the vocabulary")
+    _add_data_args(parser, required=False)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -109,24 +131,39 @@ def _load_large(folder: Path | None) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def _build_model(args: argparse.Namespace, large: PreTrainedModel | None,
-                 tokenizer: TextTokenizer) -> tuple[TandemSmall | PreTrainedModel, Router | None]:
+def _build_model(args: argparse.Namespace, large: PreTrainedModel | LargeParts | None, tokenizer: TextTokenizer,
+                 stream: torch.Tensor | None) -> tuple[TandemSmall | PreTrainedModel, Router | None]:
     if args.mode == "lm":
         if args.init is not None:
             return AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32), None
-        config = create_lm_config(args.arch, tokenizer.vocab_size, args.layers, args.hidden,
-                                  args.heads or max(1, args.hidden // 64), args.kv_heads, args.intermediate,
+        hidden = args.hidden or DEFAULT_HIDDEN
+        config = create_lm_config(args.arch, tokenizer.vocab_size, args.layers, hidden,
+                                  args.heads or max(1, hidden // 64), args.kv_heads, args.intermediate,
                                   args.max_positions, tokenizer.eos_id)
         torch.manual_seed(args.seed)
         return AutoModelForCausalLM.from_config(config).float(), None
     if args.init is not None:
         small = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
     else:
-        config = create_drafter_config(large.config, args.layers, args.hidden, args.heads, args.kv_heads,
+        hidden = args.hidden
+        if args.shared_head:
+            if hidden not in (None, large.config.hidden_size):
+                raise TrainingError(f"--shared-head builds M_S at M_L's width {large.config.hidden_size}; "
+                                    f"drop --hidden {hidden}")
+            hidden = large.config.hidden_size
+        config = create_drafter_config(large.config, args.layers, hidden or DEFAULT_HIDDEN, args.heads, args.kv_heads,
                                        args.intermediate)
-        small = create_drafter(large, config, seed=args.seed)
+        small = create_drafter(large, config, seed=args.seed, freeze_shared=args.shared_head)
     if args.mode == "tandem":
-        return create_tandem(large, small, args.layer_assignment, router=not args.no_router, seed=args.seed), None
+        vocab = None
+        if args.draft_vocab:
+            eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+            vocab = draft_vocabulary(stream, args.draft_vocab, large.config.vocab_size, always=eos)
+        return create_tandem(large, small, args.layer_assignment, router=not args.no_router, seed=args.seed,
+                             draft_vocab=vocab), None
+    if args.draft_vocab:
+        raise TrainingError("--draft-vocab is for --mode tandem (the plain drafter graph drafts from the whole "
+                            "vocabulary)")
     router = None if args.no_router else Router(RouterConfig(embed_dim=small.config.hidden_size))
     return small, router
 
@@ -135,30 +172,100 @@ def run_train(args: argparse.Namespace) -> int:
     tokenizer_folder = args.tokenizer or args.large
     if tokenizer_folder is None:
         raise TrainingError("pass --tokenizer FOLDER (or --large, whose tokenizer is used)")
+    if args.data is None and args.reps is None:
+        raise TrainingError("pass --data FILES_OR_FOLDERS (or --reps FOLDER written by `tandem reps`)")
     if args.train_tokenizer:
         if args.mode != "lm":
             raise TrainingError("--train-tokenizer is for --mode lm; M_S must use M_L's tokenizer")
         texts = (p.read_text(errors="replace") for p in collect_files(args.data))
         train_tokenizer(texts, args.train_tokenizer, tokenizer_folder)
     tokenizer = TextTokenizer.load(tokenizer_folder)
-    large = None if args.mode == "lm" else _load_large(args.large)
+    reps = RepsReader(args.reps) if args.reps is not None else None
+    if args.mode == "lm":
+        large = None
+    elif reps is not None:
+        if args.large is None:
+            raise TrainingError("--reps needs --large too: M_S takes M_L's config, embedding and LM head")
+        large = LargeParts.from_folder(args.large)
+    else:
+        large = _load_large(args.large)
     if large is not None and tokenizer.vocab_size > large.config.vocab_size:
         raise TrainingError(f"tokenizer has {tokenizer.vocab_size} tokens but M_L's vocab is "
                             f"{large.config.vocab_size}; use M_L's own tokenizer")
-    corpus = Corpus.build(args.data, tokenizer, args.heldout_fraction)
-    print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
-    problem = corpus.heldout_problem(args.min_heldout_tokens)
-    if problem:
-        print(f"warning: {problem}", file=sys.stderr)
+    corpus = None
+    if args.data is not None:
+        corpus = Corpus.build(args.data, tokenizer, args.heldout_fraction)
+        print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+        problem = corpus.heldout_problem(args.min_heldout_tokens)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
+    if reps is not None:
+        print(f"reps: {reps.num_tokens} tokens of M_L representations (layers {reps.spec.layers}, "
+              f"teacher {reps.spec.distil}) in {args.reps}")
+    stream = corpus.train if reps is None else torch.from_numpy(np.stack(list(reps.tokens())))
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    model, router = _build_model(args, large, tokenizer)
-    trainer = Trainer(model, large, corpus, config, args.out, router)
+    model, router = _build_model(args, large, tokenizer, stream)
+    trainer = Trainer(model, large, corpus, config, args.out, router, reps=reps)
     losses = trainer.train(resume=not args.no_resume)
     router_error = trainer.fit_router()
     summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error}
     out = trainer.save(tokenizer_folder, summary)
     print(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
           f"router error {router_error})")
+    return 0
+
+
+def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``reps``: run M_L once over the training data and store what training needs."""
+    parser = subparsers.add_parser(
+        "reps", help="precompute M_L's representations for training (resumable fp16 shards)",
+        description="Run M_L once over windows of the training split of --data and write the representations "
+                    "the drafter reads, plus Tandem-Distil's teacher, to memory-mapped float16 shards. "
+                    "`tandem train --reps FOLDER` then trains without running M_L. Rerunning with the same "
+                    "arguments resumes after the last complete shard.")
+    parser.add_argument("--large", type=Path, required=True, help="M_L folder (Hugging Face model + tokenizer.json)")
+    parser.add_argument("--out", type=Path, required=True, help="reps folder to write (or resume)")
+    parser.add_argument("--rep-layers", default=None, metavar="L[,L...]",
+                        help="M_L layers to store (0 = embeddings .. L = final norm): the layers the drafter will "
+                             "read (its --layer-assignment); default: the middle layer")
+    parser.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: all training data)")
+    parser.add_argument("--engine", choices=ENGINES, default="onnxruntime",
+                        help="onnxruntime: M_L's exported graph at --precision (fast on CPU); torch: float32 "
+                             "PyTorch (exactly what training with M_L in the loop sees)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="int4",
+                        help="M_L's precision under --engine onnxruntime (default int4)")
+    parser.add_argument("--distil", choices=DISTIL_TEACHERS, default="topk",
+                        help="Tandem-Distil's teacher: topk = M_L's top-k log-probabilities (small); hidden = "
+                             "its final hidden state, put through the LM head at training time (exact, d_L "
+                             "halves per token); none = Tandem-CE only")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="k of --distil topk")
+    parser.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per shard (the resume unit)")
+    parser.add_argument("--threads", type=int, default=0, help="M_L threads (0: all cores)")
+    _add_data_args(parser)
+    parser.set_defaults(func=run_reps)
+    return parser
+
+
+def run_reps(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.large) if (args.large / "config.json").is_file() else None
+    if config is None:
+        raise TrainingError(f"{args.large} is not a Hugging Face model folder (no config.json)")
+    if args.rep_layers is None:
+        layers = [config.num_hidden_layers // 2]
+    else:
+        parts = [p.strip() for p in args.rep_layers.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise TrainingError(f"--rep-layers {args.rep_layers!r}: write M_L layer numbers, e.g. 14 or 7,14")
+        layers = [int(p) for p in parts]
+    corpus = Corpus.build(args.data, TextTokenizer.load(args.large), args.heldout_fraction)
+    print(f"data: {corpus.train.numel()} training tokens")
+    spec = precompute(args.large, corpus.train, layers, args.out, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                      engine=args.engine, precision=args.precision, distil=args.distil, top_k=args.top_k,
+                      shard_tokens=args.shard_tokens, threads=args.threads)
+    rate = f", {spec.tokens_per_second:.0f} tokens/s" if spec.tokens_per_second else ""
+    print(f"wrote {spec.total_windows * spec.seq_len} tokens of layers {spec.layers} to {args.out}{rate}")
     return 0
 
 

@@ -376,7 +376,7 @@ class RepsReader:
         rows = [self._locate(i) for i in picks]
 
         def stack(kind: str, width: int, dtype: torch.dtype) -> Tensor:
-            return torch.stack([torch.from_numpy(np.asarray(self.shards[s][kind][w, :width])) for s, w in rows]).to(dtype)
+            return torch.stack([torch.from_numpy(np.array(self.shards[s][kind][w, :width])) for s, w in rows]).to(dtype)
 
         out = RepsBatch(stack("tokens", n + 1, torch.long), [stack(f"rep-{layer}", n, torch.float32) for layer in layers])
         if teacher and self.spec.distil == "hidden":
