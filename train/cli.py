@@ -239,7 +239,8 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                              "its final hidden state, put through the LM head at training time (exact, d_L "
                              "halves per token); none = Tandem-CE only")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="k of --distil topk")
-    parser.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per shard (the resume unit)")
+    parser.add_argument("--shard-tokens", type=int, default=16_384,
+                        help="tokens per shard: the unit of resuming (default 16384)")
     parser.add_argument("--threads", type=int, default=0, help="M_L threads (0: all cores)")
     _add_data_args(parser)
     parser.set_defaults(func=run_reps)

@@ -198,7 +198,7 @@ def stored_layers(layers: list[int], num_layers: int, distil: str) -> list[int]:
 def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out: str | Path, *,
                seq_len: int = 256, max_tokens: int | None = None, engine: str = "onnxruntime",
                precision: str = "int4", distil: str = "topk", top_k: int = DEFAULT_TOP_K,
-               shard_tokens: int = 65_536, threads: int = 0, progress: bool = True) -> RepsSpec:
+               shard_tokens: int = 16_384, threads: int = 0, progress: bool = True) -> RepsSpec:
     """Run M_L once over windows of `stream` and write the reps folder `out` (resumable)."""
     from transformers import AutoConfig
 
@@ -246,10 +246,12 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
     done = sum(spec.shard_windows(s) for s in range(spec.complete_shards))
     work = Path(tempfile.mkdtemp(prefix=".engine-", dir=out))
     try:
+        rss_before = _rss_mb()
         if engine == "torch":
             runner: TorchEngine | OrtEngine = TorchEngine(large_folder, threads)
         else:
             runner = OrtEngine(large_folder, work, spec.layers, precision, seq_len, threads, progress)
+        spec.extra = {"rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
         bar = tqdm(total=total * seq_len, initial=done * seq_len, unit="tok", unit_scale=True, desc="M_L reps",
                    disable=not progress)
         start_tokens, clock = done * seq_len, _Clock()
@@ -257,12 +259,28 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
             _write_shard(out, spec, shard, windows, runner, bar)
             spec.complete_shards = shard + 1
             spec.tokens_per_second = (bar.n - start_tokens) / clock.elapsed()
+            spec.extra["peak_rss_mb"] = _peak_rss_mb()
             spec.save(out)
         bar.close()
         runner.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return spec
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
 
 
 class _Clock:
