@@ -51,7 +51,7 @@ from tandem.export.decoder import (
     lm_head_name,
     rope_tables,
 )
-from tandem.export.graph_writer import MS_DOMAIN, GraphWriter
+from tandem.export.graph_writer import MS_DOMAIN, GraphWriter, SharedData
 from tandem.export.quantize import BLOCK_SIZE, NBITS, activation_dtype, quantize_blocks
 from tandem.manifest import GraphSpec
 
@@ -202,17 +202,19 @@ def build_graph(
     *,
     rep_layers: list[int] | None = None,
     on_layer: Callable[[], None] | None = None,
+    shared: SharedData | None = None,
 ) -> tuple[GraphSpec, str]:
     """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
 
     `rep_layers` (large): the M_L layers whose representations are outputs. The small
     graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
-    decoder layer built (progress). Returns the graph's manifest entry and the sha256 of its
-    data file.
+    decoder layer built (progress). `shared`: the bundle's index of tensors already written
+    (a tensor equal to one in another graph's data file is not written again, but read from
+    there). Returns the graph's manifest entry and the sha256 of its own data file.
     """
     shape = DecoderShape.of(ckpt.config, "M_L" if role == "large" else "M_S")
     spec = _spec(ckpt, role, path, options, rep_layers, shape)
-    with GraphWriter(path, role) as w:
+    with GraphWriter(path, role, shared) as w:
         decoder = _Decoder(w, ckpt, spec, shape, options)
         for i in range(shape.num_layers):
             decoder.layer(i)

@@ -22,6 +22,7 @@ from tandem.errors import ExportError
 from tandem.export.builder import BuildOptions, build_graph
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.decoder import DecoderShape
+from tandem.export.graph_writer import SharedData
 from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
 from tandem.export.validate import text_ids, validate_graph
 from tandem.manifest import MANIFEST_NAME, Manifest
@@ -228,13 +229,20 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     rep_layers = list(small.tandem_config["large_layers"]) if small is not None else []
     graphs, validation, data_hashes = {}, {}, {}
     text = text_ids(tok_file, vocab) if validate else None
+    # A tensor equal to one already in another graph's data file (a drafter at M_L's width
+    # with M_L's embedding and head) is stored once: the later graph reads it from there.
+    shared = SharedData(tmp) if len(ckpts) > 1 else None
     for role, ckpt in ckpts.items():
         file = GRAPH_FILES[role]
         layers = int(ckpt.config.num_hidden_layers)
         with tqdm(total=layers, desc=f"{file} ({precision})", unit="layer", disable=not bars,
                   file=sys.stderr, leave=True) as bar:
+            saved = shared.saved_bytes if shared is not None else 0
             spec, data_hashes[role] = build_graph(ckpt, role, tmp / file, options, on_layer=bar.update,
-                                                  rep_layers=rep_layers if role == "large" else None)
+                                                  rep_layers=rep_layers if role == "large" else None, shared=shared)
+        if shared is not None and shared.saved_bytes > saved:
+            say(f"{file}: {(shared.saved_bytes - saved) / 1e6:.1f} MB of tensors equal to another graph's are "
+                "stored once (read from that graph's data file)")
         graphs[role] = spec
         if validate:
             figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx,

@@ -5,13 +5,19 @@ aligned to 4 KiB, so ONNX Runtime can map them), and only a reference stays in m
 graph of any size is therefore written holding one tensor at a time; the `.onnx` file keeps
 the nodes and small tensors only. The data file's name is bare (no folder), as the C++ loader
 requires of a bundle.
+
+Within one bundle the graphs' writers share a `SharedData` index: a tensor of at least
+`SHARE_MIN_BYTES` whose dtype, shape and bytes (sha256) equal a tensor already in another
+graph's data file is not written again; its TensorProto points at that file (same folder).
+A tandem drafter at M_L's width with M_L's embedding and LM head thus stores them once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +31,83 @@ OPSET = 21  # ai.onnx
 MS_DOMAIN = "com.microsoft"
 ALIGN = 4096
 INLINE_BYTES = 1024  # tensors up to this size stay inside the .onnx file
+SHARE_MIN_BYTES = 64 * 1024  # smaller tensors are always written, never looked up in SharedData
 
 DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64,
           "int32": TensorProto.INT32}
 
 
+@dataclass
+class _Stored:
+    """A tensor in a data file of the bundle (bytes [offset, offset + length) of `location`)."""
+
+    location: str
+    offset: int
+    length: int
+    digest: str | None = None  # sha256 of the bytes; computed on first need
+
+
+class SharedData:
+    """Content index of the tensors written to the data files of one bundle folder, so that a
+    tensor is stored once however many graphs use it.
+
+    Tensors are indexed by (dtype, shape) when written; their sha256 is computed only when a
+    later tensor of the same dtype and shape asks (the new one is hashed as it streams, the
+    stored one read back from its file once), so graphs that share nothing cost no hashing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._stored: defaultdict[tuple[str, tuple[int, ...]], list[_Stored]] = defaultdict(list)
+        self.saved_bytes = 0  # bytes not written thanks to the index
+
+    def candidates(self, dtype: np.dtype, shape: tuple[int, ...], exclude: str) -> list[_Stored]:
+        """Stored tensors of this dtype and shape outside the data file `exclude`."""
+        return [s for s in self._stored.get((dtype.str, shape), []) if s.location != exclude]
+
+    def find(self, candidates: list[_Stored], digest: str) -> _Stored | None:
+        """The first of `candidates` whose bytes hash to `digest`."""
+        for stored in candidates:
+            if stored.digest is None:
+                stored.digest = self._hash(stored)
+            if stored.digest == digest:
+                return stored
+        return None
+
+    def add(self, dtype: np.dtype, shape: tuple[int, ...], stored: _Stored) -> None:
+        self._stored[(dtype.str, shape)].append(stored)
+
+    def _hash(self, stored: _Stored) -> str:
+        digest = hashlib.sha256()
+        try:
+            with (self.folder / stored.location).open("rb") as f:
+                f.seek(stored.offset)
+                left = stored.length
+                while left:
+                    chunk = f.read(min(left, 1 << 22))
+                    if not chunk:
+                        raise ExportError(f"internal: {stored.location} ends before offset "
+                                          f"{stored.offset + stored.length}")
+                    digest.update(chunk)
+                    left -= len(chunk)
+        except OSError as exc:
+            raise ExportError(f"cannot read {stored.location}: {exc}") from exc
+        return digest.hexdigest()
+
+
 class GraphWriter:
     """Nodes, I/O and streamed initializers of one graph. Use as a context manager: the data
-    file is closed (and, on error, the partial files removed) on exit."""
+    file is closed (and, on error, the partial files removed) on exit.
 
-    def __init__(self, path: Path, name: str) -> None:
+    `shared`: the bundle's `SharedData` (the same object for every graph of a bundle, all
+    written into one folder), or None to store every tensor in this graph's own data file."""
+
+    def __init__(self, path: Path, name: str, shared: SharedData | None = None) -> None:
         self.path = Path(path)
         self.name = name
+        self.shared = shared
+        if shared is not None and shared.folder.resolve() != self.path.parent.resolve():
+            raise ExportError(f"internal: {self.path} is not in the shared data folder {shared.folder}")
         self.data_name = self.path.name + ".data"
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -79,23 +150,43 @@ class GraphWriter:
     def stream(self, name: str, dtype: np.dtype | type, shape: tuple[int, ...], pieces: Iterable[np.ndarray]) -> str:
         """Add a constant tensor written piece by piece: `pieces` are consecutive row-major
         slices of it (so it never needs to exist whole in memory)."""
-        dtype = np.dtype(dtype)
+        dtype, shape = np.dtype(dtype), tuple(int(d) for d in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        index = self.shared if self.shared is not None and nbytes >= SHARE_MIN_BYTES else None
+        # Tensors of the same dtype and shape in another graph's file: this one is hashed as it
+        # streams, and if it equals one of them the bytes just written are taken back.
+        candidates = index.candidates(dtype, shape, self.data_name) if index is not None else []
+        before = (self._offset, self._digest.copy())
+        own = hashlib.sha256() if candidates else None
         start = self._offset + (-self._offset % ALIGN)
         try:
             self._write(b"\0" * (start - self._offset))
             for piece in pieces:
-                self._write(memoryview(np.ascontiguousarray(piece, dtype=dtype)).cast("B"))
+                data = memoryview(np.ascontiguousarray(piece, dtype=dtype)).cast("B")
+                self._write(data)
+                if own is not None:
+                    own.update(data)
         except OSError as exc:
             raise ExportError(f"cannot write {self.data_name}: {exc}") from exc
         length = self._offset - start
-        if length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        if length != nbytes:
             raise ExportError(f"internal: {name} got {length} bytes for shape {shape}")
+        location = self.data_name
+        if index is not None:
+            same = index.find(candidates, own.hexdigest()) if own is not None else None
+            if same is None:
+                digest = own.hexdigest() if own is not None else None
+                index.add(dtype, shape, _Stored(self.data_name, start, length, digest))
+            else:  # stored already: point there, and forget the copy
+                self._rewind(*before)
+                location, start = same.location, same.offset
+                index.saved_bytes += length
         tensor = TensorProto()
         tensor.name = name
         tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype)
         tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
+        for key, value in (("location", location), ("offset", str(start)), ("length", str(length))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
         self.initializers.append(tensor)
@@ -105,6 +196,16 @@ class GraphWriter:
         self._data.write(data)
         self._digest.update(data)
         self._offset += len(data)
+
+    def _rewind(self, offset: int, digest: Any) -> None:
+        """Cut the data file back to `offset` bytes, whose sha256 state is `digest`."""
+        try:
+            self._data.flush()
+            self._data.truncate(offset)
+            self._data.seek(offset)
+        except OSError as exc:
+            raise ExportError(f"cannot write {self.data_name}: {exc}") from exc
+        self._offset, self._digest = offset, digest
 
     @property
     def data_sha256(self) -> str:

@@ -15,11 +15,16 @@ FUZZ = os.environ.get("TANDEM_FUZZ_BIN", str(ROOT / "build/cpp/cpp/tandem_fuzz_b
 ITERATIONS = int(os.environ.get("TANDEM_FUZZ_ITERATIONS", "300"))
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_cpp_bundle_readers_survive_malformed_bundles(pair, tmp_path, seed):
+# `self_draft_pair`: a drafter that is M_L itself, whose graph reads M_L's embedding and head
+# from large.onnx.data (tensors stored once per bundle): cross-file references get damaged too.
+@pytest.mark.parametrize(("bundle", "seed"), [("pair", 1), ("pair", 2), ("self_draft_pair", 3)])
+def test_cpp_bundle_readers_survive_malformed_bundles(request, tmp_path, bundle, seed):
     if not Path(FUZZ).is_file():
         pytest.skip(f"{FUZZ} not built (make cpp)")
-    out = subprocess.run([FUZZ, str(pair.bundle), str(tmp_path), str(ITERATIONS), str(seed)],
+    folder = request.getfixturevalue(bundle).bundle
+    if bundle == "self_draft_pair":
+        assert b"large.onnx.data" in (folder / "draft.onnx").read_bytes(), "the seed has no cross-file reference"
+    out = subprocess.run([FUZZ, str(folder), str(tmp_path), str(ITERATIONS), str(seed)],
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout + out.stderr[-4000:]
     assert f"{ITERATIONS} inputs:" in out.stdout

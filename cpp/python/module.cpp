@@ -79,7 +79,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def(py::init([](const std::string& bundle, const std::string& device, int threads,
-                       const std::string& ort_library, int drafter_threads) {
+                       const std::string& ort_library, int drafter_threads, bool share_weights) {
              ModelOptions o;
              o.bundle_path = bundle;
              if (device == "cuda") o.device = Device::kCuda;
@@ -87,12 +87,14 @@ PYBIND11_MODULE(_core, m) {
              o.intra_op_threads = threads;
              o.ort_library = ort_library;
              o.drafter_threads = drafter_threads;
+             o.share_weights = share_weights;
              py::gil_scoped_release release;
              return std::const_pointer_cast<Model>(Model::Load(o));
            }),
            py::arg("bundle"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("ort_library") = "",
-           py::arg("drafter_threads") = 1)
+           py::arg("drafter_threads") = 1, py::arg("share_weights") = true)
       .def_property_readonly("bundle_path", &Model::bundle_path)
+      .def_property_readonly("shared_weight_bytes", &Model::shared_weight_bytes)
       .def_property_readonly("vocab_size", &Model::vocab_size)
       .def_property_readonly("context_length", &Model::context_length)
       .def_property_readonly("default_block_length", &Model::default_block_length)

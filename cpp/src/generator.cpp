@@ -65,6 +65,7 @@ Mode ParseMode(const std::string& name) {
 
 struct Model::Impl {
   detail::Manifest manifest;
+  std::unique_ptr<detail::SharedWeights> shared;  // declared before the graphs: outlives their sessions
   std::unique_ptr<Graph> large, small, draft;
   std::vector<int> small_memory_source;  // small memory input i reads large reps output [i]
 };
@@ -92,7 +93,14 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
     so.AppendExecutionProvider_CUDA(cuda);
   }
   const auto& m = impl->manifest;
-  impl->large = std::make_unique<Graph>(m.large, env, so);
+  // Tensors the graphs read from the same bytes (a drafter with M_L's embedding and head) are
+  // mapped once, and their prepacked forms shared by the sessions.
+  std::vector<std::string> files{m.large.file};
+  if (m.small) files.push_back(m.small->file);
+  if (m.draft) files.push_back(m.draft->file);
+  if (options.share_weights && files.size() > 1) impl->shared = std::make_unique<detail::SharedWeights>(files);
+  detail::SharedWeights* shared = impl->shared.get();
+  impl->large = std::make_unique<Graph>(m.large, env, so, shared);
   // The drafters get their own, smaller thread pool. M_L's and M_S's sessions alternate
   // within a round, and each pool's workers spin for a while after their Run: with as many
   // workers as cores, the two pools fight over the cores (measured: M_L's 2-token verify
@@ -101,13 +109,14 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
   const int drafter_threads = options.drafter_threads > 0 ? options.drafter_threads : options.intra_op_threads;
   if (drafter_threads > 0) so.SetIntraOpNumThreads(drafter_threads);
   if (m.small) {
-    impl->small = std::make_unique<Graph>(*m.small, env, so);
+    impl->small = std::make_unique<Graph>(*m.small, env, so, shared);
     for (int layer : m.small->memory_layers) {
       auto it = std::find(m.large.rep_layers.begin(), m.large.rep_layers.end(), layer);
       impl->small_memory_source.push_back(static_cast<int>(it - m.large.rep_layers.begin()));
     }
   }
-  if (m.draft) impl->draft = std::make_unique<Graph>(*m.draft, env, so);
+  if (m.draft) impl->draft = std::make_unique<Graph>(*m.draft, env, so, shared);
+  if (shared) shared->ReleasePages();  // the sessions hold what they prepacked
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
 }
 
@@ -117,6 +126,7 @@ int64_t Model::context_length() const { return impl_->manifest.context_length; }
 int Model::default_block_length() const { return impl_->manifest.default_block_length; }
 int Model::max_block_length() const { return impl_->manifest.max_block_length; }
 bool Model::has_small() const { return impl_->small != nullptr; }
+uint64_t Model::shared_weight_bytes() const { return impl_->shared ? impl_->shared->bytes() : 0; }
 bool Model::has_draft() const { return impl_->draft != nullptr; }
 bool Model::has_router(Mode mode) const {
   const Graph* g = mode == Mode::kVanilla ? impl_->draft.get() : impl_->small.get();

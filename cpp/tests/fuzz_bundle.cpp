@@ -6,10 +6,13 @@
 //   tandem_fuzz_bundle SEED_BUNDLE WORK_DIR ITERATIONS [RNG_SEED]
 //
 // Each iteration copies the seed bundle into WORK_DIR/case, damages one file (tandem.json,
-// or one .onnx graph) with random byte edits or JSON-aware edits, and loads it. Loading must
+// or one .onnx graph) with random byte edits (among them rewritten decimal digits: external
+// data offsets and lengths, which may point into another graph's data file) or JSON-aware
+// edits, and loads it. Loading must
 // either succeed or fail with tandem::Error (C API: a status); anything else (another
 // exception type, a crash, a sanitizer report) fails the run. Deterministic for a seed.
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -57,7 +60,7 @@ class Mutator {
     const int edits = 1 + static_cast<int>(Below(4));
     for (int e = 0; e < edits; ++e) {
       const size_t n = data.size();
-      switch (Below(6)) {
+      switch (Below(7)) {
         case 0:  // flip a bit
           if (n) data[Below(n)] ^= static_cast<char>(1u << Below(8));
           break;
@@ -73,14 +76,31 @@ class Mutator {
         case 4:  // truncate
           data.resize(Below(n + 1));
           break;
-        default:  // repeat a chunk
+        case 5:  // repeat a chunk
           if (n) {
             const size_t at = Below(n);
             data.insert(Below(n), data.substr(at, 1 + Below(64)));
           }
+          break;
+        default:  // rewrite a run of decimal digits in place: an external-data offset or length
+          Digits(data);
       }
     }
     return data;
+  }
+
+  // Rewrites the digits of one run of ASCII digits, keeping its length (so the protobuf's
+  // framing stays valid and the value reaches the external-data checks and ONNX Runtime):
+  // external data offsets and lengths are decimal strings, possibly into another graph's file.
+  void Digits(std::string& data) {
+    std::vector<size_t> runs;
+    for (size_t i = 0; i < data.size(); ++i)
+      if (std::isdigit(static_cast<unsigned char>(data[i])) && (i == 0 || !std::isdigit(static_cast<unsigned char>(data[i - 1]))))
+        runs.push_back(i);
+    if (runs.empty()) return;
+    const bool nines = Below(3) == 0;  // the largest value of that many digits: past any file's end
+    for (size_t i = runs[Below(runs.size())]; i < data.size() && std::isdigit(static_cast<unsigned char>(data[i])); ++i)
+      data[i] = nines ? '9' : static_cast<char>('0' + Below(10));
   }
 
   // JSON-aware damage: replace a value (after a ':' or inside a list) with a nasty one, or

@@ -72,6 +72,8 @@ struct ModelOptions {
   int drafter_threads = 1;          // M_S / drafter threads; 0: as intra_op_threads
   std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
                                     // then the library found at build time, then dlopen's search
+  bool share_weights = true;        // a tensor several graphs read from one data file (a drafter
+                                    // with M_L's embedding and head) is loaded and prepacked once
 };
 
 struct GenerateOptions {
@@ -130,6 +132,7 @@ class Model {
   bool has_router(Mode mode) const;
   const std::vector<int64_t>& eos_token_ids() const;
   const std::string& tokenizer_path() const;  // empty if the bundle ships none
+  uint64_t shared_weight_bytes() const;       // bytes of tensors loaded once for several graphs
 
   struct Impl;
   const Impl& impl() const { return *impl_; }
