@@ -208,7 +208,8 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(model, large, corpus, config, args.out, router, reps=reps)
     losses = trainer.train(resume=not args.no_resume)
     router_error = trainer.fit_router()
-    summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error}
+    summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error,
+               "training_tokens_per_second": trainer.tokens_per_second}
     out = trainer.save(tokenizer_folder, summary)
     print(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
           f"router error {router_error})")
