@@ -17,6 +17,9 @@ representations and its next-token teacher (top-k log-probabilities, or the fina
 state put through M_L's LM head here). A drafter with a reduced draft vocabulary computes
 logits over those tokens only; targets outside it are ignored by the CE and the teacher's
 mass outside it is dropped (it can never be proposed).
+
+Under torchrun (``WORLD_SIZE > 1``) the run is data-parallel (train/distributed.py): the batch
+size stays global, each rank trains on its rows of every batch, rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from transformers import PreTrainedModel
 
 from tandem.errors import TrainingError
 from tandem.train.data import Corpus, sample_windows
+from tandem.train.distributed import Shard, setup
 from tandem.train.model import (
     LargeParts,
     TandemSmall,
@@ -134,19 +139,26 @@ class Teacher:
 
 
 def distil_loss(logits: Tensor, targets: Tensor, teacher: Teacher | Tensor, weight: float = 0.5,
-                columns: Tensor | None = None, to_column: Tensor | None = None) -> Tensor:
+                columns: Tensor | None = None, to_column: Tensor | None = None,
+                denominator: Tensor | None = None) -> Tensor:
     """``(1 - λ) * CE(targets) + λ * CE(M_L's soft labels)``; logits ``(B, N, C)`` over the
     drafter's columns (all V without a draft vocabulary), targets ``(B, N)`` token ids."""
     teacher = teacher if isinstance(teacher, Teacher) else Teacher(logits=teacher)
-    hard = hard_loss(logits, targets, to_column)
+    hard = hard_loss(logits, targets, to_column, denominator)
     soft = teacher.soft_ce(torch.log_softmax(logits.float(), dim=-1), columns, to_column)
     return (1.0 - weight) * hard + weight * soft
 
 
-def hard_loss(logits: Tensor, targets: Tensor, to_column: Tensor | None = None) -> Tensor:
-    """Next-token CE; targets outside a draft vocabulary (column -1) are ignored."""
+def hard_loss(logits: Tensor, targets: Tensor, to_column: Tensor | None = None,
+              denominator: Tensor | None = None) -> Tensor:
+    """Next-token CE; targets outside a draft vocabulary (column -1) are ignored. The mean is
+    over the counted targets, or the sum over ``denominator`` when given (a distributed run
+    normalises by the whole global batch's count, see :meth:`Trainer.compute_loss`)."""
     cols = targets if to_column is None else to_column.to(targets.device)[targets]
-    return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1)
+    if denominator is None:
+        return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1)
+    return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1,
+                           reduction="sum") / denominator
 
 
 @dataclass
@@ -158,6 +170,7 @@ class Batch:
     targets: Tensor
     reps: list[Tensor]
     teacher: Teacher | None
+    shard: Shard | None = None  # this rank's rows of the global batch drawn (None: the whole batch)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -216,7 +229,9 @@ class Trainer:
                     f"has width {large.config.hidden_size} and {large.config.num_hidden_layers} layers; "
                     "create it with create_tandem(large, ...) for this M_L")
         self.config = config
-        self.device = resolve_device(config.device)
+        # under torchrun (WORLD_SIZE > 1): join the process group; a CUDA rank runs on cuda:LOCAL_RANK
+        self.dist, self.device = setup(resolve_device(config.device))
+        self.dist.shard(config.batch_size)  # a TrainingError unless the global batch splits evenly
         self.model = model.to(self.device)
         self.reps = reps
         self.large: PreTrainedModel | None = None
@@ -238,6 +253,7 @@ class Trainer:
             self.to_column[self.columns] = torch.arange(len(self.columns), device=self.device)
         self.out_dir = Path(out_dir)
         self.step = 0
+        self.tokens_per_second: float | None = None  # of the last train() call
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -251,6 +267,8 @@ class Trainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: learning_rate_factor(step, config))
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # several processes: DDP averages the gradients of exactly the parameters stepped above
+        self.ddp = self.dist.wrap(params, self._forward_logits)
 
     # ------------------------------------------------------------------ losses
 
@@ -260,35 +278,46 @@ class Trainer:
             return "ce" if step < round(self.config.ce_fraction * self.config.steps) else "distil"
         return loss
 
-    def _block_starts(self, batch: int, length: int, generator: torch.Generator) -> Tensor:
+    def _block_starts(self, batch: int, length: int, generator: torch.Generator,
+                      shard: Shard | None = None) -> Tensor:
+        """Block starts of ``batch`` rows; of the shard's rows when the batch is one rank's share
+        (the offsets are drawn for the whole global batch, on every rank alike)."""
         gamma = self.config.block_length
-        offsets = (torch.randint(gamma, (batch,), generator=generator)
+        drawn = batch if shard is None else shard.total
+        offsets = (torch.randint(gamma, (drawn,), generator=generator)
                    if self.config.variable_boundaries else None)
-        return block_starts(batch, length, gamma, offsets).to(self.device)
+        starts = block_starts(drawn, length, gamma, offsets)
+        return (starts if shard is None else shard.take(starts)).to(self.device)
 
     @property
     def _layers(self) -> list[int]:
         return self.model.config.large_layers if isinstance(self.model, TandemSmall) else []
 
-    def next_batch(self, generator: torch.Generator, need_teacher: bool, seq_len: int | None = None) -> Batch:
-        """A micro-batch of random windows, with M_L's side from the reps folder or from M_L."""
+    def next_batch(self, generator: torch.Generator, need_teacher: bool, seq_len: int | None = None,
+                   shard: bool = False) -> Batch:
+        """A micro-batch of random windows, with M_L's side from the reps folder or from M_L.
+        ``shard``: in a distributed run, only this rank's rows of the (global) batch drawn."""
         cfg = self.config
         n = cfg.seq_len if seq_len is None else seq_len
+        rows = self.dist.shard(cfg.batch_size) if shard else None
         if self.reps is not None:
             got = self.reps.sample(cfg.batch_size, generator, self._layers, n, teacher=need_teacher)
-            windows = got.windows.to(self.device)
+            mine = (lambda t: t) if rows is None else rows.take
+            windows = mine(got.windows).to(self.device)
             teacher = None
             if got.hidden is not None:
                 with torch.no_grad():
-                    teacher = Teacher(logits=F.linear(got.hidden.to(self.device), self.teacher_head))
+                    teacher = Teacher(logits=F.linear(mine(got.hidden).to(self.device), self.teacher_head))
             elif got.top_ids is not None:
-                teacher = Teacher(top_ids=got.top_ids.to(self.device), top_logp=got.top_logp.to(self.device))
-            return Batch(windows[:, :-1], windows[:, 1:], [r.to(self.device) for r in got.reps], teacher)
-        return self.live_batch(sample_windows(self.corpus.train, cfg.batch_size, n + 1, generator), need_teacher)
+                teacher = Teacher(top_ids=mine(got.top_ids).to(self.device),
+                                  top_logp=mine(got.top_logp).to(self.device))
+            return Batch(windows[:, :-1], windows[:, 1:], [mine(r).to(self.device) for r in got.reps], teacher, rows)
+        return self.live_batch(sample_windows(self.corpus.train, cfg.batch_size, n + 1, generator), need_teacher,
+                               rows)
 
-    def live_batch(self, windows: Tensor, need_teacher: bool) -> Batch:
-        """The batch of ``windows (B, N+1)`` with M_L run on them (when it is loaded)."""
-        windows = windows.to(self.device)
+    def live_batch(self, windows: Tensor, need_teacher: bool, shard: Shard | None = None) -> Batch:
+        """The batch of ``windows (B, N+1)`` (the shard's rows of them) with M_L run on them (when it is loaded)."""
+        windows = (windows if shard is None else shard.take(windows)).to(self.device)
         inputs, targets = windows[:, :-1], windows[:, 1:]
         teacher, reps = None, []
         if self.large is not None and (need_teacher or self._layers):
@@ -296,23 +325,34 @@ class Trainer:
                 past = empty_past(self.large.config, inputs.shape[0], device=self.device)
                 large_logits, _, reps = large_step(self.large, inputs, past, self._layers)
             teacher = Teacher(logits=large_logits) if need_teacher else None
-        return Batch(inputs, targets, reps, teacher)
+        return Batch(inputs, targets, reps, teacher, shard)
 
-    def drafter_logits(self, batch: Batch, generator: torch.Generator) -> Tensor:
-        """M_S logits ``(B, N, C)`` over its columns (the draft vocabulary, or all V)."""
-        starts = self._block_starts(*batch.inputs.shape, generator)
+    def _forward_logits(self, inputs: Tensor, reps: list[Tensor], starts: Tensor) -> Tensor:
+        if isinstance(self.model, TandemSmall):
+            return self.model.forward_columns(inputs, reps, starts)
+        return self.model(input_ids=inputs).logits
+
+    def drafter_logits(self, batch: Batch, generator: torch.Generator, synced: bool = False) -> Tensor:
+        """M_S logits ``(B, N, C)`` over its columns (the draft vocabulary, or all V). ``synced``: through
+        DistributedDataParallel (a training step on every rank) when the run has several processes."""
+        starts = self._block_starts(*batch.inputs.shape, generator, batch.shard)
+        forward = self.ddp if synced and self.ddp is not None else self._forward_logits
         with self.autocast:
-            if isinstance(self.model, TandemSmall):
-                return self.model.forward_columns(batch.inputs, batch.reps, starts)
-            return self.model(input_ids=batch.inputs).logits
+            return forward(batch.inputs, batch.reps, starts)
 
-    def compute_loss(self, batch: Batch, kind: str) -> Tensor:
-        """Loss of one micro-batch."""
-        logits = self.drafter_logits(batch, self.generator)
+    def compute_loss(self, batch: Batch, kind: str, synced: bool = False) -> Tensor:
+        """Loss of one micro-batch (of this rank's share of it, through DDP, when ``synced``)."""
+        logits = self.drafter_logits(batch, self.generator, synced)
+        denominator = None
+        if synced and self.ddp is not None and self.to_column is not None:
+            # targets outside the draft vocabulary are not counted, so the ranks' counts differ: normalise
+            # by the global count (times 1/world: DDP averages the gradients), as one process would
+            counted = (self.to_column[batch.targets] >= 0).sum()
+            denominator = self.dist.total(counted).to(torch.float32) / self.dist.world
         if kind == "distil":
             return distil_loss(logits, batch.targets, batch.teacher, self.config.distil_weight, self.columns,
-                               self.to_column)
-        return hard_loss(logits, batch.targets, self.to_column)
+                               self.to_column, denominator)
+        return hard_loss(logits, batch.targets, self.to_column, denominator)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -324,6 +364,12 @@ class Trainer:
         return self.model.config.to_json() if isinstance(self.model, TandemSmall) else None
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0; the other ranks wait for it)."""
+        if self.dist.is_main:
+            self._write_checkpoint()
+        self.dist.barrier()
+
+    def _write_checkpoint(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": self.step,
@@ -356,7 +402,8 @@ class Trainer:
                                 f"unexpected {result.unexpected_keys[:3]}); use another --out or --no-resume")
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict copies onto the model's device
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         saved = {k: v for k, v in state["config"].items() if k not in ("device", "checkpoint_every")}
         current = {k: v for k, v in asdict(self.config).items() if k in saved}
         if saved != current:
@@ -385,22 +432,27 @@ class Trainer:
         Resumes from ``out_dir/checkpoint.pt`` when it exists and ``resume`` is set.
         """
         cfg = self.config
-        if resume and self.checkpoint_path.exists():
-            self.load_checkpoint()
+        if resume and self.dist.same(self.checkpoint_path.exists(), f"{self.checkpoint_path} exists"):
+            self.load_checkpoint()  # on every rank
         last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         self.model.train()
         losses: list[float] = []
         tokens, start = 0, time.perf_counter()
-        bar = tqdm(total=last, initial=self.step, disable=not progress, desc=f"train {cfg.mode}")
+        bar = tqdm(total=last, initial=self.step, disable=not progress or not self.dist.is_main,
+                   desc=f"train {cfg.mode}")
         while self.step < last:
             kind = self.loss_kind(self.step)
             total = 0.0
-            for _ in range(cfg.grad_accum):
-                batch = self.next_batch(self.generator, need_teacher=kind == "distil")
-                loss = self.compute_loss(batch, kind) / cfg.grad_accum
-                loss.backward()
+            for micro in range(cfg.grad_accum):
+                batch = self.next_batch(self.generator, need_teacher=kind == "distil", shard=True)
+                # several processes: gradients are averaged once, after the last micro-batch
+                last_micro = micro == cfg.grad_accum - 1
+                with nullcontext() if self.ddp is None or last_micro else self.ddp.no_sync():
+                    loss = self.compute_loss(batch, kind, synced=True) / cfg.grad_accum
+                    loss.backward()
                 total += loss.item()
-                tokens += cfg.batch_size * cfg.seq_len
+                tokens += cfg.batch_size * cfg.seq_len  # the global batch: tok_s is the whole run's
+            total = self.dist.mean(total)  # the global batch's loss
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.schedule.step()
@@ -412,6 +464,8 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < last:
                 self.save_checkpoint()
         bar.close()
+        if tokens:
+            self.tokens_per_second = tokens / (time.perf_counter() - start)
         self.save_checkpoint()
         self.model.eval()
         return losses
@@ -422,6 +476,13 @@ class Trainer:
         """Fit the router on (M_S, M_L) pairs from training batches; returns its mean abs error."""
         if self.router is None or (self.large is None and self.reps is None):
             return None
+        if self.dist.enabled:  # rank 0 fits it on whole batches; every rank gets its weights
+            error = self._fit_router() if self.dist.is_main else None
+            self.dist.broadcast_module(self.router)
+            return self.dist.broadcast_object(error)
+        return self._fit_router()
+
+    def _fit_router(self) -> float:
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         embed = self.model_small.get_input_embeddings().weight.detach()
@@ -447,7 +508,14 @@ class Trainer:
         return self.model.small if isinstance(self.model, TandemSmall) else self.model
 
     def save(self, tokenizer_folder: str | Path | None = None, summary: dict | None = None) -> Path:
-        """Write the trained model (+ router, tokenizer files, ``training_summary.json``) to ``out_dir``."""
+        """Write the trained model (+ router, tokenizer files, ``training_summary.json``) to ``out_dir``
+        (rank 0; the other ranks wait for it)."""
+        if self.dist.is_main:
+            self._write_model(tokenizer_folder, summary)
+        self.dist.barrier()
+        return self.out_dir
+
+    def _write_model(self, tokenizer_folder: str | Path | None, summary: dict | None) -> None:
         self.model.save_pretrained(self.out_dir)
         if self.router is not None and not isinstance(self.model, TandemSmall):
             self.router.save(self.out_dir)
@@ -457,4 +525,3 @@ class Trainer:
                     shutil.copy(Path(tokenizer_folder) / name, self.out_dir / name)
         record = {"config": asdict(self.config), "steps_done": self.step, **(summary or {})}
         (self.out_dir / "training_summary.json").write_text(json.dumps(record, indent=2))
-        return self.out_dir
