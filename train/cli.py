@@ -15,6 +15,7 @@ For a big M_L, compute its representations once, then train without it:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -168,6 +169,10 @@ def _build_model(args: argparse.Namespace, large: PreTrainedModel | LargeParts |
     return small, router
 
 
+def _quiet(*args: object, **kwargs: object) -> None:
+    """print() for processes other than torchrun's rank 0."""
+
+
 def run_train(args: argparse.Namespace) -> int:
     tokenizer_folder = args.tokenizer or args.large
     if tokenizer_folder is None:
@@ -180,6 +185,7 @@ def run_train(args: argparse.Namespace) -> int:
         texts = (p.read_text(errors="replace") for p in collect_files(args.data))
         train_tokenizer(texts, args.train_tokenizer, tokenizer_folder)
     tokenizer = TextTokenizer.load(tokenizer_folder)
+    say = print if os.environ.get("RANK", "0") == "0" else _quiet  # under torchrun: process 0 reports
     reps = RepsReader(args.reps) if args.reps is not None else None
     if args.mode == "lm":
         large = None
@@ -195,12 +201,12 @@ def run_train(args: argparse.Namespace) -> int:
     corpus = None
     if args.data is not None:
         corpus = Corpus.build(args.data, tokenizer, args.heldout_fraction)
-        print(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
+        say(f"data: {corpus.train.numel()} training tokens, {corpus.heldout.numel()} held-out tokens")
         problem = corpus.heldout_problem(args.min_heldout_tokens)
         if problem:
-            print(f"warning: {problem}", file=sys.stderr)
+            say(f"warning: {problem}", file=sys.stderr)
     if reps is not None:
-        print(f"reps: {reps.num_tokens} tokens of M_L representations (layers {reps.spec.layers}, "
+        say(f"reps: {reps.num_tokens} tokens of M_L representations (layers {reps.spec.layers}, "
               f"teacher {reps.spec.distil}) in {args.reps}")
     stream = corpus.train if reps is None else torch.from_numpy(np.stack(list(reps.tokens())))
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
@@ -211,7 +217,7 @@ def run_train(args: argparse.Namespace) -> int:
     summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error,
                "training_tokens_per_second": trainer.tokens_per_second}
     out = trainer.save(tokenizer_folder, summary)
-    print(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
+    say(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
           f"router error {router_error})")
     return 0
 
