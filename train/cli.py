@@ -52,14 +52,20 @@ from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_de
 DEFAULT_HIDDEN = 256
 
 
-def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_data_args(parser: argparse.ArgumentParser, required: bool = True, reps: bool = False) -> None:
     parser.add_argument("--data", nargs="+", required=required, help="text/code files or folders")
     parser.add_argument("--heldout-fraction", type=float, default=0.05,
-                        help="share of files (by content hash) held out for evaluation")
+                        help="share of files (by content hash) held out for evaluation"
+                             + (" (not precomputed)" if reps else ""))
+    if reps:
+        parser.add_argument("--seq-len", type=int, default=256,
+                            help="tokens per stored window; training may use any --seq-len up to it (default 256)")
+        return
     parser.add_argument("--min-heldout-tokens", type=int, default=MIN_HELDOUT_TOKENS,
                         help="held-out tokens needed for figures worth reporting: `train` warns below it, "
                              f"`eval` refuses (default: {MIN_HELDOUT_TOKENS})")
-    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
+    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len,
+                        help=f"tokens per training window (default {TrainConfig.seq_len})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -249,7 +255,7 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--shard-tokens", type=int, default=16_384,
                         help="tokens per shard: the unit of resuming (default 16384)")
     parser.add_argument("--threads", type=int, default=0, help="M_L threads (0: all cores)")
-    _add_data_args(parser)
+    _add_data_args(parser, reps=True)
     parser.set_defaults(func=run_reps)
     return parser
 
