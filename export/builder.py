@@ -258,13 +258,17 @@ class _Decoder(_Graph):
         self.cos, self.sin = self.param("rope.cos", cos), self.param("rope.sin", sin)
 
         # Tied embeddings in an int8/int4 graph share the LM head's quantized weights (read
-        # by GatherBlockQuantized); otherwise the table is a Gather over float weights.
+        # by GatherBlockQuantized); otherwise the table is a Gather over float weights. The
+        # packed weights [V, blocks, 32·bits/8] are read as stored, one block per row of the
+        # last axis, with the head's scales seen as [V, blocks, 1] (an initializer over the same
+        # bytes): a Reshape of the weights would be constant-folded into a copy per session.
         self.head_name = lm_head_name(shape, ckpt.tensors.names())
         self.head_q: tuple[str, str] | None = None
         if options.precision in NBITS and self.head_name == EMBED:
             self.head_q = self.quantized_head(ckpt.tensors.get(EMBED))
-            self.table = w.op("Reshape", [self.head_q[0], w.const("embed.table_shape", [shape.vocab_size, -1])],
-                              name="embed.table")
+            self.table = self.head_q[0]
+            blocks = -(-shape.hidden_size // BLOCK_SIZE)
+            self.table_scales = w.alias("embed.scales", self.head_q[1], (shape.vocab_size, blocks, 1))
         else:
             self.table = self.param("embed_tokens", ckpt.tensors.get(EMBED))
         self.residual: str = self.embed_rows(self.ids, "embed")  # [1, t, d]
@@ -277,13 +281,15 @@ class _Decoder(_Graph):
                 self.memory = [w.op("Cast", [m], name=f"{m}.cast", to=TensorProto.FLOAT16) for m in memory]
             self.memory_rows = w.op("Shape", [self.memory[0]], name="memory_rows", start=1, end=2)  # [1] = m
 
-    def embed_rows(self, rows: str, name: str) -> str:
-        """Embedding rows of the token ids `rows`."""
+    def embed_rows(self, rows: str, name: str, rank: int = 2) -> str:
+        """Embedding rows of the token ids `rows` (a tensor of `rank` dims)."""
         w = self.w
         if self.head_q is None:
             return w.op("Gather", [self.table, rows], name=name, axis=0)
-        out = w.op("GatherBlockQuantized", [self.table, rows, self.head_q[1]], name=name, domain=MS_DOMAIN,
-                   bits=NBITS[self.options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
+        out = w.op("GatherBlockQuantized", [self.table, rows, self.table_scales], name=name, domain=MS_DOMAIN,
+                   bits=NBITS[self.options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=2)
+        # [..., blocks, 32] -> [..., blocks·32]
+        out = w.op("Reshape", [out, w.const(f"{name}.row_shape", [0] * rank + [-1])], name=f"{name}.rows")
         if self.shape.hidden_size % BLOCK_SIZE:  # rows are padded to whole blocks
             out = w.op("Slice", [out, w.const(f"{name}.start", [0]), w.const(f"{name}.end", [self.shape.hidden_size]),
                                  w.const(f"{name}.axis", [-1])], name=f"{name}.unpad")
@@ -391,7 +397,7 @@ class _Decoder(_Graph):
                      "float32", [1, "logit_rows"])
 
 
-def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str], str], g: _Graph,
+def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str, int], str], g: _Graph,
             draft_vocab: list[int]) -> str:
     """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> score `[1, r]`:
     sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability])). With a draft
@@ -408,7 +414,7 @@ def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[
         top_ids = w.op("Gather", [w.const("router.draft_vocab", draft_vocab), top_ids], name="router.token_ids", axis=0)
     weights = w.op("Div", [top_p, w.op("ReduceSum", [top_p, axis_last], name="router.top_mass", keepdims=1)],
                    name="router.weights")
-    top_emb = g.to_float(embed_rows(top_ids, "router.top_embeddings"), "router.top_embeddings.cast")  # [1, r, k, d]
+    top_emb = g.to_float(embed_rows(top_ids, "router.top_embeddings", 3), "router.top_embeddings.cast")  # [1, r, k, d]
     weighted = w.op("Mul", [w.op("Unsqueeze", [weights, axis_last], name="router.weights_col"), top_emb],
                     name="router.weighted")
     mean = w.op("ReduceSum", [weighted, w.const("router.axis_k", [-2])], name="router.mean_embedding", keepdims=0)

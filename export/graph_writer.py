@@ -192,6 +192,23 @@ class GraphWriter:
         self.initializers.append(tensor)
         return name
 
+    def alias(self, name: str, of: str, shape: tuple[int, ...]) -> str:
+        """A constant `name` holding the bytes of the constant `of` seen with another shape (of
+        as many elements): for a stored tensor, one more reference to the same bytes."""
+        (source,) = [t for t in self.initializers if t.name == of]
+        if int(np.prod(shape, dtype=np.int64)) != int(np.prod(source.dims, dtype=np.int64)):
+            raise ExportError(f"internal: {name} {shape} cannot alias {of} {list(source.dims)}")
+        if source.data_location != TensorProto.EXTERNAL:
+            self.initializers.append(numpy_helper.from_array(numpy_helper.to_array(source).reshape(shape), name))
+            return name
+        tensor = TensorProto()
+        tensor.CopyFrom(source)
+        tensor.name = name
+        del tensor.dims[:]
+        tensor.dims.extend(shape)
+        self.initializers.append(tensor)
+        return name
+
     def _write(self, data: bytes | memoryview) -> None:
         self._data.write(data)
         self._digest.update(data)

@@ -94,11 +94,13 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
   }
   const auto& m = impl->manifest;
   // Tensors the graphs read from the same bytes (a drafter with M_L's embedding and head) are
-  // mapped once, and their prepacked forms shared by the sessions.
+  // mapped once, and their prepacked forms shared by the sessions. CPU only: ONNX Runtime
+  // shares prepacked weights of the CPU provider (on CUDA each session copies its weights to
+  // the device anyway, and that path has not been run here).
   std::vector<std::string> files{m.large.file};
   if (m.small) files.push_back(m.small->file);
   if (m.draft) files.push_back(m.draft->file);
-  if (options.share_weights && files.size() > 1) impl->shared = std::make_unique<detail::SharedWeights>(files);
+  if (options.share_weights && options.device == Device::kCpu && files.size() > 1) impl->shared = std::make_unique<detail::SharedWeights>(files);
   detail::SharedWeights* shared = impl->shared.get();
   impl->large = std::make_unique<Graph>(m.large, env, so, shared);
   // The drafters get their own, smaller thread pool. M_L's and M_S's sessions alternate

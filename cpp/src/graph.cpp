@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "tandem/tandem.hpp"
 
@@ -344,22 +345,29 @@ SharedWeights::SharedWeights(const std::vector<std::string>& graph_files) {
     }
   }
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::map<std::tuple<std::string, uint64_t, uint64_t>, size_t> mapped;  // (file, offset, length) -> maps_ index
   try {
     const Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
     for (const auto& [key, users] : readers) {
       std::set<std::string> graphs;
       for (const auto& user : users) graphs.insert(user.first);
       if (graphs.size() < 2 || key.offset % page != 0) continue;
-      if (std::filesystem::file_size(key.path) < key.offset + key.length) continue;  // checked by the scan; ORT reports it
-      const int fd = ::open(key.path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) throw Error(ErrorCode::kBundle, "cannot open " + key.path + ": " + std::strerror(errno));
-      void* address = ::mmap(nullptr, key.length, PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(key.offset));
-      ::close(fd);
-      if (address == MAP_FAILED) throw Error(ErrorCode::kBundle, "cannot map " + key.path + ": " + std::strerror(errno));
-      maps_.push_back(std::make_unique<Mapping>(address, key.length));
-      values_.push_back(Ort::Value::CreateTensor(memory, address, key.length, key.dims.data(), key.dims.size(),
-                                                 static_cast<ONNXTensorElementDataType>(key.type)));
-      sessions_.push_back(0);
+      const uint64_t size = std::filesystem::file_size(key.path);
+      if (key.length > size || key.offset > size - key.length) continue;  // the scan refuses it
+      auto [at, fresh] = mapped.try_emplace({key.path, key.offset, key.length}, maps_.size());
+      if (fresh) {  // bytes seen with several shapes (the head's scales) are mapped once
+        const int fd = ::open(key.path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw Error(ErrorCode::kBundle, "cannot open " + key.path + ": " + std::strerror(errno));
+        void* address = ::mmap(nullptr, key.length, PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(key.offset));
+        ::close(fd);
+        if (address == MAP_FAILED)
+          throw Error(ErrorCode::kBundle, "cannot map " + key.path + ": " + std::strerror(errno));
+        maps_.push_back(std::make_unique<Mapping>(address, key.length));
+      }
+      const size_t m = at->second;
+      values_.push_back(Ort::Value::CreateTensor(memory, maps_[m]->address, key.length, key.dims.data(),
+                                                 key.dims.size(), static_cast<ONNXTensorElementDataType>(key.type)));
+      value_map_.push_back(m);
       for (const auto& [file, name] : users) uses_[file].emplace_back(name, values_.size() - 1);
     }
     if (!values_.empty()) {
@@ -391,15 +399,15 @@ size_t SharedWeights::AddTo(const std::string& graph_file, Ort::SessionOptions& 
 void SharedWeights::Loaded(const std::string& graph_file) {
   auto it = uses_.find(graph_file);
   if (it == uses_.end()) return;
-  std::set<size_t> values;
-  for (const auto& use : it->second) values.insert(use.second);
-  for (size_t v : values) ++sessions_[v];
+  std::set<size_t> maps;
+  for (const auto& use : it->second) maps.insert(value_map_[use.second]);
+  for (size_t m : maps) ++maps_[m]->sessions;
 }
 
 uint64_t SharedWeights::bytes() const {
   uint64_t total = 0;
-  for (size_t v = 0; v < maps_.size(); ++v)
-    if (sessions_[v] >= 2) total += maps_[v]->size;
+  for (const auto& m : maps_)
+    if (m->sessions >= 2) total += m->size;
   return total;
 }
 

@@ -55,10 +55,11 @@ class SharedWeights {
     Mapping& operator=(const Mapping&) = delete;
     void* address;
     size_t size;
+    int sessions = 0;  // sessions created with a tensor over it
   };
   std::vector<std::unique_ptr<Mapping>> maps_;
-  std::vector<Ort::Value> values_;  // tensors over maps_
-  std::vector<int> sessions_;       // per value: sessions created with it
+  std::vector<Ort::Value> values_;  // tensors over maps_ (one range may be seen with several shapes)
+  std::vector<size_t> value_map_;   // per value: its maps_ index
   std::map<std::string, std::vector<std::pair<std::string, size_t>>> uses_;  // graph file -> (initializer, value)
   std::unique_ptr<OrtPrepackedWeightsContainer, ContainerDeleter> container_;
 };

@@ -74,6 +74,7 @@ struct ModelOptions {
                                     // then the library found at build time, then dlopen's search
   bool share_weights = true;        // a tensor several graphs read from one data file (a drafter
                                     // with M_L's embedding and head) is loaded and prepacked once
+                                    // (device kCpu; false: each graph loads its own copy)
 };
 
 struct GenerateOptions {
