@@ -154,6 +154,11 @@ def _check(args: argparse.Namespace) -> None:
             raise BenchArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads < 0:
         raise BenchArgumentError(f"--threads must be >= 0 (0: one per core), got {args.threads}")
+    from tandem.runtime import max_threads  # the runtime's cap, before the output folder is made
+
+    if args.threads > (cap := max_threads()):
+        raise BenchArgumentError(f"--threads {args.threads} is above the cap of {cap} threads on this machine: "
+                                 f"pass a count from 1 to {cap}, or 0 for one per core")
     if args.wait_idle < 0 or args.max_load < 0:
         raise BenchArgumentError("--wait-idle and --max-load must be >= 0")
     if args.temperature <= 0:

@@ -26,6 +26,27 @@ def _core() -> Any:
     return _core
 
 
+def max_threads() -> int:
+    """The most threads `load` accepts for `threads` and `drafter_threads` on this machine.
+
+    The cap is the C++ core's (tandem::MaxThreads): ONNX Runtime starts every thread of a
+    pool when it loads the model, so a count past it would hang instead of failing."""
+    return int(_core().max_threads())
+
+
+def _check_threads(threads: int, drafter_threads: int) -> None:
+    """Refuses thread counts before anything loads: a session asked for 10**6 threads would hang
+    starting them (the C++ core refuses them too; this names the Python arguments)."""
+    for name, value, zero_means in (("threads", threads, "one per core"),
+                                    ("drafter_threads", drafter_threads, "as threads")):
+        if value < 0:
+            raise InvalidArgumentError(f"{name} must be >= 0 (0: {zero_means})")
+        cap = max_threads()
+        if value > cap:
+            raise InvalidArgumentError(f"{name}={value} is above the cap of {cap} threads on this machine: "
+                                       f"pass a count from 1 to {cap}, or 0 for {zero_means}")
+
+
 @dataclass
 class GenerationResult:
     """What one generation produced."""
@@ -130,13 +151,11 @@ class TandemModel:
     def __init__(self, bundle: str | os.PathLike[str], device: str = "cpu", threads: int = 0,
                  drafter_threads: int = 1) -> None:
         """threads: M_L's intra-op threads (0: one per core). drafter_threads: the drafters'
-        (default 1: a one-thread drafter does not contend with M_L's spinning workers)."""
+        (default 1: a one-thread drafter does not contend with M_L's spinning workers). Both
+        are at most `max_threads()`; more raises InvalidArgumentError."""
         if device not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if not 0 <= threads <= _INT32_MAX:
-            raise InvalidArgumentError("threads must be >= 0 (0: one per core)")
-        if not 0 <= drafter_threads <= _INT32_MAX:
-            raise InvalidArgumentError("drafter_threads must be >= 0 (0: as threads)")
+        _check_threads(threads, drafter_threads)
         self.manifest = Manifest.load(bundle)
         self._model = _core().Model(str(bundle), device=device, threads=threads, drafter_threads=drafter_threads,
                                     ort_library=find_ort_library() or "")
@@ -296,6 +315,7 @@ def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", thre
          drafter_threads: int = 1) -> TandemModel:
     """Load a bundle folder (default: the embedded default bundle, exported on first use)."""
     if bundle is None:
+        _check_threads(threads, drafter_threads)  # before a first-use export, too
         from tandem.runtime.default import default_bundle
 
         bundle = default_bundle()

@@ -10,6 +10,7 @@ import argparse
 import statistics
 import sys
 
+from tandem.errors import TandemError
 from tandem.runtime import load
 
 PROMPT = (
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    model = load(args.bundle, threads=args.threads)
+    try:
+        model = load(args.bundle, threads=args.threads)
+    except TandemError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"bundle: {model.bundle_path}  modes: {', '.join(model.modes)}\n")
     mode = "speed" if "speed" in model.modes else "large"
     print(f"--- {mode} mode ---")

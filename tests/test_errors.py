@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from tandem.errors import (
     TandemError,
     TrainingError,
 )
-from tandem.runtime import load
+from tandem.runtime import load, max_threads
 
 
 def load_python(path: Path):
@@ -340,6 +342,80 @@ def test_device_and_threads(pair):
             load(pair.bundle, threads=threads)
     with pytest.raises(InvalidArgumentError, match="intra_op_threads"):
         _core.Model(str(pair.bundle), threads=-1)
+
+
+# Thread counts past the cap: ONNX Runtime would start them all while loading (10**6 hangs).
+# Each probe runs in a child process with a timeout, so a regression fails instead of hanging.
+THREAD_PROBE = """
+import json, sys
+from tandem import _core
+from tandem.errors import InvalidArgumentError
+from tandem.runtime import load
+bundle, out = sys.argv[1], {}
+for name, call in [
+    ("threads", lambda: load(bundle, threads=10**6)),
+    ("drafter_threads", lambda: load(bundle, drafter_threads=10**6)),
+    ("default_bundle", lambda: load(threads=10**6)),
+    ("core_threads", lambda: _core.Model(bundle, threads=10**6)),
+    ("core_drafter_threads", lambda: _core.Model(bundle, drafter_threads=10**6)),
+]:
+    try:
+        call()
+        out[name] = "loaded"
+    except InvalidArgumentError as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def _child(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_thread_counts_past_the_cap_are_refused(pair):
+    got = _child(["-c", THREAD_PROBE, str(pair.bundle)])
+    assert got.returncode == 0, got.stderr
+    refused = json.loads(got.stdout)
+    cap = max_threads()
+    assert cap >= 64 and cap == _core.max_threads()
+    tail = f"is above the cap of {cap} threads on this machine: pass a count from 1 to {cap}, or 0 for"
+    assert refused["threads"] == f"threads=1000000 {tail} one per core"
+    assert refused["default_bundle"] == refused["threads"], "refused before the default bundle is exported"
+    assert refused["drafter_threads"] == f"drafter_threads=1000000 {tail} as threads"
+    # the C++ core's message names its own options and how the cap is set
+    for name, zero in (("intra_op_threads", "one per core"), ("drafter_threads", "as intra_op_threads")):
+        message = refused[f"core_{name.replace('intra_op_', '')}"]
+        assert message.startswith(f"{name}=1000000 is above the cap of {cap} threads on this machine (4 per")
+        assert message.endswith(f"pass a count from 1 to {cap}, or 0 for {zero}")
+
+
+def test_thread_counts_up_to_the_cap_load(pair, tmp_path):
+    cap = max_threads()
+    for kwargs in (dict(threads=cap + 1), dict(drafter_threads=cap + 1)):
+        with pytest.raises(InvalidArgumentError, match=f"threads={cap + 1} is above the cap of {cap}"):
+            load(pair.bundle, **kwargs)
+        with pytest.raises(InvalidArgumentError, match=f"threads={cap + 1} is above the cap of {cap}"):
+            _core.Model(str(pair.bundle), **kwargs)
+    # the cap itself passes the check (a missing bundle is what fails: loading `cap` threads
+    # for real is slow on a small machine)
+    with pytest.raises(BundleError):
+        load(tmp_path / "missing", threads=cap, drafter_threads=cap)
+    with pytest.raises(BundleError):
+        _core.Model(str(tmp_path / "missing"), threads=cap, drafter_threads=cap)
+    got = load(pair.bundle, threads=2, drafter_threads=2).generate([1, 2, 3], mode="speed", max_new_tokens=4,
+                                                                      ignore_eos=True)
+    assert len(got.ids) == 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["-m", "tandem.cli", "generate", "{bundle}", "--ids", "1,2", "--threads", "1000000"],
+    ["-m", "tandem.demo", "--bundle", "{bundle}", "--threads", "1000000"],
+], ids=["generate", "demo"])
+def test_cli_refuses_thread_counts_past_the_cap(pair, argv):
+    got = _child([a.format(bundle=pair.bundle) for a in argv])
+    assert got.returncode == 1
+    assert got.stderr.startswith(f"error: threads=1000000 is above the cap of {max_threads()} threads"), got.stderr
+    assert "Traceback" not in got.stderr and got.stdout == ""
 
 
 # --------------------------------------------------------------------------- prompts

@@ -77,6 +77,9 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  m.def("max_threads", &MaxThreads,
+        "The most threads Model accepts for threads / drafter_threads on this machine");
+
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def(py::init([](const std::string& bundle, const std::string& device, int threads,
                        const std::string& ort_library, int drafter_threads, bool share_weights) {

@@ -71,6 +71,8 @@ tandem_status tandem_model_load(const char* bundle_path, int threads, const char
   });
 }
 
+int tandem_max_threads(void) { return tandem::MaxThreads(); }
+
 void tandem_model_free(tandem_model* model) { delete model; }
 
 int64_t tandem_model_vocab_size(const tandem_model* model) { return model ? model->model->vocab_size() : 0; }

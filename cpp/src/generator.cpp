@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <thread>
 #include <unordered_set>
 
 #include "bundle.hpp"
@@ -32,7 +33,40 @@ double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 constexpr int64_t kPrefillChunk = 256;  // prompt positions per M_L / drafter call in a prefill
 
+// The thread cap (MaxThreads). ONNX Runtime starts every worker of a session's pool while it
+// creates the session, and the workers spin, so load time grows with the count: the default
+// int4 bundle, on a busy 2-core machine, loaded with 8 threads in 0.2 s, 64 in 1.4 s, 256 in
+// 5 s, 1024 in 27 s (1024 + 1024 drafter threads: over 60 s); 10**6 hangs. The cap scales
+// with the machine so that it accepts every real one (the largest single-image servers have
+// ~2000 hardware threads: a 32-socket HPE Superdome Flex has 1792): one thread per hardware
+// thread is the most that helps, and 4x leaves room for deliberate oversubscription. The
+// floor keeps a count tuned for an ordinary server loadable on a small VM or container (and
+// covers hardware_concurrency() reporting 0). It stops typos and unit mix-ups; it is not a
+// tuning limit.
+constexpr unsigned kThreadsPerHardwareThread = 4;
+constexpr int kMinThreadCap = 64;
+
+void CheckThreads(const char* name, int value, const char* zero_means) {
+  const int cap = MaxThreads();
+  if (value < 0) Invalid(std::string(name) + " must be >= 0 (0: " + zero_means + ")");
+  if (value > cap)
+    Invalid(std::string(name) + "=" + std::to_string(value) + " is above the cap of " + std::to_string(cap) +
+            " threads on this machine (" + std::to_string(kThreadsPerHardwareThread) +
+            " per hardware thread, at least " + std::to_string(kMinThreadCap) + "): pass a count from 1 to " +
+            std::to_string(cap) + ", or 0 for " + zero_means);
+}
+
 }  // namespace
+
+int MaxThreads() noexcept {
+  static const int cap = [] {
+    const unsigned hw = std::thread::hardware_concurrency();  // 0 when unknown
+    const long long scaled = static_cast<long long>(hw) * kThreadsPerHardwareThread;
+    return static_cast<int>(std::min<long long>(std::max<long long>(kMinThreadCap, scaled),
+                                                std::numeric_limits<int>::max()));
+  }();
+  return cap;
+}
 
 const char* ToString(Mode mode) noexcept {
   switch (mode) {
@@ -74,8 +108,9 @@ Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
-  if (options.intra_op_threads < 0) Invalid("intra_op_threads must be >= 0 (0: one per core)");
-  if (options.drafter_threads < 0) Invalid("drafter_threads must be >= 0 (0: as intra_op_threads)");
+  // before anything else: a session created with a huge count would hang starting its threads
+  CheckThreads("intra_op_threads", options.intra_op_threads, "one per core");
+  CheckThreads("drafter_threads", options.drafter_threads, "as intra_op_threads");
   auto impl = std::make_unique<Impl>();
   impl->manifest = detail::LoadManifest(options.bundle_path);
   Ort::Env& env = detail::OrtEnvironment(options.ort_library);

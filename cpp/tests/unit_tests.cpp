@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -156,6 +157,27 @@ void TestParseMode() {
   CheckThrows([] { ParseMode("fast"); }, ErrorCode::kInvalidArgument, "unknown mode");
 }
 
+void TestThreadCap() {
+  const int cap = tandem::MaxThreads();
+  CHECK(cap >= 64 && cap == tandem::MaxThreads());
+  tandem::ModelOptions opt;
+  opt.bundle_path = "/nonexistent/bundle";  // reaching the bundle would throw kBundle
+  opt.intra_op_threads = 1000000;
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument,
+              "intra_op_threads=1000000 is above the cap of " + std::to_string(cap) + " threads");
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "pass a count from 1 to");
+  opt.intra_op_threads = cap;
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "not found");
+  opt.drafter_threads = cap + 1;
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "drafter_threads=" + std::to_string(cap + 1));
+  opt.drafter_threads = std::numeric_limits<int>::max();
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "drafter_threads");
+  opt.drafter_threads = cap;
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "not found");
+  opt.drafter_threads = -1;
+  CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "drafter_threads must be >= 0");
+}
+
 void TestCApiErrors() {
   tandem_model* model = reinterpret_cast<tandem_model*>(0x1);
   tandem_status st = tandem_model_load("/nonexistent/bundle", 1, nullptr, &model);
@@ -163,6 +185,19 @@ void TestCApiErrors() {
   CHECK(model == nullptr);
   CHECK(std::strstr(tandem_last_error(), "not found") != nullptr);
   CHECK(tandem_model_load(nullptr, 1, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
+  // a thread count above the cap is refused before the bundle is read or a thread started
+  // (the bundle does not exist: reaching it would be kBundle); the cap itself passes
+  CHECK(tandem_max_threads() == tandem::MaxThreads() && tandem_max_threads() >= 64);
+  model = reinterpret_cast<tandem_model*>(0x1);
+  CHECK(tandem_model_load("/nonexistent/bundle", 1000000, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(model == nullptr);
+  const std::string msg = tandem_last_error();
+  CHECK(msg.find("intra_op_threads=1000000") != std::string::npos);
+  CHECK(msg.find("cap of " + std::to_string(tandem_max_threads())) != std::string::npos);
+  CHECK(tandem_model_load("/nonexistent/bundle", tandem_max_threads() + 1, nullptr, &model) ==
+        TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(tandem_model_load("/nonexistent/bundle", tandem_max_threads(), nullptr, &model) == TANDEM_ERR_BUNDLE);
+  CHECK(tandem_model_load("/nonexistent/bundle", -1, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
   tandem_generate_params p = tandem_generate_default_params();
   CHECK(std::string(p.mode) == "large" && p.max_new_tokens == 128);
 }
@@ -175,6 +210,7 @@ int main() {
   TestSampling();
   TestManifest();
   TestParseMode();
+  TestThreadCap();
   TestCApiErrors();
   std::cout << g_checks - g_failures << " passed, " << g_failures << " failed\n";
   return g_failures == 0 ? 0 : 1;

@@ -65,11 +65,18 @@ const char* ToString(FinishReason reason) noexcept;
 // Parses "large" | "tandem" | "speed" | "vanilla"; throws kInvalidArgument otherwise.
 Mode ParseMode(const std::string& name);
 
+// The most threads ModelOptions::intra_op_threads and drafter_threads may ask for on this
+// machine: 4 per hardware thread, and never less than 64. Model::Load refuses a larger
+// count with kInvalidArgument before it creates any ONNX Runtime session or thread pool.
+int MaxThreads() noexcept;
+
 struct ModelOptions {
   std::string bundle_path;          // folder holding tandem.json
   Device device = Device::kCpu;     // kCuda needs an ONNX Runtime built with CUDA
-  int intra_op_threads = 0;         // M_L's threads; 0: ONNX Runtime's default (one per core)
-  int drafter_threads = 1;          // M_S / drafter threads; 0: as intra_op_threads
+  int intra_op_threads = 0;         // M_L's threads, in [0, MaxThreads()]; 0: ONNX Runtime's
+                                    // default (one per core)
+  int drafter_threads = 1;          // M_S / drafter threads, in [0, MaxThreads()]; 0: as
+                                    // intra_op_threads
   std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
                                     // then the library found at build time, then dlopen's search
   bool share_weights = true;        // a tensor several graphs read from one data file (a drafter
@@ -135,10 +142,10 @@ class Model {
   const std::string& tokenizer_path() const;  // empty if the bundle ships none
   uint64_t shared_weight_bytes() const;       // bytes of tensors loaded once for several graphs
 
+ private:
+  friend class Generator;  // reads the sessions and manifest through impl()
   struct Impl;
   const Impl& impl() const { return *impl_; }
-
- private:
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

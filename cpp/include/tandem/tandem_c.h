@@ -41,10 +41,13 @@ typedef struct {
 /* Defaults: mode "large", bundle block length, greedy, 128 new tokens. */
 tandem_generate_params tandem_generate_default_params(void);
 
-/* Loads a bundle folder. threads: intra-op threads (0: one per core). ort_library: path to
- * libonnxruntime.so, or NULL to search ($TANDEM_ORT_LIBRARY, build default, dlopen). */
+/* Loads a bundle folder. threads: intra-op threads, in [0, tandem_max_threads()] (0: one per
+ * core; more is TANDEM_ERR_INVALID_ARGUMENT, refused before any thread starts). ort_library:
+ * path to libonnxruntime.so, or NULL to search ($TANDEM_ORT_LIBRARY, build default, dlopen). */
 tandem_status tandem_model_load(const char* bundle_path, int threads, const char* ort_library,
                                 tandem_model** out);
+/* The most threads tandem_model_load accepts on this machine (4 per hardware thread, >= 64). */
+int tandem_max_threads(void);
 void tandem_model_free(tandem_model* model);
 int64_t tandem_model_vocab_size(const tandem_model* model);
 
