@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "export": [*TANDEM, "export", "--large", str(a.large), "--tandem", str(drafter), "--out", str(bundle),
                    "--precision", "int4", "--block-length", str(a.block_length)],
     }
+    if (reps / "reps.json").is_file():  # an earlier run's shards: this run resumes after them
+        record["reps_complete_shards_before"] = json.loads((reps / "reps.json").read_text())["complete_shards"]
     for name, cmd in steps.items():
         seconds = run(cmd, work / f"{name}.log")
         record["steps"][name] = {"command": "tandem " + " ".join(cmd[3:]), "seconds": seconds,
@@ -158,7 +160,9 @@ def render(r: dict) -> str:
         "| step | command | wall | throughput | peak RSS so far |",
         "| --- | --- | --- | --- | --- |",
     ]
-    rates = {"reps": f"{r['reps']['tokens_per_second']:.0f} tokens/s (last run)",
+    before = r.get("reps_complete_shards_before")
+    resumed = f" (resumed after {before} complete shards)" if before else ""
+    rates = {"reps": f"{r['reps']['tokens_per_second']:.0f} tokens/s over the last run{resumed}",
              "train": f"{r['train']['training_tokens_per_second'] or 0:.0f} tokens/s", "export": ""}
     for name, s in steps.items():
         lines.append(f"| {name} | `{s['command']}` | {s['seconds'] / 60:.1f} min | {rates[name]} | "
