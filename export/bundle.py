@@ -31,6 +31,8 @@ DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, ca
 GRAPH_FILES = {"large": "large.onnx", "small": "small.onnx", "draft": "draft.onnx"}
 
 
+DEFAULT_BLOCK_LENGTH = 4  # when neither --block-length nor the drafter's training says
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -156,7 +158,7 @@ def export_bundle(
     tandem: str | Path | Any | None = None,
     plain: str | Path | Any | None = None,
     tokenizer: str | Path | None = None,
-    block_length: int = 4,
+    block_length: int | None = None,
     max_block_length: int = 16,
     router_threshold: float = 0.8,
     context_length: int | None = None,
@@ -173,13 +175,15 @@ def export_bundle(
     `tokenizer`: a folder or `tokenizer.json` file; default: M_L's folder when it has one.
     `precision`: fp32, fp16 (for CUDA), int8 or int4 (MatMulNBits, for CPU) — see
     `tandem.export.quantize`; `accuracy_level` applies to int8/int4 (4: int8 compute).
+    `block_length`: the bundle's default γ; None: the γ the tandem drafter was trained at
+    (its `training_summary.json`), else 4.
     `progress`: called with status lines (None: silent, no progress bars).
     Returns the manifest written to `out_dir/tandem.json`.
     """
     say = progress or (lambda _msg: None)
     check_precision(precision)
     check_accuracy_level(accuracy_level)
-    if not 1 <= block_length <= max_block_length:
+    if block_length is not None and not 1 <= block_length <= max_block_length:
         raise ExportError(f"need 1 <= block_length ({block_length}) <= max_block_length ({max_block_length})")
     out = Path(out_dir)
     _out_folder_check(out)
@@ -194,6 +198,9 @@ def export_bundle(
             ckpts["draft"] = Checkpoint.load(plain, "plain M_S")
         drafters = {r: c for r, c in ckpts.items() if r != "large"}
         _check_pair(ckpts["large"], drafters)
+        if block_length is None:  # the γ the tandem drafter was trained at
+            trained = ckpts["small"].trained_block_length if "small" in ckpts else 0
+            block_length = min(trained, max_block_length) if trained else DEFAULT_BLOCK_LENGTH
         config = ckpts["large"].config
         vocab = int(config.vocab_size)
         ctx = context_length or min(int(getattr(config, "max_position_embeddings", 2048)), DEFAULT_MAX_CONTEXT)
@@ -243,6 +250,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
         if shared is not None and shared.saved_bytes > saved:
             say(f"{file}: {(shared.saved_bytes - saved) / 1e6:.1f} MB of tensors equal to another graph's are "
                 "stored once (read from that graph's data file)")
+        spec.trained_block_length = ckpt.trained_block_length if role != "large" else 0
         graphs[role] = spec
         if validate:
             figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx,

@@ -139,6 +139,7 @@ class Checkpoint:
     extras: TensorSource = field(default_factory=lambda: DictSource({}))
     tandem_config: dict[str, Any] | None = None
     router_config: dict[str, Any] | None = None
+    trained_block_length: int = 0  # γ of `tandem train` (training_summary.json); 0: unknown
 
     def close(self) -> None:
         self.tensors.close()
@@ -159,6 +160,7 @@ class Checkpoint:
         except (ValueError, OSError, KeyError) as exc:
             raise ExportError(f"cannot read {folder / 'config.json'}: {exc}") from exc
         ckpt = Checkpoint(config, SafetensorsSource(_safetensors_files(folder)), str(folder))
+        ckpt.trained_block_length = _trained_block_length(folder)
         extra_files = []
         if (folder / TANDEM_CONFIG_FILE).is_file():
             ckpt.tandem_config = json.loads((folder / TANDEM_CONFIG_FILE).read_text())
@@ -209,6 +211,15 @@ class Checkpoint:
         if isinstance(source, str | Path):
             return Checkpoint.from_folder(source, role)
         return Checkpoint.from_module(source)
+
+
+def _trained_block_length(folder: Path) -> int:
+    """The block length γ of the `tandem train` run that wrote `folder` (0: unknown)."""
+    try:
+        summary = json.loads((folder / "training_summary.json").read_text())
+        return max(0, int(summary["config"]["block_length"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 class _Prefixed(TensorSource):

@@ -7,12 +7,13 @@ The GIL is released while C++ runs, so other Python threads keep going.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import BundleError, InvalidArgumentError
+from tandem.errors import BundleError, InvalidArgumentError, UntrainedBlockLengthWarning
 from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
 
@@ -270,6 +271,7 @@ class TandemModel:
             raise InvalidArgumentError(f"block_length must be >= 1, got {block_length}")
         if max_block_length is not None and not 0 <= int(max_block_length) <= _INT32_MAX:
             raise InvalidArgumentError(f"max_block_length must be >= 1, got {max_block_length}")
+        self._warn_untrained_block_length(mode, block_length, max_block_length if adaptive else None)
         eos = [] if eos_token_id is None else (
             [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
         )
@@ -295,6 +297,22 @@ class TandemModel:
             ignore_eos=bool(ignore_eos),
         )
         return Stream(self, ids, stops, options)
+
+    def _warn_untrained_block_length(self, mode: str, block_length: int | str | None,
+                                     max_block_length: int | None) -> None:
+        """Warn when a tandem drafter would draft further than the γ it was trained at."""
+        small = self.manifest.graphs.get("small")
+        trained = small.trained_block_length if small is not None else 0
+        if mode not in ("speed", "tandem") or not trained:
+            return
+        gamma = max_block_length if block_length == "auto" else block_length
+        gamma = self.manifest.default_block_length if gamma is None else int(gamma)
+        if gamma > trained:
+            warnings.warn(f"block length {gamma} is longer than the γ = {trained} the tandem drafter was trained "
+                          f"at: its drafts at block positions {trained}..{gamma - 1} were never trained (still "
+                          "lossless in speed mode, usually fewer accepted); pass block_length <= "
+                          f"{trained} or retrain with --block-length {gamma}", UntrainedBlockLengthWarning,
+                          stacklevel=4)
 
     def generate(self, prompt: str | bytes | Sequence[int], **options: Any) -> GenerationResult:
         """Generate from text or token ids; takes the keyword arguments of :meth:`stream`.

@@ -15,6 +15,7 @@ from tandem.errors import (
     RuntimeBackendError,
     TandemError,
     TrainingError,
+    UntrainedBlockLengthWarning,
 )
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "GenerationResult",
     "TandemModel",
     "TrainingError",
+    "UntrainedBlockLengthWarning",
     "__version__",
     "load",
 ]

@@ -116,7 +116,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="bundle folder to write (new, empty, or an older bundle to replace)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: --large)")
-    p.add_argument("--block-length", type=int, default=4, help="default block length γ (default: 4)")
+    p.add_argument("--block-length", type=int,
+                   help="the bundle's default block length γ (default: the γ the tandem M_S was trained at, "
+                        "else 4)")
     p.add_argument("--max-block-length", type=int, default=16, help="longest γ a request may ask for (default: 16)")
     p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode (default: 0.8)")
     p.add_argument("--context-length", type=int,

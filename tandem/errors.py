@@ -35,6 +35,10 @@ class TrainingError(TandemError):
     """Training or evaluation could not run with the given models, data or settings."""
 
 
+class UntrainedBlockLengthWarning(UserWarning):
+    """A tandem drafter is asked to draft further than the block length it was trained at."""
+
+
 __all__ = [
     "BundleError",
     "BusyError",
@@ -44,4 +48,5 @@ __all__ = [
     "RuntimeBackendError",
     "TandemError",
     "TrainingError",
+    "UntrainedBlockLengthWarning",
 ]

@@ -83,6 +83,9 @@ class GraphSpec:
     # vocabulary: the drafter proposes only these, and its distribution is 0 elsewhere, so
     # verification stays exact). Empty: the full vocabulary.
     draft_vocab: list[int] = field(default_factory=list)
+    # Drafters only: the block length γ the drafter was trained at (0: unknown). Decoding
+    # with a longer γ than trained drafts positions it never learned (a warning says so).
+    trained_block_length: int = 0
 
     @property
     def logits_size(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pytest
 import torch
 from tiny_models import tiny_corpus, tiny_large_folder
 
-from tandem.errors import TrainingError
+from tandem.errors import TrainingError, UntrainedBlockLengthWarning
+from tandem.manifest import Manifest
 from tandem.train.data import Corpus, TextTokenizer
 from tandem.train.model import (
     LargeParts,
@@ -254,9 +256,16 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
     bundle = tmp_path / "bundle"
     assert main(["export", "--large", str(setup["large"]), "--tandem", str(drafter), "--out", str(bundle),
                  "--precision", "int4", "--context-length", "128"]) == 0
+    manifest = Manifest.load(bundle)  # the bundle knows the γ its drafter was trained at (train's default, 2)
+    assert manifest.graphs["small"].trained_block_length == 2 and manifest.default_block_length == 2
     model = load(bundle, threads=1)
     prompt = TextTokenizer.load(setup["large"]).tokenizer.encode("def f0_3(x):\n    return").ids
     want = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True).ids
-    for block in (1, 3):
-        got = model.generate(prompt, mode="speed", block_length=block, max_new_tokens=24, ignore_eos=True)
+    for block in (1, 2, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning up to the trained γ
+            got = model.generate(prompt, mode="speed", block_length=block, max_new_tokens=24, ignore_eos=True)
         assert got.ids == want, block
+    with pytest.warns(UntrainedBlockLengthWarning, match="trained at"):
+        got = model.generate(prompt, mode="speed", block_length=3, max_new_tokens=24, ignore_eos=True)
+    assert got.ids == want
