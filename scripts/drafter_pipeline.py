@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     record["bench_rows"] = [{k: r.get(k) for k in ("label", "tokens_per_second", "speedup", "alpha", "c")}
                             for r in bench["rows"]]
     a.report.parent.mkdir(parents=True, exist_ok=True)
-    a.report.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    a.report.with_suffix(".md").write_text(render(record))
+    Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))  # (the name may hold dots: "1.5b")
+    Path(f"{a.report}.md").write_text(render(record))
     print(render(record))
     return 0
 

@@ -122,6 +122,11 @@ def test_an_interrupted_precompute_resumes_to_the_same_files(setup: dict, monkey
     for name, array in straight.items():
         assert np.array_equal(resumed[name], array), name
     assert not list(out.glob("*.partial")) and not list(out.glob(".engine-*"))
+    recorded = RepsSpec.load(out)
+    assert recorded.tokens_per_second and recorded.extra.get("peak_rss_mb")
+    again = _run(setup, out)  # a rerun of a complete folder computes nothing and keeps its figures
+    assert (again.tokens_per_second, again.extra) == (recorded.tokens_per_second, recorded.extra)
+    assert RepsSpec.load(out).tokens_per_second == recorded.tokens_per_second
 
 
 def test_a_folder_of_another_run_is_refused(setup: dict):

@@ -237,6 +237,7 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
             raise TrainingError(f"{out} holds representations of another run ({', '.join(changed)} differ); "
                                 "pass another --out, or delete it to start over")
         spec.complete_shards = old.complete_shards
+        spec.tokens_per_second, spec.extra = old.tokens_per_second, old.extra  # kept unless this run computes
     out.mkdir(parents=True, exist_ok=True)
     spec.save(out)
     if spec.complete_shards == spec.num_shards:
@@ -251,14 +252,15 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
             runner: TorchEngine | OrtEngine = TorchEngine(large_folder, threads)
         else:
             runner = OrtEngine(large_folder, work, spec.layers, precision, seq_len, threads, progress)
-        spec.extra = {"rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
+        spec.extra = {**spec.extra, "rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
         bar = tqdm(total=total * seq_len, initial=done * seq_len, unit="tok", unit_scale=True, desc="M_L reps",
                    disable=not progress)
-        start_tokens, clock = done * seq_len, _Clock()
+        computed, clock = 0, _Clock()
         for shard in range(spec.complete_shards, spec.num_shards):
             _write_shard(out, spec, shard, windows, runner, bar)
             spec.complete_shards = shard + 1
-            spec.tokens_per_second = (bar.n - start_tokens) / clock.elapsed()
+            computed += spec.shard_windows(shard) * seq_len
+            spec.tokens_per_second = computed / clock.elapsed()
             spec.extra["peak_rss_mb"] = _peak_rss_mb()
             spec.save(out)
         bar.close()
