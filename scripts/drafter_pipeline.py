@@ -188,6 +188,7 @@ def render(r: dict) -> str:
     ]
     lines += [f"| {b['label']} | {b['tokens_per_second'] or 0:.2f} | {b['speedup'] or 0:.2f} | "
               f"{b['alpha'] if b['alpha'] is None else round(b['alpha'], 3)} |" for b in r["bench_rows"]]
+    lines += ["", *(f"Note: {note}" for note in r.get("notes", []))]
     return "\n".join(lines) + "\n"
 
 
