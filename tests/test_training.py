@@ -235,3 +235,24 @@ def test_tandem_vs_plain_script_quick(tmp_path):
     assert record["runs"]["Tandem-Distil, trained γ = 3 variable"]["config"]["variable_boundaries"] is True
     text = report.with_suffix(".md").read_text()
     assert "| Tandem-Distil |" in text and "γ = 3" in text and "drafter seeds 0, 1" in text
+
+
+def test_variable_boundaries_draw_every_block_length():
+    """--variable-boundaries: block lengths drawn from 1..γ per block (not one random offset
+    per sequence): every length occurs, none exceeds γ, blocks tile the sequence."""
+    from tandem.train.model import variable_block_starts
+
+    gamma, n = 4, 200
+    starts = variable_block_starts(16, n, gamma, torch.Generator().manual_seed(0))
+    assert starts.shape == (16, n) and (starts[:, 0] == 0).all()
+    pos = torch.arange(n)
+    assert ((starts <= pos) & (pos - starts < gamma)).all()
+    lengths = []
+    for row in starts.tolist():
+        firsts = sorted(set(row))
+        assert all(row[i] == i for i in firsts)  # each block starts where its first position is
+        lengths += [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
+    counts = torch.bincount(torch.tensor(lengths), minlength=gamma + 1)
+    assert counts[0] == 0 and (counts[1:] > 0.15 * len(lengths)).all(), counts  # about uniform on 1..γ
+    again = variable_block_starts(16, n, gamma, torch.Generator().manual_seed(0))
+    assert torch.equal(starts, again)

@@ -94,7 +94,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--loss", choices=LOSSES, help="default: ce-then-distil (tandem), distil (plain), ce (lm)")
     parser.add_argument("--variable-boundaries", action="store_true",
-                        help="random block offset per training sequence")
+                        help="draw every training block's length from 1..--block-length (as verification ends "
+                             "blocks at varying lengths when decoding), instead of fixed blocks of --block-length")
     parser.add_argument("--reps", type=Path, metavar="FOLDER",
                         help="train from M_L representations precomputed by `tandem reps` (M_L is not run; "
                              "--large is still read for its config, embedding and LM head, --data only for the "

@@ -364,6 +364,16 @@ def block_starts(batch: int, length: int, block_length: int, offsets: Tensor | N
     return torch.where(pos < o, torch.zeros_like(pos), starts)
 
 
+def variable_block_starts(batch: int, length: int, max_length: int, generator: torch.Generator) -> Tensor:
+    """Block starts ``(B, N)`` of blocks whose lengths are drawn uniformly from ``1..max_length``,
+    independently per block and per row (the first block starts at 0)."""
+    lengths = torch.randint(1, max_length + 1, (batch, length), generator=generator)
+    first = torch.cumsum(lengths, dim=1) - lengths  # (B, N): start of the b-th block, ascending
+    pos = torch.arange(length).expand(batch, length).contiguous()
+    index = torch.searchsorted(first, pos, right=True) - 1  # the block holding each position
+    return first.gather(1, index)
+
+
 def block_mask(starts: Tensor) -> Tensor:
     """Training-mode mask ``(B, N, 2N)`` from block starts ``(B, N)``.
 

@@ -49,6 +49,7 @@ from tandem.train.model import (
     check_pair,
     empty_past,
     large_step,
+    variable_block_starts,
 )
 from tandem.train.reps import RepsReader
 from tandem.train.router import Router, fit_router
@@ -78,7 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     block_length: int = 2  # γ of the training-mode mask
-    variable_boundaries: bool = False  # random block offset per sequence
+    variable_boundaries: bool = False  # every block's length drawn from 1..block_length
     router_batches: int = 16  # training batches logged to fit the router
     router_steps: int = 300
     seed: int = 0
@@ -284,9 +285,10 @@ class Trainer:
         (the offsets are drawn for the whole global batch, on every rank alike)."""
         gamma = self.config.block_length
         drawn = batch if shard is None else shard.total
-        offsets = (torch.randint(gamma, (drawn,), generator=generator)
-                   if self.config.variable_boundaries else None)
-        starts = block_starts(drawn, length, gamma, offsets)
+        if self.config.variable_boundaries:
+            starts = variable_block_starts(drawn, length, gamma, generator)
+        else:
+            starts = block_starts(drawn, length, gamma)
         return (starts if shard is None else shard.take(starts)).to(self.device)
 
     @property
