@@ -45,7 +45,14 @@ from tandem.train.model import (
     create_tandem,
     draft_vocabulary,
 )
-from tandem.train.reps import DEFAULT_TOP_K, DISTIL_TEACHERS, ENGINES, RepsReader, precompute
+from tandem.train.reps import (
+    DEFAULT_TOP_K,
+    DISTIL_TEACHERS,
+    ENGINES,
+    RepsReader,
+    precompute,
+    torch_precision,
+)
 from tandem.train.router import Router, RouterConfig
 from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
 
@@ -244,10 +251,13 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                              "read (its --layer-assignment); default: the middle layer")
     parser.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: all training data)")
     parser.add_argument("--engine", choices=ENGINES, default="onnxruntime",
-                        help="onnxruntime: M_L's exported graph at --precision (fast on CPU); torch: float32 "
-                             "PyTorch (exactly what training with M_L in the loop sees)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="int4",
-                        help="M_L's precision under --engine onnxruntime (default int4)")
+                        help="onnxruntime: M_L's exported graph at --precision (fast on CPU); torch: PyTorch, "
+                             "float32 on the CPU (exactly what training with M_L in the loop sees), bf16 on CUDA")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4", "bf16"),
+                        help="M_L's precision: fp32/fp16/int8/int4 under --engine onnxruntime (default int4); "
+                             "--engine torch computes in fp32 on the CPU and bf16 (autocast) on CUDA")
+    parser.add_argument("--device", default="auto",
+                        help="--engine torch: auto (CUDA when present) | cpu | cuda; ONNX Runtime runs on the CPU")
     parser.add_argument("--distil", choices=DISTIL_TEACHERS, default="topk",
                         help="Tandem-Distil's teacher: topk = M_L's top-k log-probabilities (small); hidden = "
                              "its final hidden state, put through the LM head at training time (exact, d_L "
@@ -276,9 +286,11 @@ def run_reps(args: argparse.Namespace) -> int:
         layers = [int(p) for p in parts]
     corpus = Corpus.build(args.data, TextTokenizer.load(args.large), args.heldout_fraction)
     print(f"data: {corpus.train.numel()} training tokens")
+    device = resolve_device(args.device) if args.engine == "torch" else torch.device("cpu")
+    precision = args.precision or (torch_precision(device) if args.engine == "torch" else "int4")
     spec = precompute(args.large, corpus.train, layers, args.out, seq_len=args.seq_len, max_tokens=args.max_tokens,
-                      engine=args.engine, precision=args.precision, distil=args.distil, top_k=args.top_k,
-                      shard_tokens=args.shard_tokens, threads=args.threads)
+                      engine=args.engine, precision=precision, distil=args.distil, top_k=args.top_k,
+                      shard_tokens=args.shard_tokens, threads=args.threads, device=device)
     rate = f", {spec.tokens_per_second:.0f} tokens/s" if spec.tokens_per_second else ""
     print(f"wrote {spec.total_windows * spec.seq_len} tokens of layers {spec.layers} to {args.out}{rate}")
     return 0

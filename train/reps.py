@@ -114,25 +114,30 @@ def stream_sha256(stream: Tensor) -> str:
 
 
 class TorchEngine:
-    """M_L in PyTorch float32 (Hugging Face `output_hidden_states`)."""
+    """M_L in PyTorch (Hugging Face `output_hidden_states`): float32 weights, under bf16
+    autocast on CUDA (precision "bf16"), plain float32 on the CPU ("fp32")."""
 
     name = "torch"
 
-    def __init__(self, folder: Path, threads: int = 0) -> None:
+    def __init__(self, folder: Path, threads: int = 0, device: torch.device | str = "cpu") -> None:
         from transformers import AutoModelForCausalLM
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        self.precision = "fp32"
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval().to(self.device)
+        self.precision = torch_precision(self.device)
 
     @torch.no_grad()
     def __call__(self, ids: np.ndarray, layers: list[int], want_logits: bool) -> tuple[list[np.ndarray], Tensor | None]:
         """ids `[1, N]` -> representations `[N, d]` per layer (float32), logits `[N, V]` or None."""
         from tandem.train.model import empty_past, large_step
 
-        logits, _, reps = large_step(self.model, torch.from_numpy(ids), empty_past(self.model.config), layers)
-        return [r[0].numpy() for r in reps], logits[0] if want_logits else None
+        cuda = self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits, _, reps = large_step(self.model, torch.from_numpy(ids).to(self.device),
+                                         empty_past(self.model.config, device=self.device), layers)
+        return [r[0].float().cpu().numpy() for r in reps], logits[0].float().cpu() if want_logits else None
 
     def close(self) -> None:
         del self.model
@@ -185,6 +190,11 @@ class OrtEngine:
         del self.session
 
 
+def torch_precision(device: torch.device | str) -> str:
+    """What the torch engine computes in on `device`: bf16 autocast on CUDA, float32 elsewhere."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 # --------------------------------------------------------------------------- precompute
 
 
@@ -198,7 +208,8 @@ def stored_layers(layers: list[int], num_layers: int, distil: str) -> list[int]:
 def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out: str | Path, *,
                seq_len: int = 256, max_tokens: int | None = None, engine: str = "onnxruntime",
                precision: str = "int4", distil: str = "topk", top_k: int = DEFAULT_TOP_K,
-               shard_tokens: int = 16_384, threads: int = 0, progress: bool = True) -> RepsSpec:
+               shard_tokens: int = 16_384, threads: int = 0, device: torch.device | str = "cpu",
+               progress: bool = True) -> RepsSpec:
     """Run M_L once over windows of `stream` and write the reps folder `out` (resumable)."""
     from transformers import AutoConfig
 
@@ -207,8 +218,11 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
         raise TrainingError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if distil not in DISTIL_TEACHERS:
         raise TrainingError(f"unknown teacher {distil!r}; use one of {', '.join(DISTIL_TEACHERS)}")
-    if engine == "torch" and precision != "fp32":
-        raise TrainingError("--engine torch runs M_L in float32; pass --precision fp32 or --engine onnxruntime")
+    if engine == "onnxruntime" and precision not in ("fp32", "fp16", "int8", "int4"):
+        raise TrainingError(f"--engine onnxruntime builds M_L at fp32, fp16, int8 or int4, not {precision!r}")
+    if engine == "torch" and precision != torch_precision(device):
+        raise TrainingError(f"--engine torch runs M_L at {torch_precision(device)} on {torch.device(device).type}; "
+                            f"pass --precision {torch_precision(device)} or --engine onnxruntime")
     if seq_len < 2 or shard_tokens < seq_len:
         raise TrainingError(f"--seq-len {seq_len} must be ≥ 2 and --shard-tokens {shard_tokens} ≥ --seq-len")
     config_path = large_folder / "config.json"
@@ -249,7 +263,7 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
     try:
         rss_before = _rss_mb()
         if engine == "torch":
-            runner: TorchEngine | OrtEngine = TorchEngine(large_folder, threads)
+            runner: TorchEngine | OrtEngine = TorchEngine(large_folder, threads, device)
         else:
             runner = OrtEngine(large_folder, work, spec.layers, precision, seq_len, threads, progress)
         spec.extra = {**spec.extra, "rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
