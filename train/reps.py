@@ -400,14 +400,15 @@ class RepsReader:
             yield from arrays["tokens"]
 
     def sample(self, batch: int, generator: torch.Generator, layers: list[int], seq_len: int | None = None,
-               teacher: bool = False) -> RepsBatch:
-        """`batch` random windows (the first `seq_len + 1` tokens of each; all by default)."""
+               teacher: bool = False, rows: slice | None = None) -> RepsBatch:
+        """`batch` random windows (the first `seq_len + 1` tokens of each; all by default); with
+        `rows`, only those rows of the batch drawn are read (one process's share)."""
         n = self.spec.seq_len if seq_len is None else seq_len
         if n > self.spec.seq_len:
             raise TrainingError(f"--seq-len {n} is longer than the stored windows ({self.spec.seq_len}); "
                                 "lower it or rerun `tandem reps` with a longer --seq-len")
         picks = torch.randint(self.num_windows, (batch,), generator=generator).tolist()
-        rows = [self._locate(i) for i in picks]
+        rows = [self._locate(i) for i in (picks if rows is None else picks[rows])]
 
         def stack(kind: str, width: int, dtype: torch.dtype) -> Tensor:
             return torch.stack([torch.from_numpy(np.array(self.shards[s][kind][w, :width])) for s, w in rows]).to(dtype)

@@ -303,17 +303,16 @@ class Trainer:
         n = cfg.seq_len if seq_len is None else seq_len
         rows = self.dist.shard(cfg.batch_size) if shard else None
         if self.reps is not None:
-            got = self.reps.sample(cfg.batch_size, generator, self._layers, n, teacher=need_teacher)
-            mine = (lambda t: t) if rows is None else rows.take
-            windows = mine(got.windows).to(self.device)
+            got = self.reps.sample(cfg.batch_size, generator, self._layers, n, teacher=need_teacher,
+                                   rows=None if rows is None else slice(rows.start, rows.stop))  # only this rank's
+            windows = got.windows.to(self.device)
             teacher = None
             if got.hidden is not None:
                 with torch.no_grad():
-                    teacher = Teacher(logits=F.linear(mine(got.hidden).to(self.device), self.teacher_head))
+                    teacher = Teacher(logits=F.linear(got.hidden.to(self.device), self.teacher_head))
             elif got.top_ids is not None:
-                teacher = Teacher(top_ids=mine(got.top_ids).to(self.device),
-                                  top_logp=mine(got.top_logp).to(self.device))
-            return Batch(windows[:, :-1], windows[:, 1:], [mine(r).to(self.device) for r in got.reps], teacher, rows)
+                teacher = Teacher(top_ids=got.top_ids.to(self.device), top_logp=got.top_logp.to(self.device))
+            return Batch(windows[:, :-1], windows[:, 1:], [r.to(self.device) for r in got.reps], teacher, rows)
         return self.live_batch(sample_windows(self.corpus.train, cfg.batch_size, n + 1, generator), need_teacher,
                                rows)
 
