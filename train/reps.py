@@ -364,7 +364,7 @@ class RepsReader:
         self.spec = RepsSpec.load(self.folder)
         if self.spec.complete_shards == 0:
             raise TrainingError(f"{self.folder} has no complete shard yet; let `tandem reps` run longer")
-        if self.spec.complete_shards < self.spec.num_shards:
+        if self.spec.complete_shards < self.spec.num_shards and os.environ.get("RANK", "0") == "0":
             print(f"warning: {self.folder} holds {self.spec.complete_shards} of {self.spec.num_shards} shards; "
                   "training on those (rerun `tandem reps` to finish)")
         self.shards: list[dict[str, np.ndarray]] = []
