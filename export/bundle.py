@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import ExportError
+from tandem.errors import BundleError, ExportError
 from tandem.export.builder import BuildOptions, build_graph
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.decoder import DecoderShape
@@ -29,6 +29,9 @@ from tandem.manifest import MANIFEST_NAME, Manifest
 
 DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, capped here
 GRAPH_FILES = {"large": "large.onnx", "small": "small.onnx", "draft": "draft.onnx"}
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# The named special tokens transformers gives a chat template (its `special_tokens_map`).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 DEFAULT_BLOCK_LENGTH = 4  # when neither --block-length nor the drafter's training says
@@ -112,6 +115,87 @@ def _resolve_tokenizer(tokenizer: str | Path | None, large: Checkpoint, drafters
         _check_same_tokenizer(tok_file, Path(ckpt.source) / "tokenizer.json" if ckpt.source else None,
                               "tandem M_S" if role == "small" else "plain M_S")
     return tok_file
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{path} is not a JSON object")
+    return data
+
+
+def read_chat_template(folder: str | Path) -> tuple[str | None, dict[str, str]]:
+    """The chat template of a Hugging Face folder and its named special tokens, as transformers
+    reads them: `chat_template.jinja` first, else `tokenizer_config.json`'s `chat_template` (a
+    string, or a list of {"name", "template"} of which the one named "default" is taken); the
+    special tokens (`bos_token`, `eos_token`, ...) from `tokenizer_config.json`, completed from
+    `special_tokens_map.json`. (None, {...}) when the folder has no template."""
+    folder = Path(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    template: Any = None
+    jinja_path = folder / CHAT_TEMPLATE_FILE
+    if jinja_path.is_file():
+        try:
+            template = jinja_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"{jinja_path} is not readable UTF-8 text: {exc}") from exc
+    else:
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+            if template is None:
+                raise ExportError(f"{config_path}: chat_template lists templates {sorted(map(str, named))} but none "
+                                  "named 'default'; add a chat_template.jinja to the folder to choose one")
+        elif isinstance(template, dict):
+            if "default" not in template:
+                raise ExportError(f"{config_path}: chat_template has templates {sorted(template)} but none named "
+                                  "'default'; add a chat_template.jinja to the folder to choose one")
+            template = template["default"]
+        if template is not None and not isinstance(template, str):
+            raise ExportError(f"{config_path}: chat_template must be a string, got {type(template).__name__}")
+    tokens: dict[str, str] = {}
+    sources = [config]
+    map_path = folder / "special_tokens_map.json"
+    if map_path.is_file():
+        sources.append(_read_json(map_path))
+    for name in SPECIAL_TOKEN_NAMES:
+        for source in sources:
+            value = source.get(name)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                tokens[name] = value
+                break
+    return (template or None), tokens
+
+
+def _resolve_chat_template(tokenizer: str | Path | None, large: Checkpoint,
+                           tok_file: Path | None) -> tuple[str | None, dict[str, str], Path | None]:
+    """M_L's chat template: from the tokenizer folder when one is given, else M_L's folder."""
+    if tok_file is None:
+        return None, {}, None
+    folders = []
+    if tokenizer is not None:
+        folders.append(Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent)
+    if large.source:
+        folders.append(Path(large.source))
+    first_tokens: dict[str, str] = {}
+    for folder in folders:
+        template, tokens = read_chat_template(folder)
+        if template is not None:
+            from tandem.runtime.chat import compile_template
+
+            try:
+                compile_template(template)
+            except BundleError as exc:
+                raise ExportError(f"the chat template of {folder} does not compile: {exc}") from exc
+            return template, tokens, folder
+        first_tokens = first_tokens or tokens
+    return None, first_tokens, None
 
 
 def _check_pair(large: Checkpoint, drafters: dict[str, Checkpoint]) -> None:
@@ -207,11 +291,15 @@ def export_bundle(
         if ctx < 2:
             raise ExportError("context_length must be >= 2")
         tok_file = _resolve_tokenizer(tokenizer, ckpts["large"], drafters, vocab)
+        chat_template, special_tokens, template_folder = _resolve_chat_template(tokenizer, ckpts["large"], tok_file)
+        if template_folder is not None:
+            say(f"chat template: from {template_folder}")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
             manifest = _build(ckpts, tmp, large if not isinstance(large, str | Path) else None, vocab=vocab,
-                              ctx=ctx, tok_file=tok_file, precision=precision, accuracy_level=accuracy_level,
+                              ctx=ctx, tok_file=tok_file, chat_template=chat_template,
+                              special_tokens=special_tokens, precision=precision, accuracy_level=accuracy_level,
                               validate=validate, block_length=block_length, max_block_length=max_block_length,
                               router_threshold=router_threshold, say=say, bars=progress is not None)
             _replace(tmp, out)
@@ -227,7 +315,7 @@ def export_bundle(
 
 
 def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab: int, ctx: int,
-           tok_file: Path | None, precision: str, accuracy_level: int, validate: bool, block_length: int,
+           tok_file: Path | None, chat_template: str | None, special_tokens: dict[str, str], precision: str, accuracy_level: int, validate: bool, block_length: int,
            max_block_length: int, router_threshold: float, say: Callable[[str], None], bars: bool) -> Manifest:
     from tqdm import tqdm
 
@@ -270,6 +358,10 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     if tok_file is not None:
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
         tok_name = "tokenizer.json"
+    template_name = ""
+    if chat_template is not None:
+        (tmp / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
+        template_name = CHAT_TEMPLATE_FILE
     config = ckpts["large"].config
     hashes = {}
     for role, spec in graphs.items():
@@ -285,6 +377,8 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
         bos_token_id=getattr(config, "bos_token_id", None),
         pad_token_id=getattr(config, "pad_token_id", None),
         tokenizer=tok_name,
+        chat_template=template_name,
+        special_tokens=special_tokens if tok_name else {},
         default_block_length=block_length,
         max_block_length=max_block_length,
         router_threshold=router_threshold,

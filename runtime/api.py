@@ -176,6 +176,25 @@ class TandemModel:
                     f"{self._model.tokenizer_path} has {tok_vocab} tokens but the graphs' vocabulary has "
                     f"{self.vocab_size}: the tokenizer belongs to another model; re-export the bundle"
                 )
+        self.chat_template: str | None = self._read_chat_template()
+
+    def _read_chat_template(self) -> str | None:
+        """The bundle's chat template (None when it has none); the file must lie in the bundle."""
+        name = self.manifest.chat_template
+        if not name:
+            return None
+        folder = self.bundle_path.resolve()
+        path = (folder / name).resolve()
+        if Path(name).is_absolute() or path.parent != folder:
+            raise BundleError(f"{self.bundle_path}: chat_template {name!r} must be a file name inside the bundle; "
+                              "re-export the bundle")
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BundleError(f"{self.bundle_path} names the chat template {name!r} but has no such file; "
+                              "copy the whole bundle folder or re-export it") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path} is not readable UTF-8 text ({exc}); re-export the bundle") from exc
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -220,6 +239,38 @@ class TandemModel:
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- chat --------------------------------------------------------------------------
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, tokenize: bool = False,
+                            add_generation_prompt: bool = True) -> str | list[int]:
+        """The bundle's chat template (M_L's, copied by the exporter) rendered over `messages`,
+        as Hugging Face's `tokenizer.apply_chat_template(messages, tokenize=tokenize,
+        add_generation_prompt=add_generation_prompt)` renders it: the text, or with
+        `tokenize=True` its token ids (encoded without the tokenizer's own special tokens:
+        the template writes them). `messages`: [{"role": "system" | "user" | "assistant",
+        "content": "..."}, ...]. A bundle without a template raises BundleError; malformed
+        messages, or messages the template refuses, InvalidArgumentError."""
+        from tandem.runtime.chat import render
+
+        if self.chat_template is None:
+            raise BundleError(
+                f"{self.bundle_path} has no chat template, so chat() cannot format messages: re-export it from "
+                "an M_L folder whose tokenizer_config.json has a chat_template (or that has a "
+                "chat_template.jinja), or format the prompt yourself and call generate()")
+        text = render(self.chat_template, messages, self.manifest.special_tokens,
+                      add_generation_prompt=add_generation_prompt)
+        if not tokenize:
+            return text
+        if self.tokenizer is None:
+            raise BundleError(f"{self.bundle_path} ships no tokenizer.json, so chat messages cannot be encoded; "
+                              "re-export the bundle with its tokenizer")
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> GenerationResult:
+        """Generate the assistant's reply to a conversation: `messages` rendered with the bundle's
+        chat template (with the generation prompt, see :meth:`apply_chat_template`), then
+        generated from like :meth:`generate`, which takes the same keyword arguments."""
+        return self.generate(self.apply_chat_template(messages, tokenize=True), **options)
 
     # -- generation --------------------------------------------------------------------
     def stream(

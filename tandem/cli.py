@@ -1,6 +1,7 @@
 """The `tandem` command line.
 
     tandem generate [BUNDLE] --prompt "def fib(n):" --mode speed --block-length 4 --stats
+    tandem generate BUNDLE --chat --system "Be brief." --prompt "What is a tandem?"
     tandem export --large M_L/ --tandem M_S/ [--plain PLAIN/] --out bundle/
     tandem train ...        (PyTorch side; see `tandem train --help`)
     tandem reps ...         (M_L's representations, once, for training)
@@ -29,6 +30,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--ids", help="prompt as comma-separated token ids")
+    p.add_argument("--chat", action="store_true",
+                   help="treat --prompt as one user message and format it with the bundle's chat template")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the user's")
     p.add_argument("--mode", choices=("large", "tandem", "speed", "vanilla"),
                    help="decoding mode (default: speed when the bundle has a tandem drafter)")
     p.add_argument("--block-length", default=None,
@@ -51,6 +55,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from tandem.runtime import load
 
+    if args.chat and args.prompt is None:
+        raise SystemExit("--chat formats --prompt as a user message: pass --prompt TEXT, not --ids")
+    if args.system is not None and not args.chat:
+        raise SystemExit("--system needs --chat (it is a chat message)")
     model = load(args.bundle, device=args.device, threads=args.threads)
     block = args.block_length
     if block is not None and block != "auto":
@@ -63,6 +71,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             prompt: str | list[int] = [int(x) for x in args.ids.split(",") if x.strip()]
         except ValueError:
             raise SystemExit("--ids must be comma-separated integers") from None
+    elif args.chat:
+        messages = [{"role": "system", "content": args.system}] if args.system is not None else []
+        messages.append({"role": "user", "content": args.prompt})
+        prompt = model.apply_chat_template(messages, tokenize=True)
     else:
         prompt = args.prompt
     stream = model.stream(

@@ -10,6 +10,7 @@ Layout of a bundle folder::
     small.onnx(.data)    tandem M_S step graph                  (optional)
     draft.onnx(.data)    plain M_S step graph (vanilla drafter) (optional)
     tokenizer.json       Hugging Face `tokenizers` file         (optional for id-only use)
+    chat_template.jinja  M_L's chat template (Jinja)            (optional: for `chat`)
 
 KV cache of every graph (format 2): one buffer per layer and K/V, `[1, h_kv, S, dh]` of
 `kv_dtype`, bound both as the past input and the present output (ONNX Runtime's
@@ -142,6 +143,10 @@ class Manifest:
     bos_token_id: int | None = None
     pad_token_id: int | None = None
     tokenizer: str = ""
+    # M_L's chat template: a file name in the bundle ("" when there is none; `chat` refuses),
+    # and the named special tokens templates read (bos_token, eos_token, ...: strings).
+    chat_template: str = ""
+    special_tokens: dict[str, str] = field(default_factory=dict)
     default_block_length: int = 4
     max_block_length: int = 16
     router_threshold: float = 0.8
