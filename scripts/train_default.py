@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
+# the running interpreter's standard library (the default pair was trained on CPython 3.11.7's;
+# tandem/models/default/data_files.txt lists every file with its SHA-256)
+DEFAULT_STDLIB = Path(sysconfig.get_paths()["stdlib"])
 PACKAGES = ("asyncio", "collections", "concurrent", "email", "http", "importlib", "json", "logging",
             "multiprocessing", "urllib", "xml")
 EXCLUDED_PARTS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
