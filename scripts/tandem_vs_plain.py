@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "cd /work/main && .venv/bin/python scripts/tandem_vs_plain.py"
                    + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
-        "python_version": "3.11.7", "cpu": cpu_name(), "torch": torch.__version__,
+        "python_version": platform.python_version(), "cpu": cpu_name(), "torch": torch.__version__,
         "n_files": len(files), "n_heldout": len(heldout_files),
         "train_tokens": corpus.train.numel(), "heldout_tokens": corpus.heldout.numel(),
         "vocab": tokenizer.vocab_size, "layer_map": tandem_model.config.layer_map,

@@ -501,7 +501,7 @@ def main() -> int:
     if a.out.resolve() != (REPO / "tandem/models/default").resolve():
         cmd += f" --out {a.out}"
     info = {
-        "command": cmd, "python_version": "3.11.7",
+        "command": cmd, "python_version": platform.python_version(),
         "n_files": len(files), "n_heldout": len(heldout_files), "corpus_mb": corpus_mb, "list_sha256": list_sha,
         "train_tokens": corpus.train.numel(), "heldout_tokens": corpus.heldout.numel(),
         "vocab": tokenizer.vocab_size, "layer_map": tandem.config.layer_map[0],
