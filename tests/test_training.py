@@ -256,3 +256,21 @@ def test_variable_boundaries_draw_every_block_length():
     assert counts[0] == 0 and (counts[1:] > 0.15 * len(lengths)).all(), counts  # about uniform on 1..γ
     again = variable_block_starts(16, n, gamma, torch.Generator().manual_seed(0))
     assert torch.equal(starts, again)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_a_block_after_a_past_equals_the_full_sequence(arch):
+    """The installed transformers takes our KV cache (keyword `cache` or `past_key_values`):
+    logits and representations of a block after a past equal those of the full sequence."""
+    from tandem.train.model import empty_past, large_step
+
+    large = tiny_large(arch, num_layers=2).eval()
+    ids = torch.randint(1, large.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _, full_reps = large_step(large, ids, empty_past(large.config), [1, 2])
+        _, past, _ = large_step(large, ids[:, :7], empty_past(large.config), [1, 2])
+        block, present, reps = large_step(large, ids[:, 7:], past, [1, 2])
+    assert present[0][0].shape[2] == 12
+    torch.testing.assert_close(block, full[:, 7:], atol=1e-5, rtol=1e-5)
+    for got, want in zip(reps, full_reps, strict=True):
+        torch.testing.assert_close(got, want[:, 7:], atol=1e-5, rtol=1e-5)

@@ -15,6 +15,8 @@ exported step graph all run exactly the same math.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -107,6 +109,19 @@ def empty_past(config: PretrainedConfig, batch: int = 1, dtype: torch.dtype = to
             for _ in range(config.num_hidden_layers)]
 
 
+@functools.cache
+def _cache_keyword(model_type: type) -> str:
+    """The forward keyword of the KV cache: ``cache`` in transformers 5, ``past_key_values``
+    before. A keyword the model does not name would vanish into ``**kwargs`` and the step would
+    silently run without its past, so anything else is refused."""
+    names = inspect.signature(model_type.forward).parameters
+    for keyword in ("cache", "past_key_values"):
+        if keyword in names:
+            return keyword
+    raise TrainingError(f"{model_type.__name__}.forward takes neither `cache` nor `past_key_values`; this "
+                        "transformers version is not supported (see pyproject.toml)")
+
+
 def _hf_step(model: PreTrainedModel, input_ids: Tensor, past: list[KV],
              output_hidden_states: bool) -> tuple[Tensor, list[KV], tuple[Tensor, ...] | None]:
     """One HF forward over ``input_ids (B, T)`` after ``past``; tokens at positions ``P..P+T-1``."""
@@ -115,8 +130,8 @@ def _hf_step(model: PreTrainedModel, input_ids: Tensor, past: list[KV],
         cache.update(k, v, i)
     start = past[0][0].shape[2]
     position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-    out = model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
-                output_hidden_states=output_hidden_states)
+    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                output_hidden_states=output_hidden_states, **{_cache_keyword(type(model)): cache})
     present = [(layer.keys, layer.values) for layer in cache.layers]  # each (B, h_kv, P+T, dh)
     return out.logits, present, out.hidden_states
 
