@@ -31,8 +31,7 @@ def vocab_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
 
     large = tiny_large("llama", seed=4, num_layers=3)
     cfg = create_drafter_config(large.config, num_layers=1, hidden_size=32)
-    tandem = create_tandem(large, cfg, router=True, seed=4)
-    tandem.config.draft_vocab = list(DRAFT_VOCAB)
+    tandem = create_tandem(large, cfg, router=True, seed=4, draft_vocab=list(DRAFT_VOCAB))
     plain = create_drafter(large, cfg, seed=11)
     tmp = tmp_path_factory.mktemp("vocab")
     bundle = tmp / "bundle"

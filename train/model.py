@@ -464,6 +464,15 @@ class TandemSmall(nn.Module):
         self.router = Router(config.router) if config.router else None
         self._memory_index = [config.large_layers.index(layer) for layer in config.layer_map]
         self._windows = _sliding_windows(small.config)
+        # A draft vocabulary's token id per logit column, and each token id's column (-1: a token
+        # the drafter never proposes); None without one. Derived from the config, not saved.
+        ids = column = None
+        if config.draft_vocab:
+            ids = torch.tensor(config.draft_vocab, dtype=torch.long)
+            column = torch.full((config.vocab_size,), -1, dtype=torch.long)
+            column[ids] = torch.arange(len(ids))
+        self.register_buffer("draft_ids", ids, persistent=False)
+        self.register_buffer("column_of_token", column, persistent=False)
 
     def _forward(self, input_ids: Tensor, token_pos: Tensor, memory: list[Tensor], memory_pos: Tensor,
                  mask: Tensor, past: list[KV] | None, columns_only: bool = False) -> tuple[Tensor, list[KV]]:
@@ -508,24 +517,9 @@ class TandemSmall(nn.Module):
             y = y + attn.o_proj(out.transpose(1, 2).reshape(batch, n, q.shape[1] * q.shape[3]))
             y = y + layer.mlp(layer.post_attention_layernorm(y))
         hidden = backbone.norm(y)
-        if columns_only and self.config.draft_vocab:  # only the draft vocabulary's head rows
-            ids = self.draft_ids.to(hidden.device)
-            return torch.nn.functional.linear(hidden, self.small.lm_head.weight[ids]), present  # (B, n, N)
+        if columns_only and self.draft_ids is not None:  # only the draft vocabulary's head rows
+            return torch.nn.functional.linear(hidden, self.small.lm_head.weight[self.draft_ids]), present  # (B, n, N)
         return self.small.lm_head(hidden), present  # (B, n, V)
-
-    @property
-    def draft_ids(self) -> Tensor:
-        """The token id of each logit column: the draft vocabulary, or all ids ``(V,)``."""
-        return torch.tensor(self.config.draft_vocab or range(self.config.vocab_size), dtype=torch.long)
-
-    def columns(self, token_ids: Tensor) -> Tensor:
-        """The logit column of each token id in :meth:`forward_columns`' output; -1 outside the
-        draft vocabulary (a token the drafter can never propose)."""
-        if not self.config.draft_vocab:
-            return token_ids
-        index = torch.full((self.config.vocab_size,), -1, dtype=torch.long, device=token_ids.device)
-        index[self.draft_ids.to(token_ids.device)] = torch.arange(len(self.config.draft_vocab), device=token_ids.device)
-        return index[token_ids]
 
     def step(self, input_ids: Tensor, memory: list[Tensor],
              past: list[KV]) -> tuple[Tensor, list[KV], Tensor | None]:
@@ -544,9 +538,8 @@ class TandemSmall(nn.Module):
         mask = (key_pos.view(1, -1) <= token_pos.view(-1, 1)).unsqueeze(0)  # (1, t, P+m+t)
         logits, present = self._forward(input_ids, token_pos, memory, memory_pos, mask, past)
         embed = self.small.get_input_embeddings().weight
-        vocab = self.config.draft_vocab
-        if vocab:  # the drafter proposes only its draft vocabulary: -inf (probability 0) elsewhere
-            ids = torch.tensor(vocab, device=logits.device)
+        ids = self.draft_ids
+        if ids is not None:  # the drafter proposes only its draft vocabulary: -inf (probability 0) elsewhere
             draft = logits[..., ids]
             score = None if self.router is None else self.router(draft, embed[ids])
             return torch.full_like(logits, float("-inf")).index_copy(-1, ids, draft), present, score
@@ -562,11 +555,10 @@ class TandemSmall(nn.Module):
         ``s(i) <= m <= i``.
         """
         logits = self.forward_columns(input_ids, reps, block_starts)
-        vocab = self.config.draft_vocab
-        if not vocab:
+        if self.draft_ids is None:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), float("-inf"))
-        return full.index_copy(-1, self.draft_ids.to(logits.device), logits)
+        return full.index_copy(-1, self.draft_ids, logits)
 
     def forward_columns(self, input_ids: Tensor, reps: list[Tensor], block_starts: Tensor) -> Tensor:
         """:meth:`forward_train` over the draft vocabulary only: logits ``(B, N, len(draft_ids))``

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,12 +270,12 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
         spec.extra = {**spec.extra, "rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
         bar = tqdm(total=total * seq_len, initial=done * seq_len, unit="tok", unit_scale=True, desc="M_L reps",
                    disable=not progress)
-        computed, clock = 0, _Clock()
+        computed, started = 0, time.perf_counter()
         for shard in range(spec.complete_shards, spec.num_shards):
             _write_shard(out, spec, shard, windows, runner, bar)
             spec.complete_shards = shard + 1
             computed += spec.shard_windows(shard) * seq_len
-            spec.tokens_per_second = computed / clock.elapsed()
+            spec.tokens_per_second = computed / max(1e-9, time.perf_counter() - started)
             spec.extra["peak_rss_mb"] = _peak_rss_mb()
             spec.save(out)
         bar.close()
@@ -297,17 +298,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
-
-
-class _Clock:
-    def __init__(self) -> None:
-        import time
-
-        self._time = time.perf_counter
-        self._start = self._time()
-
-    def elapsed(self) -> float:
-        return max(1e-9, self._time() - self._start)
 
 
 def _write_shard(out: Path, spec: RepsSpec, shard: int, windows: np.ndarray, runner: TorchEngine | OrtEngine,

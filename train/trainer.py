@@ -244,14 +244,10 @@ class Trainer:
             self.teacher_head = self.large.get_output_embeddings().weight
         self.router = model.router if isinstance(model, TandemSmall) else router
         self.corpus = corpus
-        if isinstance(model, TandemSmall):
-            self.columns: Tensor | None = model.draft_ids.to(self.device) if model.config.draft_vocab else None
-        else:
-            self.columns = None
-        self.to_column: Tensor | None = None
-        if self.columns is not None:
-            self.to_column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=self.device)
-            self.to_column[self.columns] = torch.arange(len(self.columns), device=self.device)
+        # a draft vocabulary's columns (token id per logit column, column per token id); None: all V
+        tandem = isinstance(model, TandemSmall)
+        self.columns: Tensor | None = self.model.draft_ids if tandem else None
+        self.to_column: Tensor | None = self.model.column_of_token if tandem else None
         self.out_dir = Path(out_dir)
         self.step = 0
         self.tokens_per_second: float | None = None  # of the last train() call
