@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bindings.hpp"
 #include "tandem/tandem.hpp"
 
 namespace py = pybind11;
@@ -76,6 +77,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(type.ptr(), e.what());
     }
   });
+
+  tandem::python::BindTokenizer(m);
 
   m.def("max_threads", &MaxThreads,
         "The most threads Model accepts for threads / drafter_threads on this machine");
