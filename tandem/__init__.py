@@ -20,7 +20,7 @@ from tandem.errors import (
 
 __version__ = "0.1.0"
 
-from tandem.runtime import GenerationResult, TandemModel, load  # noqa: E402
+from tandem.runtime import GenerationResult, TandemModel, Tokenizer, load  # noqa: E402
 
 __all__ = [
     "BundleError",
@@ -32,6 +32,7 @@ __all__ = [
     "TandemError",
     "GenerationResult",
     "TandemModel",
+    "Tokenizer",
     "TrainingError",
     "UntrainedBlockLengthWarning",
     "__version__",

@@ -1,5 +1,5 @@
-"""The C++ bundle readers (manifest parser, graph loader with its external-data scan, C API)
-on malformed copies of a real bundle: cpp/tests/fuzz_bundle.cpp, a deterministic mutation
+"""The C++ bundle readers (manifest parser, graph loader with its external-data scan,
+tokenizer.json with encoding and decoding, C API) on malformed copies of a real bundle: cpp/tests/fuzz_bundle.cpp, a deterministic mutation
 fuzzer. `make sanitize` runs it under ASan + UBSan (TANDEM_FUZZ_BIN, more inputs)."""
 
 from __future__ import annotations
@@ -31,3 +31,6 @@ def test_cpp_bundle_readers_survive_malformed_bundles(request, tmp_path, bundle,
     # the mutations hit both outcomes: some inputs still load, most are refused
     refused = int(out.stdout.split(" loaded, ")[1].split(" refused")[0])
     assert 0 < refused < ITERATIONS, out.stdout
+    assert (folder / "tokenizer.json").is_file(), "the seed bundle ships no tokenizer"
+    tok_loaded, tok_refused = (int(x.split()[0]) for x in out.stdout.split("tokenizer.json: ")[1].split(", "))
+    assert tok_loaded > 0 and tok_refused > 0, out.stdout

@@ -1,12 +1,13 @@
 // Mutation fuzzer of every C++ reader of a bundle: the manifest parser (LoadManifest), the
-// graph loader (the external-data protobuf scan, ONNX Runtime's load, the I/O check) and the
+// graph loader (the external-data protobuf scan, ONNX Runtime's load, the I/O check), the
+// tokenizer (tokenizer.json: loading, then encoding and decoding with what loaded) and the
 // C API's load, on malformed copies of a real bundle. Built with the other tests; `make
 // sanitize` runs it under ASan + UBSan (tests/test_fuzz_cpp.py drives it).
 //
 //   tandem_fuzz_bundle SEED_BUNDLE WORK_DIR ITERATIONS [RNG_SEED]
 //
 // Each iteration copies the seed bundle into WORK_DIR/case, damages one file (tandem.json,
-// or one .onnx graph) with random byte edits (among them rewritten decimal digits: external
+// tokenizer.json, or one .onnx graph) with random byte edits (among them rewritten decimal digits: external
 // data offsets and lengths, which may point into another graph's data file) or JSON-aware
 // edits, and loads it. Loading must
 // either succeed or fail with tandem::Error (C API: a status); anything else (another
@@ -27,6 +28,7 @@
 #include "bundle.hpp"
 #include "tandem/tandem.hpp"
 #include "tandem/tandem_c.h"
+#include "tandem/text.hpp"
 
 namespace fs = std::filesystem;
 
@@ -139,6 +141,93 @@ class Mutator {
   std::mt19937_64 rng_;
 };
 
+
+// Components of tokenizer.json a mutation swaps in: every supported type with odd settings,
+// unsupported types, regexes PCRE2 refuses or struggles with, bad ids and nesting.
+const char* const kTokenizerParts[][2] = {
+    {"normalizer", R"({"type":"Sequence","normalizers":[{"type":"NFKC"},{"type":"Lowercase"},{"type":"Strip","strip_left":true,"strip_right":false},{"type":"StripAccents"},{"type":"Nmt"}]})"},
+    {"normalizer", R"({"type":"Replace","pattern":{"Regex":"(a|aa)+$"},"content":""})"},
+    {"normalizer", R"({"type":"Replace","pattern":{"String":""},"content":"\u2581"})"},
+    {"normalizer", R"({"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"\u2581"},{"type":"Replace","pattern":{"String":" "},"content":"\u2581"},{"type":"NFD"},{"type":"ByteLevel"}]})"},
+    {"normalizer", R"({"type":"Precompiled","precompiled_charsmap":"AAAA"})"},
+    {"normalizer", R"({"type":"Strip","strip_left":true,"strip_right":true})"},
+    {"pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"(a+)+b"},"behavior":"Isolated","invert":false})"},
+    {"pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"x*|\\s*"},"behavior":"MergedWithNext","invert":true})"},
+    {"pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"\\p{Foo}"},"behavior":"Removed","invert":false})"},
+    {"pre_tokenizer", R"({"type":"Split","pattern":{"Regex":"(?<=a+)b|(?i)\u00df|["},"behavior":"Contiguous","invert":false})"},
+    {"pre_tokenizer", R"({"type":"Split","pattern":{"String":""},"behavior":"MergedWithPrevious","invert":false})"},
+    {"pre_tokenizer", R"({"type":"Metaspace","replacement":"ab","prepend_scheme":"sometimes","split":true})"},
+    {"pre_tokenizer", R"({"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false})"},
+    {"pre_tokenizer", R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},{"type":"WhitespaceSplit"},{"type":"CharDelimiterSplit","delimiter":"e"},{"type":"ByteLevel","add_prefix_space":true,"use_regex":true}]})"},
+    {"pre_tokenizer", R"({"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[{"type":"Sequence","pretokenizers":[]}]}]}]}]}]}]}]}]}]}]}]}]}]}]}]}]})"},
+    {"pre_tokenizer", R"({"type":"Whitespace"})"},
+    {"decoder", R"({"type":"Sequence","decoders":[{"type":"Replace","pattern":{"Regex":"\u2581+"},"content":" "},{"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1000000000000,"stop":99}]})"},
+    {"decoder", R"({"type":"Strip","content":"","start":-1,"stop":1})"},
+    {"decoder", R"({"type":"Metaspace","replacement":"\u2581","prepend_scheme":"never"})"},
+    {"decoder", R"({"type":"CTC"})"},
+    {"post_processor", R"({"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"X","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"pair":[],"special_tokens":{"X":{"id":"X","ids":[4294967295,-1],"tokens":["a"]}}})"},
+    {"post_processor", R"({"type":"TemplateProcessing","single":[{"Sequence":{"id":"B","type_id":0}},{"SpecialToken":{"id":"missing","type_id":0}}],"special_tokens":{}})"},
+    {"post_processor", R"({"type":"Sequence","processors":[{"type":"ByteLevel"},{"type":"BertProcessing","sep":["a",1],"cls":["b"]}]})"},
+    {"added_tokens", R"([{"id":0,"content":"","special":true},{"id":1,"content":"ab","lstrip":true,"rstrip":true,"single_word":true},{"id":2,"content":"ab","normalized":false},{"id":3,"content":" ","normalized":true,"special":true}])"},
+    {"added_tokens", R"([{"id":5,"content":"\u0120\u0120","normalized":true},{"id":6,"content":"<|x|>","lstrip":true,"special":true},{"id":7,"content":"<|x|>y","rstrip":true}])"},
+};
+
+// Loads the (damaged) tokenizer.json and, when it loads, encodes and decodes with it: every
+// failure must be a tandem::Error. Returns whether it loaded.
+bool FuzzTokenizer(const fs::path& path, Mutator& mutate) {
+  std::shared_ptr<const tandem::Tokenizer> tok;
+  try {
+    tok = tandem::Tokenizer::Load(path.string());
+  } catch (const tandem::Error&) {
+    return false;
+  }
+  const std::string texts[] = {"", "hello world  <|endoftext|> ab", std::string(300, ' ') + "x\n\n\t",
+                               "Gr\xC3\xBC\xC3\x9F" "e \xE4\xBD\xA0\xE5\xA5\xBD \xF0\x9F\x8E\x89 e\xCC\x81 12345",
+                               "aaaaaaaaaaaaaaaaaaaaaaaaac", "\xE2\x96\x81x \xE2\x96\x81", "bad \xFF utf8"};
+  for (const std::string& t : texts) {
+    for (bool add : {true, false}) {
+      try {
+        const std::vector<int64_t> ids = tok->Encode(t, add);
+        tok->Decode(ids, add);
+      } catch (const tandem::Error&) {
+      }
+    }
+  }
+  std::vector<int64_t> ids;
+  for (size_t k = 0, n = 1 + mutate.Below(24); k < n; ++k)
+    ids.push_back(static_cast<int64_t>(mutate.Below(static_cast<size_t>(tok->vocab_size()) + 8)));
+  for (bool skip : {true, false}) tok->Decode(ids, skip);
+  return true;
+}
+
+// Damage of tokenizer.json: a component swapped for one above, or the generic edits.
+std::string MutateTokenizer(const std::string& text, Mutator& mutate) {
+  if (mutate.Below(2) == 0) return mutate.Json(text);
+  const auto& [key, value] = kTokenizerParts[mutate.Below(std::size(kTokenizerParts))];
+  const std::string needle = std::string("\"") + key + "\":";
+  size_t at = text.find(needle);
+  if (at == std::string::npos) return mutate.Json(text);
+  at += needle.size();
+  while (at < text.size() && text[at] == ' ') ++at;
+  // the end of the value at `at`
+  size_t end = at;
+  int depth = 0;
+  bool in_string = false;
+  for (; end < text.size(); ++end) {
+    const char c = text[end];
+    if (in_string) {
+      if (c == '\\') ++end;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') ++depth;
+    else if ((c == ']' || c == '}') && depth-- == 0) break;
+    else if (c == ',' && depth == 0) break;
+  }
+  return text.substr(0, at) + value + text.substr(end);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,17 +246,34 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::sort(graphs.begin(), graphs.end());
+  const bool has_tokenizer = fs::is_regular_file(seed_dir / "tokenizer.json");
   const fs::path dir = work / "case";
-  long loaded = 0, refused = 0, c_refused = 0;
+  long loaded = 0, refused = 0, c_refused = 0, tok_loaded = 0, tok_refused = 0;
   for (long it = 0; it < iterations; ++it) {
     fs::remove_all(dir);
     fs::create_directories(dir);
     for (const auto& entry : fs::directory_iterator(seed_dir))
       if (entry.is_regular_file()) fs::copy_file(entry.path(), dir / entry.path().filename());
-    const bool manifest = mutate.Below(10) < 7;
-    const fs::path target = manifest ? dir / "tandem.json" : dir / graphs[mutate.Below(graphs.size())];
+    const size_t pick = mutate.Below(10);
+    const bool tokenizer = has_tokenizer && pick >= 7;
+    const bool manifest = pick < (has_tokenizer ? 5 : 7);
+    const fs::path target = tokenizer ? dir / "tokenizer.json"
+                            : manifest ? dir / "tandem.json"
+                                       : dir / graphs[mutate.Below(graphs.size())];
     const std::string original = ReadFile(target);
-    WriteFile(target, manifest ? mutate.Json(original) : mutate.Bytes(original));
+    WriteFile(target, tokenizer ? MutateTokenizer(original, mutate)
+                      : manifest ? mutate.Json(original)
+                                 : mutate.Bytes(original));
+    if (tokenizer) {
+      try {
+        (FuzzTokenizer(target, mutate) ? tok_loaded : tok_refused) += 1;
+      } catch (const std::exception& e) {
+        std::cerr << "iteration " << it << " (tokenizer.json): unexpected " << typeid(e).name() << ": " << e.what()
+                  << "\n";
+        WriteFile(work / "crash-input", ReadFile(target));
+        return 1;
+      }
+    }
     try {
       tandem::detail::LoadManifest(dir.string());
       tandem::ModelOptions options;
@@ -196,6 +302,6 @@ int main(int argc, char** argv) {
   }
   fs::remove_all(dir);
   std::cout << iterations << " inputs: " << loaded << " loaded, " << refused << " refused (C API: " << c_refused
-            << " refused)\n";
+            << " refused); tokenizer.json: " << tok_loaded << " loaded, " << tok_refused << " refused\n";
   return 0;
 }
