@@ -26,7 +26,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with the C++ loop",
                        description="Generate text from a bundle with the compiled loop.")
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--ids", help="prompt as comma-separated token ids")
