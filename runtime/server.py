@@ -61,6 +61,7 @@ DEFAULT_PORT = 8000
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_SEED = 2**64 - 1
 _INT32_MAX = 2**31 - 1
+INLINE_PREPARE_BYTES = 4 * 1024
 
 
 def require_serve_dependencies() -> tuple[Any, Any]:
@@ -797,7 +798,9 @@ class TandemServer:
         req = parse(body, model.context_length, model.manifest.max_block_length)
         if req.model is not None and req.model != self.config.model_id:
             raise self._unknown_model(req.model)
-        prep = await asyncio.to_thread(self._prepare, req)
+        # a small request is tokenized (and its template rendered) on the loop: a thread hand-off
+        # costs more than that; a large one in a thread, so that other streams are not held up
+        prep = self._prepare(req) if len(raw) <= INLINE_PREPARE_BYTES else await asyncio.to_thread(self._prepare, req)
 
         job = _Job(asyncio.get_running_loop())
         watcher = asyncio.create_task(_wait_disconnect(request.receive, job))

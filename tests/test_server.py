@@ -332,6 +332,7 @@ BAD = [
     ("c", {"prompt": [1, 2, 100000]}, 400, "prompt"),
     ("c", {"prompt": [1, "a"]}, 400, "prompt"),
     ("c", {"prompt": LONG_PROMPT}, 400, "context_length_exceeded"),
+    ("c", {"prompt": LONG_PROMPT * 10}, 400, "context_length_exceeded"),  # over 4 KiB: prepared in a thread
     ("c", {"prompt": "a", "model": "gpt-4o"}, 404, "model_not_found"),
     ("chat", {"messages": []}, 400, "messages"),
     ("chat", {"messages": "hi"}, 400, "messages"),
@@ -372,6 +373,9 @@ def test_server_survives_bad_input_and_routes(srv):
     assert h["rejected"] >= len(BAD)  # every bad request above was a client error, none a failure
     r = client(srv.url).completions.create(model="tiny", prompt="a", max_tokens=2, temperature=0)
     assert r.usage.completion_tokens >= 1
+    # a body over 4 KiB is prepared in a thread, with the same answer
+    big = client(srv.url).completions.create(model="tiny", prompt="a", max_tokens=2, temperature=0, user="u" * 5000)
+    assert big.choices[0].text == r.choices[0].text
 
 
 # --------------------------------------------------------------------------- limits, cancellation
@@ -542,3 +546,27 @@ def _reachable(url: str) -> bool:
         return httpx.get(f"{url}/health").status_code == 200
     except httpx.TransportError:
         return False
+
+
+# --------------------------------------------------------------------------- the load test
+
+
+def test_serve_load_benchmark_runs(pair, tmp_path):
+    """bench/serve_load.py end to end on the tiny bundle: every answer checked, files written."""
+    from tandem.bench import serve_load
+
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS[:3]))
+    out = tmp_path / "out"
+    code = serve_load.main([str(pair.bundle), "--clients", "3", "--requests", "2", "--max-tokens", "6",
+                            "--threads", "1", "--prompts", str(prompts), "--out", str(out), "--no-plots"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["load"]["requests"] == 6 and results["load"]["ok"] == 6 and results["load"]["mismatches"] == 0
+    assert results["sequential"]["ok"] == results["sequential"]["requests"] == 6
+    assert results["load"]["statuses"] == {"200": 6}
+    assert results["health_after"]["active"] == 0 and results["health_after"]["failed"] == 0
+    assert "| load | 3 × 2 | 6 / 6 |" in (out / "results.md").read_text()
+    help_text = subprocess.run([sys.executable, "-m", "tandem.bench.serve_load", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "--clients" in help_text and "--max-concurrent" in help_text
