@@ -418,21 +418,24 @@ def parse_chat(body: dict[str, Any], context_length: int, max_block_length: int)
     return req
 
 
-def _check_unicode(value: Any, where: str = "") -> None:
-    """Refuses lone surrogates (JSON escapes such as \\ud800) anywhere in the body."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise APIError(400, f"'{where or 'body'}' is not valid Unicode text (a lone surrogate at index "
-                           f"{exc.start}); send UTF-8 text", param=where or None) from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key, where or "body")
-            _check_unicode(item, f"{where}.{key}" if where else key)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_unicode(item, f"{where}[{i}]")
+def _check_unicode(body: Any) -> None:
+    """Refuses lone surrogates (JSON escapes such as \\ud800) anywhere in the body. Iterative: a
+    deeply nested body must not exhaust the stack."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise APIError(400, f"'{where or 'body'}' is not valid Unicode text (a lone surrogate at index "
+                               f"{exc.start}); send UTF-8 text", param=where or None) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, where or "body"))
+                stack.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def _reject_constant(name: str) -> Any:
@@ -480,7 +483,7 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        return sum(1 for w in self.waiters if not w.done())
+        return len(self.waiters)  # only waiting futures: granted ones are popped, abandoned ones removed
 
     def enter(self) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -735,13 +738,18 @@ class TandemServer:
         if length.isdigit() and int(length) > limit:
             raise APIError(413, f"the request body has {length} bytes; this server takes at most {limit} "
                            "(--max-body-bytes)", code="body_too_large")
+        from starlette.requests import ClientDisconnect
+
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"the request body is over {limit} bytes (--max-body-bytes)",
-                               code="body_too_large")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"the request body is over {limit} bytes (--max-body-bytes)",
+                                   code="body_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise _ClientGone from None
         return b"".join(chunks)
 
     def _prepare(self, req: GenerationRequest) -> _Prepared:

@@ -304,6 +304,7 @@ BAD = [
     ("c", b'{"prompt": "a", "max_tokens": 1e999}', 400, "max_tokens"),
     ("c", b"[" * 30000 + b"]" * 30000, 400, "invalid_json"),
     ("c", b'{"prompt": "\\ud800"}', 400, "prompt"),
+    ("c", b'{"prompt": "a", "deep": ' + b"[" * 900 + b"]" * 900 + b"}", 400, "deep"),  # parses, then refused
     ("c", {"prompt": "a", "bogus": 1}, 400, "unknown_field"),
     ("c", {"prompt": "a", "temperature": "0"}, 400, "temperature"),
     ("c", {"prompt": "a", "temperature": 2.5}, 400, "temperature"),
