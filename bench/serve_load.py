@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -120,6 +121,15 @@ class ServerProcess:
         if not self.url:
             self.stop()
             raise BenchError("`tandem serve` did not start:\n" + "".join(lines[-20:]))
+        self.log_tail: list[str] = []
+        # keep reading its log, so that a full pipe never blocks the server
+        self._drain = threading.Thread(target=self._read_log, daemon=True)
+        self._drain.start()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log_tail = [*self.log_tail[-49:], line]
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
@@ -129,6 +139,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if hasattr(self, "_drain"):
+            self._drain.join(10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         return self.proc.returncode
@@ -420,6 +432,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return a / b if a is not None and b else None
 
     warnings = []
+    if max(load_before[0], load_after[0]) > 0.5:
+        warnings.append(f"the CPU was not idle (1-min load {load_before[0]:.2f} before, {load_after[0]:.2f} after): "
+                        "timings are noisy; compare only ratios from the same run")
     if loaded["mismatches"] or seq["mismatches"]:
         warnings.append(f"{loaded['mismatches'] + seq['mismatches']} responses differ from the sequential greedy "
                         "result or failed; see mismatch_examples")
