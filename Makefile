@@ -13,7 +13,7 @@ CPPDIR := build/cpp
 ASANDIR := build/asan
 CPP_SOURCES := $(shell find cpp -type f) CMakeLists.txt
 
-.PHONY: all setup build cpp test test-python test-cpp sanitize lint demo bench clean
+.PHONY: all setup build cpp test test-python test-cpp sanitize lint demo bench clean default-bundle wheel-check
 
 all: build
 
@@ -74,6 +74,16 @@ demo: build
 
 bench: build
 	$(BIN)/tandem bench
+
+# Re-export the shipped default bundle (tandem/models/default/bundle) from the PyTorch weights;
+# tests/test_default_bundle.py fails until this is run after a weight or exporter change.
+default-bundle: build
+	$(BIN)/python -m tandem.runtime.default
+
+# sdist -> wheel (isolated build that fetches the headers itself) -> fresh venv without a
+# compiler -> `tandem generate` on the default model.
+wheel-check: $(DEPS)
+	scripts/check_wheel.sh $(BIN)/python
 
 clean:
 	rm -rf build $(EXT)

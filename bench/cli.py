@@ -68,7 +68,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
             "outputs: --out/results.json, results.md, speedup.png, acceptance.png"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
     p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS,
                    help="JSON list of prompts: strings or {\"name\", \"prompt\"} (default: bench/prompts.json)")
     p.add_argument("--modes", type=_choices(MODES), default=list(MODES),

@@ -382,9 +382,9 @@ class TandemModel:
 
 def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", threads: int = 0,
          drafter_threads: int = 1) -> TandemModel:
-    """Load a bundle folder (default: the embedded default bundle, exported on first use)."""
+    """Load a bundle folder (default: the embedded default bundle, shipped with the package)."""
     if bundle is None:
-        _check_threads(threads, drafter_threads)  # before a first-use export, too
+        _check_threads(threads, drafter_threads)
         from tandem.runtime.default import default_bundle
 
         bundle = default_bundle()

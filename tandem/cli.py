@@ -6,6 +6,7 @@
     tandem train ...        (PyTorch side; see `tandem train --help`)
     tandem reps ...         (M_L's representations, once, for training)
     tandem eval ...
+    tandem serve [BUNDLE]   (OpenAI-compatible HTTP server; see `tandem serve --help`)
     tandem bench [BUNDLE]   (benchmarks; see `tandem bench --help`)
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with the C++ loop",
                        description="Generate text from a bundle with the compiled loop.")
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--ids", help="prompt as comma-separated token ids")
@@ -108,6 +110,109 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _block_length(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"block lengths are >= 1, got {value}")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a bundle over an OpenAI-compatible HTTP API",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Serve one bundle over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions\n"
+            "(streamed with `stream: true`), GET /v1/models, GET /health. Requests may add tandem's fields\n"
+            "`mode`, `block_length` (an integer or \"auto\"), `top_k` and `ignore_eos`; every response carries a\n"
+            "`tandem` object with the generation's stats. temperature 0 decodes greedily.\n\n"
+            "At most --max-concurrent generations run at once, --queue-size more wait their turn and any\n"
+            "request beyond those is answered 429. A client that disconnects cancels its generation.\n"
+            "Bad requests get a 4xx with an OpenAI-style JSON error. Needs the `serve` extra:\n"
+            "pip install 'tandem-runtime[serve]'."),
+        epilog=(
+            "examples:\n"
+            "  tandem serve                                   the default pair on http://127.0.0.1:8000\n"
+            "  tandem serve bundles/mine --port 9000 --mode speed --block-length auto\n"
+            "  TANDEM_API_KEY=secret tandem serve bundles/mine --host 0.0.0.0\n"
+            "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+            "       -d '{\"prompt\": \"def fib(n):\", \"max_tokens\": 32, \"temperature\": 0}'"),
+    )
+    p.add_argument("bundle", nargs="?", type=Path,
+                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every "
+                        "interface: set an API key then)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 for a free one)")
+    p.add_argument("--api-key", default=os.environ.get("TANDEM_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every request except GET /health "
+                        "(default: $TANDEM_API_KEY, which keeps the key out of the process list; "
+                        "neither: no key needed)")
+    p.add_argument("--model-id",
+                   help="the name clients pass as `model` (default: the bundle folder's name, "
+                        "'tandem-default' for the default pair)")
+    p.add_argument("--max-concurrent", type=_positive_int, default=2,
+                   help="generations running at once; each steps in its own worker thread (default: 2)")
+    p.add_argument("--queue-size", type=int, default=16,
+                   help="requests that may wait for a free slot; past that the server answers 429 (default: 16)")
+    p.add_argument("--mode", choices=("large", "tandem", "speed", "vanilla"),
+                   help="mode of requests that name none (default: speed when the bundle has a tandem drafter)")
+    p.add_argument("--block-length", type=_block_length,
+                   help="γ of requests that name none, or 'auto' for the router's (default: the bundle's)")
+    p.add_argument("--max-tokens", type=_positive_int, default=256,
+                   help="max_tokens of requests that name none; always clamped to the context (default: 256)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="M_L's intra-op threads, shared by all generations (0: one per core; default: 0)")
+    p.add_argument("--drafter-threads", type=int, default=1, help="the drafters' intra-op threads (default: 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider (default: cpu)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=4 * 2**20,
+                   help="largest request body accepted; larger ones get 413 (default: 4 MiB)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
+                   help="server log verbosity (default: info)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from tandem.runtime import load
+    from tandem.runtime.server import ServerConfig, require_serve_dependencies, serve
+
+    require_serve_dependencies()  # before a possibly long model load
+    model = load(args.bundle, device=args.device, threads=args.threads, drafter_threads=args.drafter_threads)
+    model_id = args.model_id or ("tandem-default" if args.bundle is None else model.bundle_path.resolve().name)
+    config = ServerConfig(model_id=model_id, api_key=args.api_key, max_concurrent=args.max_concurrent,
+                          queue_size=args.queue_size, default_mode=args.mode, default_block_length=args.block_length,
+                          default_max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1") or args.host.startswith("127.")
+
+    def ready(url: str) -> None:
+        print(f"serving {model_id!r} ({', '.join(model.modes)}; context {model.context_length}) on {url}/v1 "
+              f"with at most {config.max_concurrent} concurrent generations and {config.queue_size} queued"
+              + ("; API key required" if config.api_key else ""), file=sys.stderr, flush=True)
+        if not loopback and not config.api_key:
+            print(f"warning: listening on {args.host} without an API key: anyone who reaches this port can "
+                  "generate; set --api-key or TANDEM_API_KEY", file=sys.stderr, flush=True)
+
+    serve(model, config, host=args.host, port=args.port, log_level=args.log_level,
+          access_log=not args.no_access_log, on_ready=ready)
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="build M_L's graph (+ tandem M_S, + plain M_S) into a bundle",
@@ -163,6 +268,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                                      "train, export and run M_L + M_S pairs with ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
+    _add_serve(sub)
     _add_export(sub)
     command = next((a for a in argv if not a.startswith("-")), None)
     # train/reps/eval import torch: register their full parsers only when asked for

@@ -35,6 +35,10 @@ class TrainingError(TandemError):
     """Training or evaluation could not run with the given models, data or settings."""
 
 
+class MissingDependencyError(TandemError, ImportError):
+    """An optional feature needs packages that are not installed (the message names the extra)."""
+
+
 class UntrainedBlockLengthWarning(UserWarning):
     """A tandem drafter is asked to draft further than the block length it was trained at."""
 
@@ -45,6 +49,7 @@ __all__ = [
     "DeviceUnavailableError",
     "ExportError",
     "InvalidArgumentError",
+    "MissingDependencyError",
     "RuntimeBackendError",
     "TandemError",
     "TrainingError",

@@ -70,13 +70,17 @@ def test_tandem_training_decreases_loss(corpus, tmp_path, variable):
     cfg = tiny_config(steps=30, loss="distil", variable_boundaries=variable, grad_accum=2)
     trainer = Trainer(tandem, large, corpus, cfg, tmp_path)
     windows = consecutive_windows(corpus.train, cfg.seq_len + 1, 8)
+    large_before = {k: v.clone() for k, v in large.state_dict().items()}
     with torch.no_grad():
         before = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
     trainer.train(progress=False)
     with torch.no_grad():
         after = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
     assert after < before - 0.1, (before, after)
-    assert not any(p.grad is not None for p in large.parameters())  # M_L stays frozen
+    # M_L stays frozen: every weight bit for bit as before, and no gradient reached it
+    for name, value in large.state_dict().items():
+        torch.testing.assert_close(value, large_before[name], atol=0, rtol=0, msg=name)
+    assert not any(p.grad is not None for p in large.parameters())
 
 
 def test_resume_continues_identically(corpus, tmp_path):
