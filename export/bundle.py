@@ -80,6 +80,13 @@ def _check_tokenizer(tokenizer_file: Path, vocab_size: int) -> None:
             f"the tokenizer has {tok.get_vocab_size()} tokens but M_L's vocabulary has {vocab_size}: "
             "they do not belong together"
         )
+    # the runtime tokenizes in C++: a tokenizer.json it cannot run is refused here, not at load
+    from tandem.runtime.tokenizer import Tokenizer as RuntimeTokenizer
+
+    try:
+        RuntimeTokenizer(tokenizer_file)
+    except BundleError as exc:
+        raise ExportError(f"tandem's runtime cannot use this tokenizer: {exc}") from exc
 
 
 def _check_same_tokenizer(tokenizer_file: Path, other: Path | None, role: str) -> None:

@@ -1,6 +1,7 @@
 """The Python API over the C++ loop: `tandem.load(bundle).generate(...)` and `.stream(...)`.
 
-Needs only numpy-free pieces: the compiled `tandem._core`, `tokenizers` and the manifest.
+Needs only numpy-free pieces: the compiled `tandem._core` (the decoding loop, the tokenizer,
+the detokenizer and stop strings, all in C++) and the manifest.
 The GIL is released while C++ runs, so other Python threads keep going.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from tandem.errors import BundleError, InvalidArgumentError, UntrainedBlockLengthWarning
 from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
+from tandem.runtime.tokenizer import Tokenizer
 
 MODES = ("large", "tandem", "speed", "vanilla")
 _INT32_MAX = 2**31 - 1  # C++ `int` parameters
@@ -59,38 +61,6 @@ class GenerationResult:
     prompt_ids: list[int] = field(default_factory=list)
 
 
-class _Detokenizer:
-    """Incremental decoding that never splits a multi-byte character: text is released
-    only once the pending tokens decode without a replacement character at the end."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] is context already shown
-        self.read = 0
-
-    def push(self, new_ids: Sequence[int]) -> str:
-        self.ids.extend(new_ids)
-        if self.tokenizer is None:
-            return ""
-        shown = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        full = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
-        if full.endswith("\ufffd") or len(full) < len(shown):
-            return ""  # an incomplete UTF-8 sequence: wait for the next tokens
-        piece = full[len(shown) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        return piece
-
-    def flush(self) -> str:
-        """Whatever is left at the end, replacement characters included."""
-        if self.tokenizer is None or self.read == len(self.ids):
-            return ""
-        shown = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        full = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
-        self.prefix = self.read = len(self.ids)
-        return full[len(shown) :]
-
-
 class Stream:
     """Iterator over text pieces of one generation; `.result` is set once it is exhausted.
 
@@ -101,44 +71,33 @@ class Stream:
     def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: dict[str, Any]) -> None:
         self._model = model
         self._prompt_ids = prompt_ids
-        self._stop = stop
+        # the C++ detokenizer: UTF-8-safe text and stop strings (what C++ apps get from
+        # tandem::GenerateText, which runs the same loop as __iter__)
+        tokenizer = model.tokenizer._tok if model.tokenizer is not None else None
+        self._detok = _core().Detokenizer(tokenizer, stop, True)
         self._gen = _core().Generator(model._model, prompt_ids, **options)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
-        detok = _Detokenizer(self._model.tokenizer)
-        text = ""
+        detok = self._detok
         finish = ""
         while True:
             new = self._gen.step()
             if not new:
                 break
-            piece = detok.push(new)
-            if self._stop and piece:
-                # stop strings are searched in the text so far; text ends before the match
-                start = max(0, len(text) - max(map(len, self._stop)))
-                text += piece
-                hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
-                if hits:
-                    cut = min(hits)
-                    piece = piece[: len(piece) - (len(text) - cut)]
-                    text = text[:cut]
-                    finish = "stop"
-                    if piece:
-                        yield piece
-                    break
-            else:
-                text += piece
+            piece = detok.push(new)  # text never splits a character nor shows part of a stop string
             if piece:
                 yield piece
+            if detok.stopped:
+                finish = "stop"  # the text ends before the stop string
+                break
         if not finish:
-            tail = detok.flush()
-            text += tail
+            tail = detok.finish()
             if tail:
                 yield tail
-            finish = self._gen.finish_reason
+            finish = "stop" if detok.stopped else self._gen.finish_reason
         self.result = GenerationResult(
-            text=text,
+            text=detok.text,
             ids=list(detok.ids),
             finish_reason=finish,
             stats=self._gen.stats,
@@ -162,15 +121,11 @@ class TandemModel:
                                     ort_library=find_ort_library() or "")
         self.bundle_path = Path(self._model.bundle_path)
         self.device = device
-        self.tokenizer = None
+        # the bundle's tokenizer.json, run by the C++ core (BundleError names what it cannot read)
+        self.tokenizer: Tokenizer | None = None
         if self._model.tokenizer_path:
-            from tokenizers import Tokenizer
-
-            try:
-                self.tokenizer = Tokenizer.from_file(self._model.tokenizer_path)
-            except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
-                raise BundleError(f"{self._model.tokenizer_path} is not a valid tokenizer file: {exc}") from exc
-            tok_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+            self.tokenizer = Tokenizer(self._model.tokenizer_path)
+            tok_vocab = self.tokenizer.vocab_size
             if tok_vocab > self.vocab_size:
                 raise BundleError(
                     f"{self._model.tokenizer_path} has {tok_vocab} tokens but the graphs' vocabulary has "
@@ -220,25 +175,22 @@ class TandemModel:
 
     # -- tokens ------------------------------------------------------------------------
     def encode(self, text: str | bytes) -> list[int]:
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidArgumentError(f"the prompt is not valid UTF-8: {exc}") from exc
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidArgumentError(f"the prompt is not valid Unicode text: {exc}") from exc
+        """The prompt's token ids (the tokenizer's special tokens such as BOS included), as the
+        Hugging Face tokenizer of the bundle gives them. Invalid UTF-8 bytes or a lone
+        surrogate raise InvalidArgumentError."""
+        if not isinstance(text, str | bytes):
+            raise InvalidArgumentError(f"the prompt must be text (str or UTF-8 bytes), got {type(text).__name__}")
         if self.tokenizer is None:
             raise InvalidArgumentError(
                 f"{self.bundle_path} ships no tokenizer.json: pass token ids instead of text"
             )
-        return list(self.tokenizer.encode(text).ids)
+        return self.tokenizer.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens skipped ("" when the bundle has no tokenizer)."""
         if self.tokenizer is None:
             return ""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self.tokenizer.decode(ids)
 
     # -- chat --------------------------------------------------------------------------
     def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, tokenize: bool = False,
@@ -264,7 +216,7 @@ class TandemModel:
         if self.tokenizer is None:
             raise BundleError(f"{self.bundle_path} ships no tokenizer.json, so chat messages cannot be encoded; "
                               "re-export the bundle with its tokenizer")
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> GenerationResult:
         """Generate the assistant's reply to a conversation: `messages` rendered with the bundle's
@@ -329,8 +281,16 @@ class TandemModel:
         if any(not 0 <= e < self.vocab_size for e in eos):
             raise InvalidArgumentError(f"eos_token_id {eos} is outside the vocabulary [0, {self.vocab_size})")
         stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
-        if any(not s for s in stops):
-            raise InvalidArgumentError("stop strings must be non-empty")
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise InvalidArgumentError("stop strings must be non-empty strings")
+        for s in stops:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidArgumentError(f"stop string {s!r} is not valid Unicode (a lone surrogate)") from exc
+        if stops and self.tokenizer is None:
+            raise InvalidArgumentError(f"{self.bundle_path} ships no tokenizer.json, so stop strings cannot be "
+                                       "matched: pass eos_token_id instead")
         options = dict(
             mode=mode,
             block_length=0 if block_length is None or adaptive else int(block_length),

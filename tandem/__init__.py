@@ -1,7 +1,7 @@
 """tandem: Tandem Transformers (Nair et al., 2024) as a compiled ONNX Runtime loop.
 
-Importing this package never imports torch: the runtime needs only numpy, onnxruntime,
-tokenizers and jinja2 (chat templates). The PyTorch side lives in ``tandem.train`` and ``tandem.export``.
+Importing this package never imports torch: the runtime needs only numpy, onnxruntime and
+jinja2 (chat templates); tokenizing is done by the C++ core (``tandem.Tokenizer``). The PyTorch side lives in ``tandem.train`` and ``tandem.export``.
 """
 
 from __future__ import annotations

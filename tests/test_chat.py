@@ -267,7 +267,7 @@ def test_llama3_template_details(chats):
     bos = model.tokenizer.token_to_id("<|begin_of_text|>")
     # the template writes BOS; the tokenizer's own BOS (its post-processor) is not added again
     assert ids[0] == bos and ids.count(bos) == 1
-    assert model.tokenizer.encode("x").ids[0] == bos
+    assert model.tokenizer.encode("x")[0] == bos
 
 
 @pytest.mark.parametrize("name", list(EXTRA_TEMPLATES))

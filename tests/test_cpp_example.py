@@ -1,5 +1,6 @@
-"""The C++ front ends without Python: the example program and an app built against an
-installed tandem with find_package, both checked against the Python API on one bundle."""
+"""The C++ front ends without Python: the example programs (token ids: tandem_generate; text:
+tandem_complete) and an app built against an installed tandem with find_package (ids and, through
+the C text API, text), all checked against the Python API on one bundle."""
 
 from __future__ import annotations
 
@@ -86,3 +87,67 @@ def test_installed_library_works_with_find_package(pair, tmp_path):
     ids, reason = run.stdout.splitlines()
     assert [int(x) for x in ids.split()] == expected.ids
     assert reason == expected.finish_reason
+
+    # text in, text out through the C API (tandem_generate_text): the Python API's text
+    model = load(pair.bundle, threads=1)
+    for stop in ([], [_stop_inside(model.generate(PROMPT, mode="speed", max_new_tokens=12).text)]):
+        run = subprocess.run([str(consumer / "consumer"), "--text", str(pair.bundle), PROMPT, *stop],
+                             capture_output=True, env=_clean_env(), timeout=120)
+        assert run.returncode == 0, run.stderr
+        expected = model.generate(PROMPT, mode="speed", max_new_tokens=12, stop=stop or None)
+        assert run.stdout.decode("utf-8") == expected.text
+        assert f"finish_reason: {expected.finish_reason}\n" in run.stderr.decode()
+        assert expected.finish_reason == ("stop" if stop else "max_new_tokens")
+    run = subprocess.run([str(consumer / "consumer"), "--text", str(pair.bundle), b"bad \xff"], capture_output=True,
+                         env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and b"generate failed (1)" in run.stderr and b"not valid UTF-8" in run.stderr
+
+
+PROMPT = "def add(a, b):\n    return"
+
+
+def _stop_inside(text: str) -> str:
+    """Two characters from the middle of `text` that can travel in argv and first occur there."""
+    for i in range(len(text) // 2, len(text) - 1):
+        stop = text[i:i + 2]
+        if "\x00" not in stop and "\ufffd" not in stop and text.find(stop) == i:
+            return stop
+    pytest.skip(f"no usable stop string in {text!r}")
+
+
+def _complete() -> Path:
+    path = Path(EXAMPLE).parent / "tandem_complete"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: build it with `make cpp` (make test does)")
+    return path
+
+
+@pytest.mark.parametrize(("mode", "gamma", "with_stop"),
+                         [("large", 1, False), ("speed", 3, False), ("tandem", 2, False), ("speed", 4, True)])
+def test_complete_example_matches_python(pair, mode, gamma, with_stop):
+    """tandem_complete streams the text the Python API generates for the same prompt and options."""
+    model = load(pair.bundle, threads=1)
+    options = dict(mode=mode, block_length=gamma, max_new_tokens=24, ignore_eos=True)
+    stop = [_stop_inside(model.generate(PROMPT, **options).text)] if with_stop else []
+    expected = model.generate(PROMPT, stop=stop or None, **options)
+    cmd = [str(_complete()), str(pair.bundle), "--prompt", PROMPT, "--mode", mode, "--block-length", str(gamma),
+           "--max-new-tokens", "24", "--ignore-eos", "--threads", "1", "--ort-library", find_ort_library() or ""]
+    for s in stop:
+        cmd += ["--stop", s]
+    run = subprocess.run(cmd, capture_output=True, env=_clean_env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode("utf-8") == expected.text
+    assert f"finish_reason: {expected.finish_reason}\n" in run.stderr.decode()
+    assert expected.finish_reason == ("stop" if with_stop else "max_new_tokens")
+
+
+def test_complete_example_reports_errors(pair):
+    run = subprocess.run([str(_complete()), str(pair.bundle), "--prompt", b"bad \xff utf-8"], capture_output=True,
+                         env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and b"not valid UTF-8 (byte 4 of" in run.stderr
+    run = subprocess.run([str(_complete()), str(pair.bundle), "--mode", "speed"], capture_output=True, text=True,
+                         env=_clean_env(), timeout=120)
+    assert run.returncode == 2 and "--prompt is required" in run.stderr
+    run = subprocess.run([str(_complete()), str(pair.bundle), "--prompt", "x", "--stop", ""], capture_output=True,
+                         text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and "stop strings must be non-empty" in run.stderr

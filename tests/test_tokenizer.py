@@ -379,3 +379,117 @@ def test_speed_benchmark_writes_results(tmp_path):
     assert "| default |" in (tmp_path / "results.md").read_text()
     with pytest.raises(SystemExit):
         main(["--families", "nope"])
+
+
+# ------------------------------------------------------------------ detokenizer, stop strings
+
+
+def _stream(tok: Tokenizer, ids: list[int], rng: random.Random, stop: list[str] | None = None) -> tuple[list[str], object]:
+    """ids pushed in random chunks through the C++ detokenizer; the pieces and the detokenizer."""
+    from tandem import _core
+
+    detok = _core.Detokenizer(tok._tok, stop or [], True)
+    pieces, i = [], 0
+    while i < len(ids):
+        n = rng.randint(1, 4)
+        pieces.append(detok.push(ids[i:i + n]))
+        i += n
+        if detok.stopped:
+            break
+    pieces.append(detok.finish())
+    return pieces, detok
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_detokenizer_pieces_add_up_to_decode(families, family):
+    """Any ids (split characters, byte-fallback runs, special tokens, unknown ids), pushed in
+    chunks: the pieces add up to decode(ids), and no piece but the last ends in U+FFFD."""
+    tok = Tokenizer(families[family])
+    rng = random.Random(5)
+    n = tok.vocab_size
+    streams = [tok.encode(t, add_special_tokens=False) for t in HARD_CASES[10:20]]
+    streams += [[rng.randrange(n + 2) for _ in range(rng.randint(1, 40))] for _ in range(150)]
+    for ids in streams:
+        pieces, detok = _stream(tok, ids, rng)
+        assert "".join(pieces) == detok.text == tok.decode(ids), ids
+        assert not any(p.endswith("\ufffd") for p in pieces[:-1])
+        assert list(detok.ids) == ids and not detok.stopped
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama2", "mistral", "qwen2"])
+def test_detokenizer_stops_before_the_first_stop_string(families, family):
+    tok = Tokenizer(families[family])
+    rng = random.Random(9)
+    texts = stdlib_sample(3, seed=5) + [HARD_CASES[10]]
+    for trial in range(60):
+        text = rng.choice(texts)
+        start = rng.randrange(max(1, len(text) - 400))
+        ids = tok.encode(text[start:start + 400], add_special_tokens=False)
+        full = tok.decode(ids)
+        i = rng.randrange(len(full))
+        stop = full[i:i + rng.randint(1, 6)]
+        if "\ufffd" in stop:
+            continue
+        others = ["\x00never", stop + "\x01"] if trial % 2 else []
+        pieces, detok = _stream(tok, ids, rng, [*others, stop])
+        cut = full.find(stop)
+        assert "".join(pieces) == detok.text == full[:cut], (stop, full[:80])
+        assert detok.stopped
+    pieces, detok = _stream(tok, tok.encode("no such text here"), rng, ["zzz\u2603"])
+    assert "".join(pieces) == detok.text == tok.decode(tok.encode("no such text here")) and not detok.stopped
+
+
+def test_detokenizer_errors(families):
+    from tandem import _core
+
+    tok = Tokenizer(families["gpt2"])
+    with pytest.raises(InvalidArgumentError, match="non-empty"):
+        _core.Detokenizer(tok._tok, [""], True)
+    with pytest.raises(InvalidArgumentError, match="need the bundle's tokenizer"):
+        _core.Detokenizer(None, ["x"], True)
+    assert _core.Detokenizer(None, [], True).push([1, 2]) == ""
+
+
+def test_export_refuses_a_tokenizer_the_runtime_cannot_run(tmp_path):
+    """The exporter loads tokenizer.json with the C++ tokenizer: an unsupported one fails the
+    export, naming the component, before anything is written."""
+    from tiny_models import tiny_large
+    from tokenizers import models as hf_models
+
+    from tandem import ExportError
+    from tandem.export.bundle import export_bundle
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    HFTokenizer(hf_models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(folder / "tokenizer.json"))
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match="runtime cannot use this tokenizer.*model \"WordPiece\""):
+        export_bundle(tiny_large("llama", num_layers=1), out, tokenizer=folder, progress=None)
+    assert not out.exists()
+
+
+def test_stream_pieces_add_up_to_the_text(pair):
+    """The Python API streams through the C++ detokenizer: the pieces add up to the result's
+    text, which is the decode of the generated ids, cut before a stop string."""
+    from tandem import load
+
+    model = load(pair.bundle, threads=1)
+    prompt = "def add(a, b):\n    return"
+    options = dict(mode="speed", block_length=3, max_new_tokens=30, ignore_eos=True)
+    stream = model.stream(prompt, **options)
+    pieces = list(stream)
+    full = stream.result
+    assert "".join(pieces) == full.text == model.decode(full.ids) == model.tokenizer.decode(full.ids)
+    assert full.prompt_ids == model.encode(prompt) == hf_of(pair.bundle / "tokenizer.json").encode(prompt).ids
+    i = len(full.text) // 2
+    while "\ufffd" in full.text[i:i + 3]:  # a stop string of whole characters
+        i += 1
+    stop = full.text[i:i + 3]
+    assert len(stop) == 3
+    stream = model.stream(prompt, stop=["\x00nowhere", stop], **options)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.result.text == full.text[:full.text.find(stop)]
+    assert stream.result.finish_reason == "stop"
+    assert full.ids[:len(stream.result.ids)] == stream.result.ids
+    with pytest.raises(InvalidArgumentError, match="not valid Unicode"):
+        model.generate(prompt, stop="\ud800")

@@ -1,5 +1,5 @@
-// tandem._core.Tokenizer: the C++ tokenizer (include/tandem/text.hpp) for Python. The GIL is
-// released while it encodes or decodes.
+// tandem._core.Tokenizer and Detokenizer: the C++ tokenizer and incremental detokenizer with
+// stop strings (include/tandem/text.hpp) for Python. The GIL is released while they run.
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
@@ -74,6 +74,30 @@ void BindTokenizer(py::module_& m) {
            py::arg("token"))
       .def("id_to_token", &Tokenizer::IdToToken, py::arg("id"))
       .def("is_special", &Tokenizer::IsSpecial, py::arg("id"));
+
+  py::class_<Detokenizer>(m, "Detokenizer",
+                          "Incremental, UTF-8-safe text of generated ids, with stop strings")
+      .def(py::init([](std::shared_ptr<Tokenizer> tokenizer, std::vector<std::string> stop, bool skip_special_tokens) {
+             return std::make_unique<Detokenizer>(std::move(tokenizer), std::move(stop), skip_special_tokens);
+           }),
+           py::arg("tokenizer").none(true), py::arg("stop") = std::vector<std::string>{},
+           py::arg("skip_special_tokens") = true)
+      .def(
+          "push",
+          [](Detokenizer& self, const std::vector<int64_t>& ids) {
+            std::string piece;
+            {
+              py::gil_scoped_release release;
+              piece = self.Push(ids);
+            }
+            return piece;
+          },
+          py::arg("ids"), "Add generated ids; returns the text they release")
+      .def("finish", &Detokenizer::Finish, py::call_guard<py::gil_scoped_release>(),
+           "At the end of generation: the rest of the text")
+      .def_property_readonly("stopped", &Detokenizer::stopped)
+      .def_property_readonly("text", &Detokenizer::text)
+      .def_property_readonly("ids", &Detokenizer::ids);
 }
 
 }  // namespace tandem::python

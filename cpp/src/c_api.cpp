@@ -8,42 +8,27 @@
 #include <memory>
 #include <string>
 
+#include "c_api_internal.hpp"
 #include "tandem/tandem.hpp"
 
-struct tandem_model {
-  std::shared_ptr<const tandem::Model> model;
-};
-struct tandem_generator {
-  std::unique_ptr<tandem::Generator> gen;
-  std::vector<int64_t> pending;  // tokens of a step that did not fit the caller's buffer
-  std::atomic<bool> busy{false};  // guards `pending` as Generator guards itself
-};
+using tandem::capi::Guard;
+using tandem::capi::Require;
 
-namespace {
-thread_local std::string g_last_error;
-
-template <typename F>
-tandem_status Guard(F&& body) noexcept {
-  try {
-    g_last_error.clear();
-    body();
-    return TANDEM_OK;
-  } catch (const tandem::Error& e) {
-    g_last_error = e.what();
-    return static_cast<tandem_status>(e.code());
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-    return TANDEM_ERR_INTERNAL;
-  } catch (...) {
-    g_last_error = "unknown error";
-    return TANDEM_ERR_INTERNAL;
-  }
+tandem::GenerateOptions tandem::capi::OptionsFrom(const tandem_generate_params* params) {
+  tandem_generate_params p = params ? *params : tandem_generate_default_params();
+  tandem::GenerateOptions o;
+  o.mode = tandem::ParseMode(p.mode ? p.mode : "large");
+  o.block_length = p.block_length;
+  o.adaptive = p.adaptive != 0;
+  o.router_threshold = p.router_threshold;
+  o.max_new_tokens = p.max_new_tokens;
+  o.do_sample = p.do_sample != 0;
+  o.temperature = p.temperature;
+  o.top_k = p.top_k;
+  o.top_p = p.top_p;
+  o.seed = p.seed;
+  return o;
 }
-
-void Require(bool ok, const char* what) {
-  if (!ok) throw tandem::Error(tandem::ErrorCode::kInvalidArgument, what);
-}
-}  // namespace
 
 extern "C" {
 
@@ -82,18 +67,7 @@ tandem_status tandem_generator_create(const tandem_model* model, const int64_t* 
   return Guard([&] {
     Require(model && out && (prompt || n_prompt == 0), "model, prompt and out must not be NULL");
     *out = nullptr;
-    tandem_generate_params p = params ? *params : tandem_generate_default_params();
-    tandem::GenerateOptions o;
-    o.mode = tandem::ParseMode(p.mode ? p.mode : "large");
-    o.block_length = p.block_length;
-    o.adaptive = p.adaptive != 0;
-    o.router_threshold = p.router_threshold;
-    o.max_new_tokens = p.max_new_tokens;
-    o.do_sample = p.do_sample != 0;
-    o.temperature = p.temperature;
-    o.top_k = p.top_k;
-    o.top_p = p.top_p;
-    o.seed = p.seed;
+    const tandem::GenerateOptions o = tandem::capi::OptionsFrom(params);
     auto holder = std::make_unique<tandem_generator>();
     holder->gen = std::make_unique<tandem::Generator>(model->model, std::vector<int64_t>(prompt, prompt + n_prompt), o);
     *out = holder.release();
@@ -126,6 +100,6 @@ const char* tandem_generator_finish_reason(const tandem_generator* gen) {
   return gen ? tandem::ToString(gen->gen->finish_reason()) : "";
 }
 
-const char* tandem_last_error(void) { return g_last_error.c_str(); }
+const char* tandem_last_error(void) { return tandem::capi::g_last_error.c_str(); }
 
 }  // extern "C"

@@ -348,8 +348,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::FromJson(std::string_view text, cons
   try {
     doc = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    throw Error(ErrorCode::kBundle, source + " is not valid JSON (" + Ascii(e.what()) +
-                                        "); it is not a Hugging Face tokenizer.json");
+    throw Error(ErrorCode::kBundle, source + " is not a valid tokenizer file: it is not valid JSON (" +
+                                        Ascii(e.what()) + "); use a Hugging Face tokenizer.json");
   }
   if (!doc.is_object()) Fail(source, "not a Hugging Face tokenizer.json (expected a JSON object)");
   if (doc.contains("version") && !(doc.at("version").is_string() && doc.at("version").get<std::string>() == "1.0"))

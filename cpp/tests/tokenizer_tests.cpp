@@ -2,12 +2,16 @@
 // translation and match iteration, and small hand-written tokenizer.json files (BPE merges,
 // byte fallback, unk, added tokens, decoders, errors). Token-for-token parity with Hugging
 // Face on real tokenizers is tested from Python (tests/test_tokenizer.py).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "tandem/text.hpp"
+#include "tandem/text_c.h"
 #include "tokenizer_regex.hpp"
 #include "tokenizer_unicode.hpp"
 
@@ -173,6 +177,86 @@ void TestRefusals() {
   CheckThrows([] { Tokenizer::Load("/nonexistent/tokenizer.json"); }, ErrorCode::kBundle, "cannot read");
 }
 
+// Incremental text: never half a character, never the start of a stop string; the pieces
+// add up to the decoded text, cut before the first stop string.
+void TestDetokenizer() {
+  auto tok = Tokenizer::FromJson(TinyJson());
+  {
+    Detokenizer d(tok);
+    CHECK(d.Push(std::vector<int64_t>{6}) == "a");
+    CHECK(d.Push(std::vector<int64_t>{10}).empty());  // <0xC3>: the first byte of é
+    CHECK(d.Push(std::vector<int64_t>{11}).empty());  // a byte run is known once a token ends it
+    CHECK(d.Push(std::vector<int64_t>{1}) == "\xC3\xA9");  // <s> (skipped) ends it
+    CHECK(d.Push(std::vector<int64_t>{8, 2, 5}) == " ab c");
+    CHECK(d.Push(std::vector<int64_t>{10}).empty());
+    CHECK(d.Finish() == kFffd);  // a byte that never completed
+    CHECK(d.text() == "a\xC3\xA9 ab c" + kFffd);
+    CHECK(d.text() == tok->Decode(d.ids()));
+    CHECK(d.ids().size() == 8 && !d.stopped());
+  }
+  {
+    Detokenizer d(tok, {"b c", "zz"});
+    std::string out = d.Push(std::vector<int64_t>{8});  // "ab": its "b" may start "b c"
+    CHECK(out == "a");
+    out += d.Push(std::vector<int64_t>{2});             // "ab " still may
+    CHECK(out == "a");
+    out += d.Push(std::vector<int64_t>{5});             // "ab c": stop
+    CHECK(out == "a" && d.stopped() && d.text() == "a");
+    CHECK(d.Push(std::vector<int64_t>{3}).empty() && d.Finish().empty());
+  }
+  {
+    Detokenizer d(tok, {"b cx"});
+    std::string out = d.Push(std::vector<int64_t>{8, 2, 5});  // "ab c" could still become the stop
+    CHECK(out == "a");
+    out += d.Finish();  // it cannot any more
+    CHECK(out == "ab c" && d.text() == "ab c" && !d.stopped());
+  }
+  {
+    Detokenizer none(nullptr);
+    CHECK(none.Push(std::vector<int64_t>{1, 2, 3}).empty() && none.Finish().empty() && none.ids().size() == 3);
+  }
+  CheckThrows([] { Detokenizer(nullptr, {"x"}); }, ErrorCode::kInvalidArgument, "need the bundle's tokenizer");
+  CheckThrows([&] { Detokenizer(tok, {""}); }, ErrorCode::kInvalidArgument, "non-empty");
+  CheckThrows([&] { Detokenizer(tok, {"\xFF"}); }, ErrorCode::kInvalidArgument, "not valid UTF-8");
+}
+
+// The C text API's tokenizer calls: buffer sizes, statuses, errors.
+void TestCTokenizer() {
+  const auto path = std::filesystem::temp_directory_path() / "tandem_tokenizer_test.json";
+  {
+    std::ofstream(path) << TinyJson();
+  }
+  tandem_tokenizer* tok = nullptr;
+  CHECK(tandem_tokenizer_load("/nonexistent.json", &tok) == TANDEM_ERR_BUNDLE && tok == nullptr);
+  CHECK(std::string(tandem_last_error()).find("cannot read") != std::string::npos);
+  CHECK(tandem_tokenizer_load(nullptr, &tok) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(tandem_tokenizer_load(path.c_str(), &tok) == TANDEM_OK && tok != nullptr);
+  CHECK(std::string(tandem_last_error()).empty());
+  int64_t ids[8];
+  size_t n = 99;
+  CHECK(tandem_tokenizer_encode(tok, "ab c", 4, 1, ids, 2, &n) == TANDEM_OK && n == 4);  // did not fit
+  CHECK(ids[0] == 1 && ids[1] == 8);
+  CHECK(tandem_tokenizer_encode(tok, "ab c", 4, 0, nullptr, 0, &n) == TANDEM_OK && n == 3);
+  CHECK(tandem_tokenizer_encode(tok, "ab c", 4, 0, ids, 8, &n) == TANDEM_OK && n == 3 && ids[2] == 5);
+  CHECK(tandem_tokenizer_encode(tok, "a\xFF", 2, 1, ids, 8, &n) == TANDEM_ERR_INVALID_ARGUMENT && n == 0);
+  CHECK(std::string(tandem_last_error()).find("not valid UTF-8") != std::string::npos);
+  const int64_t some[] = {1, 8, 2, 5};
+  char text[16];
+  size_t bytes = 0;
+  CHECK(tandem_tokenizer_decode(tok, some, 4, 1, text, 4, &bytes) == TANDEM_OK && bytes == 4);  // no room for NUL
+  CHECK(tandem_tokenizer_decode(tok, some, 4, 1, text, 5, &bytes) == TANDEM_OK && std::string(text) == "ab c");
+  CHECK(tandem_tokenizer_decode(tok, some, 4, 0, text, sizeof text, &bytes) == TANDEM_OK &&
+        std::string(text) == "<s> ab c");
+  const int64_t negative[] = {-1};
+  CHECK(tandem_tokenizer_decode(tok, negative, 1, 1, text, sizeof text, &bytes) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(tandem_tokenizer_encode(nullptr, "a", 1, 1, ids, 8, &n) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(tandem_generate_text(nullptr, tok, "a", 1, nullptr, nullptr, nullptr, nullptr, nullptr) ==
+        TANDEM_ERR_INVALID_ARGUMENT);
+  tandem_tokenizer_free(tok);
+  tandem_tokenizer_free(nullptr);
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 
 int main() {
@@ -180,6 +264,8 @@ int main() {
   TestRegex();
   TestTinyTokenizer();
   TestRefusals();
+  TestDetokenizer();
+  TestCTokenizer();
   std::cout << g_checks << " checks, " << g_failures << " failures\n";
   return g_failures == 0 ? 0 : 1;
 }

@@ -1,11 +1,58 @@
-// Generates with the C API from an installed tandem: consumer BUNDLE ID [ID...]
+// Generates with the C API from an installed tandem.
+//   consumer BUNDLE ID [ID...]                 token ids in, token ids out
+//   consumer --text BUNDLE PROMPT [STOP...]    text in, text out (streamed to stdout)
 #include <tandem/tandem_c.h>
+#include <tandem/text_c.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
+namespace {
+
+int WriteText(const char* piece, size_t len, void* user_data) {
+  std::fwrite(piece, 1, len, stdout);
+  ++*static_cast<int*>(user_data);
+  return 0;
+}
+
+int Text(int argc, char** argv) {  // --text BUNDLE PROMPT [STOP...]
+  tandem_model* model = nullptr;
+  if (tandem_model_load(argv[2], 1, nullptr, &model) != TANDEM_OK) {
+    std::fprintf(stderr, "load failed: %s\n", tandem_last_error());
+    return 1;
+  }
+  tandem_tokenizer* tokenizer = nullptr;
+  if (tandem_model_tokenizer(model, &tokenizer) != TANDEM_OK) {
+    std::fprintf(stderr, "tokenizer failed: %s\n", tandem_last_error());
+    tandem_model_free(model);
+    return 1;
+  }
+  tandem_generate_params params = tandem_generate_default_params();
+  params.mode = "speed";
+  params.max_new_tokens = 12;
+  tandem_text_params text = tandem_text_default_params();
+  text.stop = argv + 4;
+  text.n_stop = static_cast<size_t>(argc - 4);
+  int pieces = 0;
+  tandem_text_result result;
+  const tandem_status st = tandem_generate_text(model, tokenizer, argv[3], std::strlen(argv[3]), &params, &text,
+                                                WriteText, &pieces, &result);
+  if (st == TANDEM_OK)
+    std::fprintf(stderr, "finish_reason: %s\npieces: %d\nnew_tokens: %zu\n", result.finish_reason, pieces,
+                 result.new_tokens);
+  else
+    std::fprintf(stderr, "generate failed (%d): %s\n", static_cast<int>(st), tandem_last_error());
+  tandem_tokenizer_free(tokenizer);
+  tandem_model_free(model);
+  return st == TANDEM_OK ? 0 : 1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc >= 4 && std::strcmp(argv[1], "--text") == 0) return Text(argc, argv);
   if (argc < 3) return 2;
   tandem_model* model = nullptr;
   if (tandem_model_load(argv[1], 1, nullptr, &model) != TANDEM_OK) {
