@@ -197,6 +197,25 @@ bool FuzzTokenizer(const fs::path& path, Mutator& mutate) {
   for (size_t k = 0, n = 1 + mutate.Below(24); k < n; ++k)
     ids.push_back(static_cast<int64_t>(mutate.Below(static_cast<size_t>(tok->vocab_size()) + 8)));
   for (bool skip : {true, false}) tok->Decode(ids, skip);
+  // the detokenizer over the same ids in chunks, with stop strings made of its own text
+  const std::string whole = tok->Decode(ids);
+  std::vector<std::string> stop{"\n\n"};
+  if (!whole.empty()) {
+    size_t at = mutate.Below(whole.size());
+    while (at > 0 && (static_cast<unsigned char>(whole[at]) & 0xC0) == 0x80) --at;
+    size_t end = std::min(whole.size(), at + 1 + mutate.Below(4));
+    while (end < whole.size() && (static_cast<unsigned char>(whole[end]) & 0xC0) == 0x80) ++end;
+    stop.push_back(whole.substr(at, end - at));
+  }
+  tandem::Detokenizer detok(tok, stop, mutate.Below(2) == 0);
+  std::string text;
+  for (size_t i = 0; i < ids.size();) {
+    const size_t n = 1 + mutate.Below(3);
+    text += detok.Push(std::span<const int64_t>(ids).subspan(i, std::min(n, ids.size() - i)));
+    i += n;
+  }
+  text += detok.Finish();
+  if (text != detok.text()) throw std::logic_error("the detokenizer's pieces do not add up to its text");
   return true;
 }
 
