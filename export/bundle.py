@@ -25,7 +25,13 @@ from tandem.export.decoder import DecoderShape
 from tandem.export.graph_writer import SharedData
 from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
 from tandem.export.validate import text_ids, validate_graph
-from tandem.manifest import MANIFEST_NAME, Manifest
+from tandem.manifest import (
+    DEFAULT_BLOCK_LENGTH,
+    DEFAULT_MAX_BLOCK_LENGTH,
+    DEFAULT_ROUTER_THRESHOLD,
+    MANIFEST_NAME,
+    Manifest,
+)
 
 DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, capped here
 GRAPH_FILES = {"large": "large.onnx", "small": "small.onnx", "draft": "draft.onnx"}
@@ -33,8 +39,6 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The named special tokens transformers gives a chat template (its `special_tokens_map`).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
-
-DEFAULT_BLOCK_LENGTH = 4  # when neither --block-length nor the drafter's training says
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -243,8 +247,8 @@ def export_bundle(
     plain: str | Path | Any | None = None,
     tokenizer: str | Path | None = None,
     block_length: int | None = None,
-    max_block_length: int = 16,
-    router_threshold: float = 0.8,
+    max_block_length: int = DEFAULT_MAX_BLOCK_LENGTH,
+    router_threshold: float = DEFAULT_ROUTER_THRESHOLD,
     context_length: int | None = None,
     validate: bool = True,
     precision: str = "fp32",

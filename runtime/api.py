@@ -6,6 +6,7 @@ The GIL is released while C++ runs, so other Python threads keep going.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,8 +18,7 @@ from tandem.errors import BundleError, InvalidArgumentError, UntrainedBlockLengt
 from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
 
-MODES = ("large", "tandem", "speed", "vanilla")
-_INT32_MAX = 2**31 - 1  # C++ `int` parameters
+_INT64 = range(-(2**63), 2**63)
 
 
 def _core() -> Any:
@@ -33,6 +33,19 @@ def max_threads() -> int:
     The cap is the C++ core's (tandem::MaxThreads): ONNX Runtime starts every thread of a
     pool when it loads the model, so a count past it would hang instead of failing."""
     return int(_core().max_threads())
+
+
+def _token_ids(values: Any, vocab_size: int, what: str, expected: str) -> list[int]:
+    """`values` as a list of ints. One too large for C++'s int64 is refused here (the C++ core
+    checks the vocabulary of the others); anything else than integers raises `expected`."""
+    try:
+        ids = [operator.index(v) for v in values]
+    except TypeError:
+        raise InvalidArgumentError(expected) from None
+    for i in ids:
+        if i not in _INT64:
+            raise InvalidArgumentError(f"{what} {i} is outside the vocabulary [0, {vocab_size})")
+    return ids
 
 
 def _check_threads(threads: int, drafter_threads: int) -> None:
@@ -98,11 +111,11 @@ class Stream:
     model stays usable.
     """
 
-    def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: dict[str, Any]) -> None:
+    def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: Any) -> None:
         self._model = model
         self._prompt_ids = prompt_ids
         self._stop = stop
-        self._gen = _core().Generator(model._model, prompt_ids, **options)
+        self._gen = _core().Generator(model._model, prompt_ids, options)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -273,91 +286,49 @@ class TandemModel:
         return self.generate(self.apply_chat_template(messages, tokenize=True), **options)
 
     # -- generation --------------------------------------------------------------------
-    def stream(
-        self,
-        prompt: str | bytes | Sequence[int],
-        *,
-        mode: str | None = None,
-        block_length: int | str | None = None,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        eos_token_id: int | Sequence[int] | None = None,
-        stop: str | Sequence[str] | None = None,
-        router_threshold: float | None = None,
-        min_block_length: int = 1,
-        max_block_length: int | None = None,
-        ignore_eos: bool = False,
-    ) -> Stream:
+    def options(self, *, mode: str | None = None, block_length: int | str | None = None,
+                eos_token_id: int | Sequence[int] | None = None, **options: Any) -> Any:
+        """The :class:`GenerateOptions` (``tandem._core.GenerateOptions``, the C++ struct) that
+        `generate` / `stream` run with. Python adds only the conveniences C++ cannot give: `mode`
+        defaults to speed when the bundle has a tandem drafter, ``block_length="auto"`` means
+        ``adaptive=True``, and `eos_token_id` (Hugging Face's name) takes one id or several.
+        Every other keyword is a field of GenerateOptions; an unknown one, or a value out of
+        range, raises InvalidArgumentError."""
+        if isinstance(block_length, str):
+            if block_length != "auto":
+                raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
+            options["adaptive"], block_length = True, None
+        if eos_token_id is not None:
+            if options.get("eos_token_ids") is not None:
+                raise InvalidArgumentError("pass eos_token_id or eos_token_ids, not both")
+            ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+            options["eos_token_ids"] = _token_ids(ids, self.vocab_size, "eos_token_id",
+                                                  "eos_token_id must be a token id or a sequence of them")
+        mode = mode or ("speed" if "speed" in self.modes else "large")
+        return _core().GenerateOptions(mode=mode, block_length=block_length, **options)
+
+    def stream(self, prompt: str | bytes | Sequence[int], *, stop: str | Sequence[str] | None = None,
+               **options: Any) -> Stream:
         """Like :meth:`generate`, but iterate over the result to get text pieces as they
         are produced; the full :class:`GenerationResult` is in `.result` afterwards."""
         if isinstance(prompt, str | bytes):
             ids = self.encode(prompt)
         else:
-            try:
-                ids = [int(i) for i in prompt]
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError("prompt must be text or a sequence of token ids") from exc
-        if not ids:
-            raise InvalidArgumentError("the prompt is empty: give some text or at least one token id")
-        if any(not 0 <= i < self.vocab_size for i in ids):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("top_k", top_k, 0),
-                                 ("min_block_length", min_block_length, 1)):
-            if not low <= int(value) <= _INT32_MAX:
-                raise InvalidArgumentError(f"{name} must be in [{low}, {_INT32_MAX}], got {value}")
-        if not 0 <= int(seed) < 2**64:
-            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
-        mode = mode or ("speed" if "speed" in self.modes else "large")
-        if mode not in MODES:
-            raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        adaptive = block_length == "auto"
-        if isinstance(block_length, str) and not adaptive:
-            raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
-        if block_length is not None and not adaptive and not 1 <= int(block_length) <= _INT32_MAX:
-            raise InvalidArgumentError(f"block_length must be >= 1, got {block_length}")
-        if max_block_length is not None and not 0 <= int(max_block_length) <= _INT32_MAX:
-            raise InvalidArgumentError(f"max_block_length must be >= 1, got {max_block_length}")
-        self._warn_untrained_block_length(mode, block_length, max_block_length if adaptive else None)
-        eos = [] if eos_token_id is None else (
-            [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
-        )
-        if any(not 0 <= e < self.vocab_size for e in eos):
-            raise InvalidArgumentError(f"eos_token_id {eos} is outside the vocabulary [0, {self.vocab_size})")
+            ids = _token_ids(prompt, self.vocab_size, "token id", "prompt must be text or a sequence of token ids")
         stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
         if any(not s for s in stops):
             raise InvalidArgumentError("stop strings must be non-empty")
-        options = dict(
-            mode=mode,
-            block_length=0 if block_length is None or adaptive else int(block_length),
-            adaptive=adaptive,
-            router_threshold=-1.0 if router_threshold is None else float(router_threshold),
-            min_block_length=int(min_block_length),
-            max_block_length=int(max_block_length or 0),
-            max_new_tokens=int(max_new_tokens),
-            do_sample=bool(do_sample),
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            seed=int(seed),
-            eos_token_ids=eos,
-            ignore_eos=bool(ignore_eos),
-        )
-        return Stream(self, ids, stops, options)
+        resolved = self._model.resolve(self.options(**options))  # checks every option first
+        self._warn_untrained_block_length(resolved)
+        return Stream(self, ids, stops, resolved)
 
-    def _warn_untrained_block_length(self, mode: str, block_length: int | str | None,
-                                     max_block_length: int | None) -> None:
+    def _warn_untrained_block_length(self, options: Any) -> None:
         """Warn when a tandem drafter would draft further than the γ it was trained at."""
         small = self.manifest.graphs.get("small")
         trained = small.trained_block_length if small is not None else 0
-        if mode not in ("speed", "tandem") or not trained:
+        if options.mode not in ("speed", "tandem") or not trained:
             return
-        gamma = max_block_length if block_length == "auto" else block_length
-        gamma = self.manifest.default_block_length if gamma is None else int(gamma)
+        gamma = options.max_block_length if options.adaptive else options.block_length
         if gamma > trained:
             warnings.warn(f"block length {gamma} is longer than the γ = {trained} the tandem drafter was trained "
                           f"at: its drafts at block positions {trained}..{gamma - 1} were never trained (still "
@@ -366,12 +337,14 @@ class TandemModel:
                           stacklevel=4)
 
     def generate(self, prompt: str | bytes | Sequence[int], **options: Any) -> GenerationResult:
-        """Generate from text or token ids; takes the keyword arguments of :meth:`stream`.
+        """Generate from text or token ids.
 
-        mode: "large" | "tandem" | "speed" | "vanilla" (default: speed when the bundle has a
-        tandem drafter). block_length: γ, or "auto" for the router's adaptive length
-        (speed/vanilla). Sampling parameters follow Hugging Face names; `stop` strings end
-        the text before the match (finish_reason "stop").
+        Keywords: `stop` (strings that end the text before the match, finish_reason "stop")
+        and the generation options (see :meth:`options` and ``tandem.GenerateOptions``):
+        mode ("large" | "tandem" | "speed" | "vanilla"; default: speed when the bundle has a
+        tandem drafter), block_length (γ, or "auto" for the router's adaptive length in
+        speed/vanilla), max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+        eos_token_id, ignore_eos, router_threshold, min_block_length, max_block_length.
         """
         stream = self.stream(prompt, **options)
         for _ in stream:

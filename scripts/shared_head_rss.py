@@ -37,8 +37,9 @@ model = _core.Model(sys.argv[1], threads=2, share_weights=sys.argv[2] == "1")
 loaded = status()
 if model.has_small:
     prompt = list(range(100, 132))
-    speed = _core.Generator(model, prompt, mode="speed", block_length=4, max_new_tokens=16, ignore_eos=True).run()
-    large = _core.Generator(model, prompt, mode="large", max_new_tokens=16, ignore_eos=True).run()
+    speed = _core.Generator(model, prompt, _core.GenerateOptions(mode="speed", block_length=4, max_new_tokens=16,
+                                                                 ignore_eos=True)).run()
+    large = _core.Generator(model, prompt, _core.GenerateOptions(mode="large", max_new_tokens=16, ignore_eos=True)).run()
     assert speed == large, (speed, large)
 print(json.dumps({"shared_mib": model.shared_weight_bytes / 2**20, "loaded": loaded, "end": status()}))
 """

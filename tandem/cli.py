@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tandem.errors import TandemError
+from tandem.manifest import DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_BLOCK_LENGTH, DEFAULT_ROUTER_THRESHOLD
 
 TORCH_COMMANDS = ("train", "reps", "eval", "export")
 
@@ -130,9 +131,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: --large)")
     p.add_argument("--block-length", type=int,
                    help="the bundle's default block length γ (default: the γ the tandem M_S was trained at, "
-                        "else 4)")
-    p.add_argument("--max-block-length", type=int, default=16, help="longest γ a request may ask for (default: 16)")
-    p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode (default: 0.8)")
+                        f"else {DEFAULT_BLOCK_LENGTH})")
+    p.add_argument("--max-block-length", type=int, default=DEFAULT_MAX_BLOCK_LENGTH,
+                   help="longest γ a request may ask for (default: %(default)s)")
+    p.add_argument("--router-threshold", type=float, default=DEFAULT_ROUTER_THRESHOLD,
+                   help="default τ for adaptive mode (default: %(default)s)")
     p.add_argument("--context-length", type=int,
                    help="longest sequence the bundle serves (default: M_L's max_position_embeddings, "
                         "at most 8192); the KV cache of a request is sized to what it needs within it")

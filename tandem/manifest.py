@@ -33,6 +33,13 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "tandem.json"
 GRAPH_ROLES = ("large", "small", "draft")
 
+# The exporter's defaults (`tandem export`): the bundle's default γ when the tandem drafter's
+# training does not say, the longest γ a request may ask for, and the default router τ. Every
+# bundle carries its values; the runtime reads them from the bundle and has none of its own.
+DEFAULT_BLOCK_LENGTH = 4
+DEFAULT_MAX_BLOCK_LENGTH = 16
+DEFAULT_ROUTER_THRESHOLD = 0.8
+
 
 @dataclass
 class GraphSpec:
@@ -147,9 +154,9 @@ class Manifest:
     # and the named special tokens templates read (bos_token, eos_token, ...: strings).
     chat_template: str = ""
     special_tokens: dict[str, str] = field(default_factory=dict)
-    default_block_length: int = 4
-    max_block_length: int = 16
-    router_threshold: float = 0.8
+    default_block_length: int = DEFAULT_BLOCK_LENGTH
+    max_block_length: int = DEFAULT_MAX_BLOCK_LENGTH
+    router_threshold: float = DEFAULT_ROUTER_THRESHOLD
     precision: str = "fp32"
     build: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)

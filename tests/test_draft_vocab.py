@@ -13,10 +13,11 @@ from conftest import Pair
 from hf_oracle import hf_outputs
 from test_runtime_modes import exact_joint
 
+from tandem._core import GenerateOptions
 from tandem.export.validate import SMALL_CASES, case_inputs, compare, run_graph
 from tandem.manifest import Manifest
 from tandem.runtime import load
-from tandem.train.reference import GenerationConfig, generate_reference
+from tandem.train.reference import generate_reference
 from tandem.train.sampling import SamplingParams
 
 DRAFT_VOCAB = [0, *range(1, 300, 2)]  # EOS and the odd ids: 151 of 300 tokens
@@ -63,9 +64,9 @@ PROMPTS = [[1, 2, 3, 4], [5, 80, 81, 82, 83, 84, 85, 86, 87, 88, 120]]
 def test_greedy_matches_reference(vocab_pair: Pair, mode: str, gamma: int, adaptive: bool):
     model = load(vocab_pair.bundle, threads=1)
     for prompt in PROMPTS:
-        config = GenerationConfig(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.5,
-                                  max_block_length=6, max_new_tokens=24, context_length=64)
-        ref = generate_reference(vocab_pair.large, prompt, config, tandem=vocab_pair.tandem)
+        options = GenerateOptions(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.5,
+                                  max_block_length=6, max_new_tokens=24)
+        ref = generate_reference(vocab_pair.large, prompt, options, context_length=64, tandem=vocab_pair.tandem)
         got = model.generate(prompt, mode=mode, block_length="auto" if adaptive else gamma, router_threshold=0.5,
                              max_block_length=6 if adaptive else None, max_new_tokens=24, ignore_eos=True)
         assert got.ids == ref.ids

@@ -249,7 +249,6 @@ def test_tokenizer_problems(bundle, tmp_path):
 # --------------------------------------------------------------------------- parameters
 
 PARAM_CASES = [
-    (dict(block_length=0), "block_length"),
     (dict(block_length=-3), "block_length"),
     (dict(block_length=9), r"block_length must be in \[1, 8\]"),
     (dict(block_length=2**40), "block_length"),
@@ -276,6 +275,10 @@ PARAM_CASES = [
     (dict(eos_token_id=300), "eos_token_id.*vocabulary"),
     (dict(eos_token_id=2**70), "eos_token_id.*vocabulary"),
     (dict(stop=[""]), "stop strings"),
+    (dict(eos_token_id="x"), "eos_token_id must be a token id"),
+    (dict(eos_token_id=1, eos_token_ids=[2]), "not both"),
+    (dict(top_k="3"), r"top_k='3' is not a value of this option \(int >= 0"),
+    (dict(beam_width=4), "unknown generation option 'beam_width' .*max_new_tokens"),
 ]
 
 
@@ -287,7 +290,7 @@ def test_bad_parameters(model, kwargs, message):
     assert len(model.generate([1, 2, 3], max_new_tokens=3, ignore_eos=True).ids) == 3
 
 
-CORE_CASES = [  # straight to the C++ validation, bypassing the Python checks
+CORE_CASES = [  # straight to the C++ core (GenerateOptions + Generator), without the Python API
     (dict(block_length=-1), "block_length"),
     (dict(block_length=9), "block_length"),
     (dict(temperature=float("nan")), "temperature"),
@@ -308,7 +311,7 @@ CORE_CASES = [  # straight to the C++ validation, bypassing the Python checks
 @pytest.mark.parametrize(("kwargs", "message"), CORE_CASES, ids=[repr(k) for k, _ in CORE_CASES])
 def test_bad_parameters_core(model, kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
-        _core.Generator(model._model, [1, 2, 3], **kwargs)
+        _core.Generator(model._model, [1, 2, 3], _core.GenerateOptions(**kwargs))
 
 
 def test_modes_the_bundle_lacks(bundle):

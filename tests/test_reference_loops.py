@@ -17,10 +17,11 @@ import torch
 from scipy.stats import chisquare
 from tiny_models import tiny_config, tiny_model
 
+from tandem._core import GenerateOptions
 from tandem.errors import InvalidArgumentError
 from tandem.train import reference
 from tandem.train.model import create_tandem
-from tandem.train.reference import GenerationConfig, ReferenceResult, generate_reference
+from tandem.train.reference import ReferenceResult, generate_reference, sampling_params
 from tandem.train.router import Router, RouterConfig
 from tandem.train.sampling import (
     SamplingParams,
@@ -87,9 +88,10 @@ def small_vocab_models() -> tuple:
 
 def run(large: torch.nn.Module, prompt: list[int], mode: str, *, tandem: torch.nn.Module | None = None,
         drafter: torch.nn.Module | None = None, generator: torch.Generator | None = None,
-        **config: object) -> ReferenceResult:
-    return generate_reference(large, prompt, GenerationConfig(mode, **config), tandem=tandem,
-                              drafter=drafter, generator=generator)
+        context_length: int | None = None, **options: object) -> ReferenceResult:
+    options.setdefault("max_new_tokens", 32)
+    return generate_reference(large, prompt, GenerateOptions(mode=mode, **options), context_length=context_length,
+                              tandem=tandem, drafter=drafter, generator=generator)
 
 
 def top2_gap(logits: torch.Tensor) -> float:
@@ -438,7 +440,7 @@ def sampled_pvalue(models: tuple, mode: str, **sampling: object) -> tuple[float,
                   block_length=3, max_new_tokens=NEW, do_sample=True, **sampling)
         counts[tuple(got.ids)] += 1
         accepted, drafted = accepted + sum(got.accepted), drafted + sum(got.drafted)
-    params = GenerationConfig(mode, do_sample=True, **sampling).sampling_params()
+    params = sampling_params(GenerateOptions(mode=mode, do_sample=True, **sampling))
     expected = RUNS * exact_joint(large, SAMPLED_PROMPT, params)
     pvalues = []
     for k in range(NEW - 1):
@@ -483,7 +485,8 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
 
 @pytest.mark.parametrize("kwargs", [
     {"mode": "beam"},
-    {"mode": "speed", "block_length": 0},
+    {"mode": "speed", "block_length": -1},
+    {"mode": "speed", "block_length": 17},  # past the exporter's default max_block_length
     {"mode": "large", "max_new_tokens": -1},
     {"mode": "vanilla", "adaptive": True, "min_block_length": 0},
     {"mode": "tandem", "adaptive": True},
@@ -491,22 +494,24 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
     {"mode": "speed", "do_sample": True, "temperature": 0.0},
     {"mode": "speed", "do_sample": True, "top_p": 2.0},
 ])
-def test_invalid_config(kwargs):
+def test_invalid_config(models, kwargs):
+    """The reference checks its options as the runtime does (GenerateOptions.resolve)."""
+    large, tandem, drafter = models
     with pytest.raises(InvalidArgumentError):
-        GenerationConfig(**kwargs)
+        generate_reference(large, PROMPTS[0], GenerateOptions(**kwargs), tandem=tandem, drafter=drafter)
 
 
 def test_invalid_inputs(models):
     large, tandem, drafter = models
     cases = [
-        (PROMPTS[0], GenerationConfig("speed"), {}),  # no tandem M_S
-        (PROMPTS[0], GenerationConfig("vanilla"), {"tandem": tandem}),  # no plain drafter
-        (PROMPTS[0], GenerationConfig("vanilla", adaptive=True), {"drafter": drafter}),  # no router
-        (PROMPTS[0], GenerationConfig("large", context_length=65), {}),  # > max positions (64)
-        (PROMPTS[0], GenerationConfig("large", context_length=4), {}),  # the prompt fills it
-        ([], GenerationConfig("large"), {}),
-        ([300], GenerationConfig("large"), {}),  # outside the vocabulary
+        (PROMPTS[0], dict(mode="speed"), {}),  # no tandem M_S
+        (PROMPTS[0], dict(mode="vanilla"), {"tandem": tandem}),  # no plain drafter
+        (PROMPTS[0], dict(mode="vanilla", adaptive=True), {"drafter": drafter}),  # no router
+        (PROMPTS[0], dict(mode="large"), {"context_length": 65}),  # > max positions (64)
+        (PROMPTS[0], dict(mode="large"), {"context_length": 4}),  # the prompt fills it
+        ([], dict(mode="large"), {}),
+        ([300], dict(mode="large"), {}),  # outside the vocabulary
     ]
-    for prompt, config, kw in cases:
+    for prompt, options, kw in cases:
         with pytest.raises(InvalidArgumentError):
-            generate_reference(large, prompt, config, **kw)
+            generate_reference(large, prompt, GenerateOptions(**options), **kw)

@@ -47,7 +47,8 @@ def sha256(path: Path) -> str:
 
 
 def generate(model, prompt: list[int], mode: str, gamma: int = 3) -> list[int]:
-    return _core.Generator(model, prompt, mode=mode, block_length=gamma, max_new_tokens=24, ignore_eos=True).run()
+    return _core.Generator(model, prompt, _core.GenerateOptions(mode=mode, block_length=gamma, max_new_tokens=24,
+                                                                   ignore_eos=True)).run()
 
 
 @dataclass
@@ -152,7 +153,8 @@ def test_self_drafter_shares_every_weight_and_accepts_every_draft(tmp_path, prec
     model = _core.Model(str(bundle), threads=1)
     assert model.shared_weight_bytes >= stored_bytes(draft, big)
     for prompt in PROMPTS:
-        gen = _core.Generator(model, prompt, mode="vanilla", block_length=4, max_new_tokens=24, ignore_eos=True)
+        gen = _core.Generator(model, prompt, _core.GenerateOptions(mode="vanilla", block_length=4, max_new_tokens=24,
+                                                                  ignore_eos=True))
         assert gen.run() == generate(model, prompt, "large")
         assert gen.stats["acceptance_rate"] == 1.0
 

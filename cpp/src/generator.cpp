@@ -68,32 +68,6 @@ int MaxThreads() noexcept {
   return cap;
 }
 
-const char* ToString(Mode mode) noexcept {
-  switch (mode) {
-    case Mode::kLarge: return "large";
-    case Mode::kTandem: return "tandem";
-    case Mode::kSpeed: return "speed";
-    case Mode::kVanilla: return "vanilla";
-  }
-  return "?";
-}
-
-const char* ToString(FinishReason reason) noexcept {
-  switch (reason) {
-    case FinishReason::kNotFinished: return "";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kMaxNewTokens: return "max_new_tokens";
-    case FinishReason::kLength: return "length";
-  }
-  return "?";
-}
-
-Mode ParseMode(const std::string& name) {
-  for (Mode m : {Mode::kLarge, Mode::kTandem, Mode::kSpeed, Mode::kVanilla})
-    if (name == ToString(m)) return m;
-  Invalid("unknown mode \"" + name + "\": use large, tandem, speed or vanilla");
-}
-
 // ---------------------------------------------------------------------------------------
 // Model
 
@@ -160,8 +134,10 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
 const std::string& Model::bundle_path() const { return impl_->manifest.folder; }
 int64_t Model::vocab_size() const { return impl_->manifest.vocab_size; }
 int64_t Model::context_length() const { return impl_->manifest.context_length; }
-int Model::default_block_length() const { return impl_->manifest.default_block_length; }
-int Model::max_block_length() const { return impl_->manifest.max_block_length; }
+BundleDefaults Model::defaults() const {
+  const auto& m = impl_->manifest;
+  return {m.default_block_length, m.max_block_length, m.router_threshold};
+}
 bool Model::has_small() const { return impl_->small != nullptr; }
 uint64_t Model::shared_weight_bytes() const { return impl_->shared ? impl_->shared->bytes() : 0; }
 bool Model::has_draft() const { return impl_->draft != nullptr; }
@@ -401,15 +377,7 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
                      const GenerateOptions& options) {
   if (!model) Invalid("model is null");
   const auto& man = model->impl().manifest;
-  const GenerateOptions& o = options;
-  if (o.max_new_tokens < 0) Invalid("max_new_tokens must be >= 0");
-  if (!std::isfinite(o.temperature) || o.temperature <= 0.0f)
-    Invalid("temperature must be a finite number > 0 (use do_sample=false for greedy)");
-  if (o.top_k < 0) Invalid("top_k must be >= 0 (0 disables it)");
-  if (!(o.top_p > 0.0f && o.top_p <= 1.0f)) Invalid("top_p must be in (0, 1]");
-  if (o.block_length < 0 || o.block_length > man.max_block_length)
-    Invalid("block_length must be in [1, " + std::to_string(man.max_block_length) + "] (0: the bundle default " +
-            std::to_string(man.default_block_length) + ")");
+  const GenerateOptions o = Resolve(options, model->defaults());
   if (prompt.empty()) Invalid("the prompt is empty: give at least one token");
   if (static_cast<int64_t>(prompt.size()) >= man.context_length)
     Invalid("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
@@ -423,35 +391,23 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
     Invalid(std::string("mode ") + ToString(o.mode) + " needs a tandem drafter, but the bundle has no small.onnx");
   if (o.mode == Mode::kVanilla && !model->has_draft())
     Invalid("mode vanilla needs a plain drafter, but the bundle has no draft.onnx (export with a plain M_S)");
-  if (o.adaptive) {
-    if (o.mode != Mode::kSpeed && o.mode != Mode::kVanilla) Invalid("adaptive block length applies to speed and vanilla modes");
-    if (!model->has_router(o.mode)) Invalid("adaptive block length needs a router, and this bundle's drafter has none");
-    if (o.min_block_length < 1) Invalid("min_block_length must be >= 1");
-    if (o.max_block_length < 0 || o.max_block_length > man.max_block_length)
-      Invalid("max_block_length must be in [min_block_length, " + std::to_string(man.max_block_length) + "]");
-    if (o.max_block_length > 0 && o.max_block_length < o.min_block_length)
-      Invalid("max_block_length must be >= min_block_length");
-    if (std::isnan(o.router_threshold) || (std::isinf(o.router_threshold) && o.router_threshold > 0))
-      Invalid("router_threshold must be a finite number (< 0: the bundle default)");
-  }
+  if (o.adaptive && !model->has_router(o.mode))
+    Invalid("adaptive block length needs a router, and this bundle's drafter has none");
 
   // The longest sequence this request can reach; every buffer is sized to it, never to more
   // than the bundle's context.
   const int64_t capacity = std::min<int64_t>(man.context_length, static_cast<int64_t>(prompt.size()) + o.max_new_tokens);
-  state_ = std::make_unique<State>(std::move(model), options, capacity);
+  state_ = std::make_unique<State>(std::move(model), o, capacity);
   State& s = *state_;
   s.started = Clock::now();
   s.sampling = {o.do_sample, o.temperature, o.top_k, o.top_p};
   for (int64_t id : (o.eos_token_ids.empty() ? man.eos_token_ids : o.eos_token_ids)) s.eos.insert(id);
-  const int block = o.block_length > 0 ? o.block_length : man.default_block_length;
-  s.tau = o.router_threshold >= 0 ? o.router_threshold : man.router_threshold;
+  s.tau = o.router_threshold;
   switch (o.mode) {
     case Mode::kLarge: s.gamma = 0; break;
-    case Mode::kTandem: s.gamma = block - 1; break;
+    case Mode::kTandem: s.gamma = o.block_length - 1; break;
     case Mode::kSpeed:
-    case Mode::kVanilla:
-      s.gamma = o.adaptive ? (o.max_block_length > 0 ? o.max_block_length : man.max_block_length) : block;
-      break;
+    case Mode::kVanilla: s.gamma = o.adaptive ? o.max_block_length : o.block_length; break;
   }
   s.use_memory = o.mode == Mode::kTandem || o.mode == Mode::kSpeed;
   const auto& impl = s.m;

@@ -3,6 +3,7 @@
 // loop and its KV caches are tested from Python against the PyTorch reference, and under
 // the sanitizers through the example and concurrency programs on a real bundle.
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "bundle.hpp"
+#include "c_options.hpp"
 #include "graph.hpp"
 #include "sampling.hpp"
 #include "tandem/tandem.hpp"
@@ -198,8 +200,98 @@ void TestCApiErrors() {
         TANDEM_ERR_INVALID_ARGUMENT);
   CHECK(tandem_model_load("/nonexistent/bundle", tandem_max_threads(), nullptr, &model) == TANDEM_ERR_BUNDLE);
   CHECK(tandem_model_load("/nonexistent/bundle", -1, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
-  tandem_generate_params p = tandem_generate_default_params();
-  CHECK(std::string(p.mode) == "large" && p.max_new_tokens == 128);
+}
+
+// Every field of tandem_generate_params reaches GenerateOptions; the defaults are C++'s; an
+// app built against an older (smaller) struct gets the defaults of the fields it lacks.
+void TestCParams() {
+  tandem_generate_params p;
+  std::memset(&p, 0xAB, sizeof(p));
+  CHECK(tandem_generate_params_init(&p, sizeof(p)) == TANDEM_OK);
+  const GenerateOptions d;
+  const GenerateOptions from_defaults = tandem::detail::OptionsFromC(&p);
+  CHECK(p.struct_size == sizeof(p) && std::string(p.mode) == ToString(d.mode));
+  CHECK(from_defaults.mode == d.mode && from_defaults.block_length == d.block_length &&
+        from_defaults.router_threshold == d.router_threshold && from_defaults.max_new_tokens == d.max_new_tokens &&
+        from_defaults.top_p == d.top_p && from_defaults.temperature == d.temperature &&
+        from_defaults.min_block_length == d.min_block_length && p.eos_token_ids == nullptr && p.n_eos_token_ids == 0);
+  const int64_t eos[] = {5, 7};
+  p.mode = "vanilla";
+  p.block_length = 3;
+  p.adaptive = 1;
+  p.router_threshold = 0.25f;
+  p.min_block_length = 2;
+  p.max_block_length = 6;
+  p.max_new_tokens = 9;
+  p.do_sample = 1;
+  p.temperature = 0.5f;
+  p.top_k = 11;
+  p.top_p = 0.75f;
+  p.seed = 42;
+  p.eos_token_ids = eos;
+  p.n_eos_token_ids = 2;
+  p.ignore_eos = 1;
+  GenerateOptions o = tandem::detail::OptionsFromC(&p);
+  CHECK(o.mode == Mode::kVanilla && o.block_length == 3 && o.adaptive && o.router_threshold == 0.25f);
+  CHECK(o.min_block_length == 2 && o.max_block_length == 6 && o.max_new_tokens == 9 && o.do_sample);
+  CHECK(o.temperature == 0.5f && o.top_k == 11 && o.top_p == 0.75f && o.seed == 42 && o.ignore_eos);
+  CHECK((o.eos_token_ids == std::vector<int64_t>{5, 7}));
+  // built against a struct that ended before ignore_eos: that field keeps its default
+  p.struct_size = offsetof(tandem_generate_params, ignore_eos);
+  o = tandem::detail::OptionsFromC(&p);
+  CHECK(!o.ignore_eos && o.eos_token_ids.size() == 2 && o.top_k == 11);
+  // sizes this library cannot read, and inconsistent EOS ids, are refused with a message
+  p.struct_size = sizeof(p) + 8;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "tandem_generate_params_init");
+  p.struct_size = 0;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "struct_size");
+  p.struct_size = sizeof(p);
+  p.eos_token_ids = nullptr;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "n_eos_token_ids");
+  p.n_eos_token_ids = 0;
+  p.mode = "fast";
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "unknown mode");
+  CHECK(tandem::detail::OptionsFromC(nullptr).max_new_tokens == d.max_new_tokens);
+  CHECK(tandem_generate_params_init(&p, sizeof(p) + 1) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(std::strstr(tandem_last_error(), "struct_size") != nullptr);
+  CHECK(tandem_generate_params_init(nullptr, sizeof(p)) == TANDEM_ERR_INVALID_ARGUMENT);
+  // a smaller (older) struct is filled only as far as it reaches
+  unsigned char buffer[sizeof(tandem_generate_params) + 16];
+  std::memset(buffer, 0xCD, sizeof(buffer));
+  const size_t old_size = offsetof(tandem_generate_params, ignore_eos);
+  CHECK(tandem_generate_params_init(reinterpret_cast<tandem_generate_params*>(buffer), old_size) == TANDEM_OK);
+  bool untouched = true;
+  for (size_t i = old_size; i < sizeof(buffer); ++i) untouched = untouched && buffer[i] == 0xCD;
+  CHECK(untouched);
+}
+
+// Resolve: the one check of a request's options, and the bundle's values filled in.
+void TestResolve() {
+  const BundleDefaults bundle{4, 8, 0.6f};
+  GenerateOptions o;
+  GenerateOptions r = Resolve(o, bundle);
+  CHECK(r.block_length == 4 && r.max_block_length == 8 && r.router_threshold == 0.6f);
+  o.block_length = 8;
+  o.router_threshold = 0.0f;
+  r = Resolve(o, bundle);
+  CHECK(r.block_length == 8 && r.router_threshold == 0.0f);
+  auto refused = [&](const std::function<void(GenerateOptions&)>& change, const std::string& needle) {
+    GenerateOptions bad;
+    bad.mode = Mode::kSpeed;
+    change(bad);
+    CheckThrows([&] { Resolve(bad, bundle); }, ErrorCode::kInvalidArgument, needle);
+  };
+  refused([](GenerateOptions& x) { x.block_length = 9; }, "block_length must be in [1, 8]");
+  refused([](GenerateOptions& x) { x.block_length = -1; }, "block_length");
+  refused([](GenerateOptions& x) { x.max_new_tokens = -1; }, "max_new_tokens");
+  refused([](GenerateOptions& x) { x.temperature = 0.0f; }, "temperature");
+  refused([](GenerateOptions& x) { x.top_k = -1; }, "top_k");
+  refused([](GenerateOptions& x) { x.top_p = 1.5f; }, "top_p");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.mode = Mode::kTandem; }, "speed and vanilla");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 0; }, "min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.max_block_length = 9; }, "max_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 9; }, "must be >= min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.router_threshold = std::nanf(""); }, "router_threshold");
 }
 
 }  // namespace
@@ -212,6 +304,8 @@ int main() {
   TestParseMode();
   TestThreadCap();
   TestCApiErrors();
+  TestCParams();
+  TestResolve();
   std::cout << g_checks - g_failures << " passed, " << g_failures << " failed\n";
   return g_failures == 0 ? 0 : 1;
 }

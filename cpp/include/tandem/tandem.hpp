@@ -84,22 +84,42 @@ struct ModelOptions {
                                     // (device kCpu; false: each graph loads its own copy)
 };
 
+// The options of one request: the one definition of every generation option. The Python
+// binding (tandem.GenerateOptions) and the C API (tandem_generate_params) carry these fields
+// under these names; Resolve() checks them, once, for every front end.
 struct GenerateOptions {
   Mode mode = Mode::kLarge;
-  int block_length = 0;             // γ; 0: the bundle's default
-  bool adaptive = false;            // speed/vanilla: let the router end each draft early
-  float router_threshold = -1.0f;   // τ; < 0: the bundle's default
-  int min_block_length = 1;         // adaptive: always draft at least this many
-  int max_block_length = 0;         // adaptive: draft at most this many; 0: bundle's maximum
+  int block_length = 0;             // γ: drafts per round (speed, vanilla) or block size with
+                                    // M_L's token (tandem); in [1, the bundle's max_block_length];
+                                    // 0: the bundle's default
+  bool adaptive = false;            // speed/vanilla: the router ends each draft early (block_length
+                                    // is then unused: max_block_length caps the draft)
+  float router_threshold = -1.0f;   // τ: adaptive drafting stops when the router's score is below
+                                    // it; < 0: the bundle's default
+  int min_block_length = 1;         // adaptive: always draft at least this many (>= 1)
+  int max_block_length = 0;         // adaptive: draft at most this many, in [min_block_length, the
+                                    // bundle's max_block_length]; 0: the bundle's max_block_length
   int max_new_tokens = 128;         // >= 0
   bool do_sample = false;           // false: greedy (argmax)
   float temperature = 1.0f;         // > 0, used when do_sample
-  int top_k = 0;                    // 0: off
-  float top_p = 1.0f;               // in (0, 1]
+  int top_k = 0;                    // >= 0; 0: off
+  float top_p = 1.0f;               // in (0, 1]; 1: off
   uint64_t seed = 0;                // sampling RNG seed
   std::vector<int64_t> eos_token_ids;  // empty: the bundle's EOS ids
   bool ignore_eos = false;          // true: never stop on EOS
 };
+
+// The bundle's values for the options left at "the bundle's default" (Model::defaults()).
+struct BundleDefaults {
+  int block_length = 0;        // the default γ
+  int max_block_length = 0;    // the longest γ a request may ask for (block_length, max_block_length)
+  float router_threshold = 0;  // the default τ
+};
+
+// `options` checked (throws kInvalidArgument naming the first option out of range) and with
+// every option left at "the bundle's default" set from `bundle`. Generator calls it; it is
+// public for loops that decode without a bundle (the PyTorch reference, train/reference.py).
+GenerateOptions Resolve(GenerateOptions options, const BundleDefaults& bundle);
 
 // Counters of one generation. Times in seconds.
 struct Stats {
@@ -133,8 +153,7 @@ class Model {
   const std::string& bundle_path() const;
   int64_t vocab_size() const;
   int64_t context_length() const;
-  int default_block_length() const;
-  int max_block_length() const;
+  BundleDefaults defaults() const;  // the bundle's default γ, longest γ and default τ
   bool has_small() const;   // tandem drafter (modes tandem, speed)
   bool has_draft() const;   // plain drafter (mode vanilla)
   bool has_router(Mode mode) const;
