@@ -236,7 +236,7 @@ def run_bench(args: argparse.Namespace) -> int:
     # c from the runs' own stats, for comparison with the dedicated timing runs
     large_row = next((r for r in rows if r["label"] == "large greedy" and r.get("large_ms_per_call")), None)
     if large_row:
-        for role, mode in (("small", "speed"), ("draft", "vanilla")):
+        for role, mode in (("tandem_drafter", "speed"), ("plain_drafter", "vanilla")):
             steps = [r["small_ms_per_call"] for r in rows if r["mode"] == mode and r.get("small_ms_per_call")
                      and isinstance(r["block_length"], int)]
             if steps:

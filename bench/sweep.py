@@ -54,7 +54,7 @@ class Config:
     @property
     def drafter(self) -> str | None:
         """The bundle graph that drafts: small (tandem M_S) or draft (plain M_S)."""
-        return {"large": None, "vanilla": "draft"}.get(self.mode, "small")
+        return {"large": None, "vanilla": "plain_drafter"}.get(self.mode, "tandem_drafter")
 
 
 def make_configs(modes: list[str], blocks: list[int], decodings: list[str],

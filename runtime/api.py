@@ -1,6 +1,7 @@
 """The Python API over the C++ loop: `tandem.load(bundle).generate(...)` and `.stream(...)`.
 
-Needs only numpy-free pieces: the compiled `tandem._core`, `tokenizers` and the manifest.
+Needs only numpy-free pieces: the compiled `tandem._core` (which also reads the manifest)
+and `tokenizers`.
 The GIL is released while C++ runs, so other Python threads keep going.
 """
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import BundleError, InvalidArgumentError, UntrainedBlockLengthWarning
-from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
 
 _INT64 = range(-(2**63), 2**63)
@@ -170,9 +170,9 @@ class TandemModel:
         if device not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
         _check_threads(threads, drafter_threads)
-        self.manifest = Manifest.load(bundle)
         self._model = _core().Model(str(bundle), device=device, threads=threads, drafter_threads=drafter_threads,
                                     ort_library=find_ort_library() or "")
+        self.manifest = self._model.manifest  # tandem.json as the C++ reader read and checked it
         self.bundle_path = Path(self._model.bundle_path)
         self.device = device
         self.tokenizer = None
@@ -192,20 +192,13 @@ class TandemModel:
         self.chat_template: str | None = self._read_chat_template()
 
     def _read_chat_template(self) -> str | None:
-        """The bundle's chat template (None when it has none); the file must lie in the bundle."""
-        name = self.manifest.chat_template
-        if not name:
+        """The bundle's chat template (None when it has none; the C++ reader checked that the
+        file is in the bundle)."""
+        path = self.manifest.chat_template
+        if not path:
             return None
-        folder = self.bundle_path.resolve()
-        path = (folder / name).resolve()
-        if Path(name).is_absolute() or path.parent != folder:
-            raise BundleError(f"{self.bundle_path}: chat_template {name!r} must be a file name inside the bundle; "
-                              "re-export the bundle")
         try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BundleError(f"{self.bundle_path} names the chat template {name!r} but has no such file; "
-                              "copy the whole bundle folder or re-export it") from None
+            return Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path} is not readable UTF-8 text ({exc}); re-export the bundle") from exc
 
@@ -324,8 +317,8 @@ class TandemModel:
 
     def _warn_untrained_block_length(self, options: Any) -> None:
         """Warn when a tandem drafter would draft further than the γ it was trained at."""
-        small = self.manifest.graphs.get("small")
-        trained = small.trained_block_length if small is not None else 0
+        drafter = self.manifest.graphs.get("tandem_drafter")
+        trained = drafter.trained_block_length if drafter is not None else 0
         if options.mode not in ("speed", "tandem") or not trained:
             return
         gamma = options.max_block_length if options.adaptive else options.block_length

@@ -116,7 +116,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description=(
             "Build ONNX Runtime graphs straight from Hugging Face / tandem folders (safetensors, read\n"
             "one tensor at a time) into a bundle the runtime loads: large.onnx (M_L, block mode),\n"
-            "small.onnx (tandem M_S step), draft.onnx (plain drafter), tokenizer and manifest.\n"
+            "tandem_drafter.onnx (tandem M_S step), plain_drafter.onnx (plain M_S step), tokenizer and\n"
+            "manifest.\n"
             "Every graph is validated against a PyTorch reference; the figures go into tandem.json.\n"
             "The bundle is written to a scratch folder next to --out and moved there at the end:\n"
             "a failure or Ctrl-C leaves --out as it was."),

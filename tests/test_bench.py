@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_markdown_and_plots(pair, tmp_path, capsys):
             assert row["c"] > 0 and row["v"] > 0 and row["bound"] > 0
         if row["mode"] in ("speed", "vanilla") and row["decoding"] == "greedy":
             assert row["greedy_equals_large"] == "2/2"  # lossless
-    assert data["costs"]["v"]["1"] == 1.0 and set(data["costs"]["c"]) == {"small", "draft"}
+    assert data["costs"]["v"]["1"] == 1.0 and set(data["costs"]["c"]) == {"tandem_drafter", "plain_drafter"}
     assert data["machine"]["threads"] == 2 and data["machine"]["cpu_model"]
     assert "idle" in data and isinstance(data["warnings"], list)
     md = (out / "results.md").read_text()

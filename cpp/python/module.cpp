@@ -1,8 +1,9 @@
-// tandem._core: Python bindings of the public C++ API (include/tandem/tandem.hpp only).
+// tandem._core: Python bindings of the public C++ API (include/tandem/*.hpp only).
 // The GIL is released while C++ runs (prefill, step, run).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "tandem/manifest.hpp"
 #include "tandem/tandem.hpp"
 
 namespace py = pybind11;
@@ -137,6 +138,57 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("max_block_length", &BundleDefaults::max_block_length)
       .def_readonly("router_threshold", &BundleDefaults::router_threshold);
 
+  // The manifest as the C++ reader read and checked it (paths absolute): Python's only reader.
+  py::class_<GraphSpec>(m, "GraphSpec", "One graph of a bundle (tandem::GraphSpec; docs/CONTRACTS.md)")
+      .def_readonly("role", &GraphSpec::role).def_readonly("file", &GraphSpec::file)
+      .def_readonly("num_layers", &GraphSpec::num_layers).def_readonly("num_kv_heads", &GraphSpec::num_kv_heads)
+      .def_readonly("head_dim", &GraphSpec::head_dim).def_readonly("hidden_size", &GraphSpec::hidden_size)
+      .def_readonly("vocab_size", &GraphSpec::vocab_size).def_readonly("input_ids", &GraphSpec::input_ids)
+      .def_readonly("logits", &GraphSpec::logits).def_readonly("seqlens_k", &GraphSpec::seqlens_k)
+      .def_readonly("total_sequence_length", &GraphSpec::total_sequence_length)
+      .def_readonly("logits_from", &GraphSpec::logits_from).def_readonly("past_keys", &GraphSpec::past_keys)
+      .def_readonly("past_values", &GraphSpec::past_values).def_readonly("present_keys", &GraphSpec::present_keys)
+      .def_readonly("present_values", &GraphSpec::present_values)
+      .def_readonly("rep_layers", &GraphSpec::rep_layers).def_readonly("reps", &GraphSpec::reps)
+      .def_readonly("memory_layers", &GraphSpec::memory_layers).def_readonly("memory", &GraphSpec::memory)
+      .def_readonly("memory_size", &GraphSpec::memory_size).def_readonly("router_score", &GraphSpec::router_score)
+      .def_readonly("kv_dtype", &GraphSpec::kv_dtype).def_readonly("precision", &GraphSpec::precision)
+      .def_readonly("kv_scratch_rows", &GraphSpec::kv_scratch_rows)
+      .def_readonly("draft_vocab", &GraphSpec::draft_vocab)
+      .def_readonly("trained_block_length", &GraphSpec::trained_block_length)
+      .def_property_readonly("logits_size", &GraphSpec::logits_size);
+
+  py::class_<Manifest>(m, "Manifest", "A bundle's tandem.json, read and checked (tandem::Manifest)")
+      .def_readonly("folder", &Manifest::folder).def_readonly("vocab_size", &Manifest::vocab_size)
+      .def_readonly("context_length", &Manifest::context_length)
+      .def_readonly("eos_token_ids", &Manifest::eos_token_ids).def_readonly("bos_token_id", &Manifest::bos_token_id)
+      .def_readonly("pad_token_id", &Manifest::pad_token_id).def_readonly("tokenizer", &Manifest::tokenizer)
+      .def_readonly("chat_template", &Manifest::chat_template)
+      .def_readonly("special_tokens", &Manifest::special_tokens)
+      .def_readonly("default_block_length", &Manifest::default_block_length)
+      .def_readonly("max_block_length", &Manifest::max_block_length)
+      .def_readonly("router_threshold", &Manifest::router_threshold).def_readonly("precision", &Manifest::precision)
+      .def_property_readonly(
+          "graphs",
+          [](const Manifest& self) {
+            py::dict out;
+            for (const GraphSpec* g : self.graphs()) out[py::str(g->role)] = *g;
+            return out;
+          },
+          "{role: GraphSpec} of the graphs the bundle has (large first)");
+
+  m.def("read_manifest", &ReadManifest, py::arg("folder"), py::call_guard<py::gil_scoped_release>(),
+        "Read and check <folder>/tandem.json (BundleError when it is not a bundle this runtime reads)");
+  m.def("manifest_keys", [] {
+    py::dict out;
+    for (const ManifestKey& k : ManifestKeys()) {
+      if (!out.contains(k.object)) out[k.object] = py::dict();
+      out[k.object].cast<py::dict>()[k.name] = k.read;
+    }
+    return out;
+  }, "{object: {key: read}}: every key of tandem.json the reader knows; it requires those it reads");
+  m.attr("MANIFEST_FORMAT_VERSION") = kManifestFormatVersion;
+
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def(py::init([](const std::string& bundle, const std::string& device, int threads,
                        const std::string& ort_library, int drafter_threads, bool share_weights) {
@@ -153,6 +205,7 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("bundle"), py::arg("device") = "cpu", py::arg("threads") = 0, py::arg("ort_library") = "",
            py::arg("drafter_threads") = 1, py::arg("share_weights") = true)
+      .def_property_readonly("manifest", &Model::manifest, py::return_value_policy::reference_internal)
       .def_property_readonly("bundle_path", &Model::bundle_path)
       .def_property_readonly("shared_weight_bytes", &Model::shared_weight_bytes)
       .def_property_readonly("vocab_size", &Model::vocab_size)

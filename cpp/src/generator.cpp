@@ -12,10 +12,10 @@
 #include <thread>
 #include <unordered_set>
 
-#include "bundle.hpp"
 #include "graph.hpp"
 #include "ort_env.hpp"
 #include "sampling.hpp"
+#include "tandem/manifest.hpp"
 #include "tandem/tandem.hpp"
 
 namespace tandem {
@@ -72,7 +72,7 @@ int MaxThreads() noexcept {
 // Model
 
 struct Model::Impl {
-  detail::Manifest manifest;
+  Manifest manifest;
   std::unique_ptr<detail::SharedWeights> shared;  // declared before the graphs: outlives their sessions
   std::unique_ptr<Graph> large, small, draft;
   std::vector<int> small_memory_source;  // small memory input i reads large reps output [i]
@@ -86,7 +86,7 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
   CheckThreads("intra_op_threads", options.intra_op_threads, "one per core");
   CheckThreads("drafter_threads", options.drafter_threads, "as intra_op_threads");
   auto impl = std::make_unique<Impl>();
-  impl->manifest = detail::LoadManifest(options.bundle_path);
+  impl->manifest = ReadManifest(options.bundle_path);
   Ort::Env& env = detail::OrtEnvironment(options.ort_library);
   Ort::SessionOptions so;
   so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
@@ -107,8 +107,8 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
   // shares prepacked weights of the CPU provider (on CUDA each session copies its weights to
   // the device anyway, and that path has not been run here).
   std::vector<std::string> files{m.large.file};
-  if (m.small) files.push_back(m.small->file);
-  if (m.draft) files.push_back(m.draft->file);
+  if (m.tandem_drafter) files.push_back(m.tandem_drafter->file);
+  if (m.plain_drafter) files.push_back(m.plain_drafter->file);
   if (options.share_weights && options.device == Device::kCpu && files.size() > 1) impl->shared = std::make_unique<detail::SharedWeights>(files);
   detail::SharedWeights* shared = impl->shared.get();
   impl->large = std::make_unique<Graph>(m.large, env, so, shared);
@@ -119,18 +119,19 @@ std::shared_ptr<const Model> Model::Load(const ModelOptions& options) {
   // M_L's spinning workers a core of their own.
   const int drafter_threads = options.drafter_threads > 0 ? options.drafter_threads : options.intra_op_threads;
   if (drafter_threads > 0) so.SetIntraOpNumThreads(drafter_threads);
-  if (m.small) {
-    impl->small = std::make_unique<Graph>(*m.small, env, so, shared);
-    for (int layer : m.small->memory_layers) {
+  if (m.tandem_drafter) {
+    impl->small = std::make_unique<Graph>(*m.tandem_drafter, env, so, shared);
+    for (int layer : m.tandem_drafter->memory_layers) {
       auto it = std::find(m.large.rep_layers.begin(), m.large.rep_layers.end(), layer);
       impl->small_memory_source.push_back(static_cast<int>(it - m.large.rep_layers.begin()));
     }
   }
-  if (m.draft) impl->draft = std::make_unique<Graph>(*m.draft, env, so, shared);
+  if (m.plain_drafter) impl->draft = std::make_unique<Graph>(*m.plain_drafter, env, so, shared);
   if (shared) shared->ReleasePages();  // the sessions hold what they prepacked
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
 }
 
+const Manifest& Model::manifest() const { return impl_->manifest; }
 const std::string& Model::bundle_path() const { return impl_->manifest.folder; }
 int64_t Model::vocab_size() const { return impl_->manifest.vocab_size; }
 int64_t Model::context_length() const { return impl_->manifest.context_length; }
@@ -388,9 +389,9 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   for (int64_t id : o.eos_token_ids)
     if (id < 0 || id >= man.vocab_size) Invalid("eos_token_id " + std::to_string(id) + " is outside the vocabulary");
   if ((o.mode == Mode::kTandem || o.mode == Mode::kSpeed) && !model->has_small())
-    Invalid(std::string("mode ") + ToString(o.mode) + " needs a tandem drafter, but the bundle has no small.onnx");
+    Invalid(std::string("mode ") + ToString(o.mode) + " needs a tandem drafter, but the bundle has none (export it with --tandem)");
   if (o.mode == Mode::kVanilla && !model->has_draft())
-    Invalid("mode vanilla needs a plain drafter, but the bundle has no draft.onnx (export with a plain M_S)");
+    Invalid("mode vanilla needs a plain drafter, but the bundle has none (export it with --plain)");
   if (o.adaptive && !model->has_router(o.mode))
     Invalid("adaptive block length needs a router, and this bundle's drafter has none");
 

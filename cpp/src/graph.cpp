@@ -459,7 +459,7 @@ void Graph::CheckIo() const {
     if (!ok) throw Error(ErrorCode::kBundle, where + ": " + kind + " \"" + name + "\" has a shape that disagrees with tandem.json dims");
   };
   constexpr auto F32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  const auto kv = spec_.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : F32;
+  const auto kv = spec_.kv_fp16() ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : F32;
   const int64_t h = spec_.num_kv_heads, dh = spec_.head_dim;
   std::set<std::string> declared_in{spec_.input_ids, spec_.seqlens_k, spec_.total_sequence_length, spec_.logits_from};
   expect(inputs, spec_.input_ids, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, {1, -1}, "input");
@@ -502,8 +502,8 @@ Ort::Value Tensor(T* p, const std::vector<int64_t>& shape) {
 
 KvCache::KvCache(const Graph& graph, int64_t capacity) : capacity_(capacity), binding_(graph.session()) {
   const GraphSpec& s = graph.spec();
-  const auto type = s.kv_fp16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  const size_t element = s.kv_fp16 ? 2 : 4;
+  const auto type = s.kv_fp16() ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const size_t element = s.kv_fp16() ? 2 : 4;
   const int64_t rows = capacity + s.kv_scratch_rows;
   const std::vector<int64_t> shape{1, s.num_kv_heads, rows, s.head_dim};
   const size_t bytes = static_cast<size_t>(s.num_kv_heads) * static_cast<size_t>(rows) *

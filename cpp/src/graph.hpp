@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "bundle.hpp"
+#include "tandem/manifest.hpp"
 
 namespace tandem::detail {
 

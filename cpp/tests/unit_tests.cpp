@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "bundle.hpp"
 #include "c_options.hpp"
 #include "graph.hpp"
 #include "sampling.hpp"
@@ -117,35 +116,49 @@ void TestManifest() {
   fs::path dir = fs::temp_directory_path() / ("tandem_unit_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  CheckThrows([&] { LoadManifest((dir / "missing").string()); }, ErrorCode::kBundle, "not found");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "no tandem.json");
+  CheckThrows([&] { ReadManifest((dir / "missing").string()); }, ErrorCode::kBundle, "not found");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "no tandem.json");
   WriteFile(dir / "tandem.json", "{not json");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
   WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 99})");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
-  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 2, "graphs": {}})");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 3, "graphs": {}})");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
   auto graph = [](const std::string& file) {
     return std::string(R"({"file": ")") + file + R"(", "num_layers": 1, "num_kv_heads": 1, "head_dim": 4,
-      "hidden_size": 4, "vocab_size": 8, "input_ids": "input_ids", "logits": "logits", "seqlens_k": "s",
-      "total_sequence_length": "t", "logits_from": "f",
-      "past_keys": ["pk"], "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"]})";
+      "hidden_size": 4, "vocab_size": 8, "num_heads": 1, "input_ids": "input_ids", "logits": "logits",
+      "seqlens_k": "s", "total_sequence_length": "t", "logits_from": "f", "past_keys": ["pk"],
+      "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"], "rep_layers": [], "reps": [],
+      "memory_layers": [], "memory": [], "memory_size": 0, "router_score": "", "kv_dtype": "float32",
+      "precision": "fp32", "kv_scratch_rows": 1, "draft_vocab": [], "trained_block_length": 0})";
   };
-  auto manifest = [&](const std::string& file) {
-    return R"({"format": "tandem-bundle", "format_version": 2, "vocab_size": 8, "context_length": 16, "graphs": {"large": )" +
-           graph(file) + "}}";
+  auto manifest = [&](const std::string& file, const std::string& extra = R"("precision": "fp32")") {
+    return R"({"format": "tandem-bundle", "format_version": 3, "vocab_size": 8, "context_length": 16,
+      "eos_token_ids": [2], "bos_token_id": null, "pad_token_id": 0, "tokenizer": "", "chat_template": "",
+      "special_tokens": {"eos_token": "</s>"}, "default_block_length": 2, "max_block_length": 4,
+      "router_threshold": 0.5, "build": {}, "provenance": {}, "validation": {}, )" + extra +
+           R"(, "graphs": {"large": )" + graph(file) + "}}";
   };
   WriteFile(dir / "tandem.json", manifest("../outside.onnx"));
   WriteFile(dir.parent_path() / "outside.onnx", "x");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
   WriteFile(dir / "tandem.json", manifest("/etc/passwd"));
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "relative");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "relative");
   WriteFile(dir / "tandem.json", manifest("large.onnx"));
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "missing from the bundle");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "missing from the bundle");
   WriteFile(dir / "large.onnx", "garbage");
-  Manifest m = LoadManifest(dir.string());
-  CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16);
+  Manifest m = ReadManifest(dir.string());
+  CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16 && m.default_block_length == 2);
+  CHECK(!m.bos_token_id && m.pad_token_id == 0 && m.special_tokens.at("eos_token") == "</s>");
+  CHECK(m.router_threshold == 0.5f && m.graphs().size() == 1 && !m.tandem_drafter);
+  // every key the reader reads is required: the exporter writes them all (no defaults here)
+  WriteFile(dir / "tandem.json", manifest("large.onnx", R"("unused": 1)"));
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "missing key \"precision\"");
+  size_t read = 0;
+  for (const ManifestKey& k : ManifestKeys()) read += k.read;
+  CHECK(read > 30 && read < ManifestKeys().size());
   // a corrupt graph is refused at load time, with a message naming the file
+  WriteFile(dir / "tandem.json", manifest("large.onnx"));
   tandem::ModelOptions opt;
   opt.bundle_path = dir.string();
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "corrupt");

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "tandem/manifest.hpp"
+
 namespace tandem {
 
 enum class ErrorCode {
@@ -150,6 +152,7 @@ class Model {
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
+  const Manifest& manifest() const;  // the bundle's tandem.json as read and checked at Load
   const std::string& bundle_path() const;
   int64_t vocab_size() const;
   int64_t context_length() const;
