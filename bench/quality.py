@@ -185,11 +185,11 @@ def compare_quality(hf_folder: str | Path, our_bundle: str | Path, genai_model_d
     `cases` prefill calls of `tokens` ids each (empty past, all rows' logits), from `prompts`
     if given, else real text (`text=True`; the default unless the folder is a random-weight
     model) or seeded random ids. `genai_model_dir` None: ours only."""
+    from tandem._core import read_manifest
     from tandem.export.checkpoint import Checkpoint
     from tandem.export.feeds import CaseInputs
     from tandem.export.reference import Reference
     from tandem.export.validate import Case, case_inputs, run_graph
-    from tandem._core import read_manifest
 
     hf_folder, our_bundle = Path(hf_folder), Path(our_bundle)
     manifest = read_manifest(str(our_bundle))

@@ -38,7 +38,7 @@ BUG_REL_ERROR = {"fp16": 0.05}
 
 @dataclass
 class Case:
-    """One call: `t` new ids, `m` memory rows (small graph only), past length `P`."""
+    """One call: `t` new ids, `m` memory rows (tandem drafter only), past length `P`."""
 
     t: int
     P: int

@@ -2,9 +2,16 @@
 
 from typing import Any
 
-from tandem.runtime.api import GenerationResult, Stream, TandemModel, load, max_threads
+from tandem.runtime.api import (
+    GenerationResult,
+    Stream,
+    TandemModel,
+    check_threads,
+    load,
+    max_threads,
+)
 
-__all__ = ["GenerateOptions", "GenerationResult", "Stream", "TandemModel", "load", "max_threads"]
+__all__ = ["GenerateOptions", "GenerationResult", "Stream", "TandemModel", "check_threads", "load", "max_threads"]
 
 
 def __getattr__(name: str) -> Any:

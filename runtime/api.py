@@ -48,17 +48,16 @@ def _token_ids(values: Any, vocab_size: int, what: str, expected: str) -> list[i
     return ids
 
 
+def check_threads(name: str, value: int, zero_means: str) -> None:
+    """Refuse a thread count outside [0, max_threads()] with InvalidArgumentError naming `name`.
+    The check is the C++ core's (tandem::CheckThreads); every front end (load, the CLIs, tandem
+    reps, tandem bench) calls it before anything loads."""
+    _core().check_threads(name, min(operator.index(value), 2**63 - 1), zero_means)
+
+
 def _check_threads(threads: int, drafter_threads: int) -> None:
-    """Refuses thread counts before anything loads: a session asked for 10**6 threads would hang
-    starting them (the C++ core refuses them too; this names the Python arguments)."""
-    for name, value, zero_means in (("threads", threads, "one per core"),
-                                    ("drafter_threads", drafter_threads, "as threads")):
-        if value < 0:
-            raise InvalidArgumentError(f"{name} must be >= 0 (0: {zero_means})")
-        cap = max_threads()
-        if value > cap:
-            raise InvalidArgumentError(f"{name}={value} is above the cap of {cap} threads on this machine: "
-                                       f"pass a count from 1 to {cap}, or 0 for {zero_means}")
+    check_threads("threads", threads, "one per core")
+    check_threads("drafter_threads", drafter_threads, "as threads")
 
 
 @dataclass
@@ -215,9 +214,9 @@ class TandemModel:
     def modes(self) -> list[str]:
         """The decoding modes this bundle supports."""
         out = ["large"]
-        if self._model.has_small:
+        if self._model.has_tandem_drafter:
             out += ["tandem", "speed"]
-        if self._model.has_draft:
+        if self._model.has_plain_drafter:
             out.append("vanilla")
         return out
 

@@ -35,7 +35,7 @@ def status():
 
 model = _core.Model(sys.argv[1], threads=2, share_weights=sys.argv[2] == "1")
 loaded = status()
-if model.has_small:
+if model.has_tandem_drafter:
     prompt = list(range(100, 132))
     speed = _core.Generator(model, prompt, _core.GenerateOptions(mode="speed", block_length=4, max_new_tokens=16,
                                                                  ignore_eos=True)).run()

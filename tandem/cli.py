@@ -101,7 +101,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         print(
             f"[{result.finish_reason}] {s['new_tokens']} tokens in {s['total_time']:.3f}s "
             f"({s['tokens_per_second']:.1f} tok/s), rounds {s['rounds']}, M_L calls {s['large_calls']}, "
-            f"M_S calls {s['small_calls']}, acceptance {s['acceptance_rate']:.2f}, "
+            f"M_S calls {s['drafter_calls']}, acceptance {s['acceptance_rate']:.2f}, "
             f"time in ORT {s['ort_time'] / max(s['total_time'], 1e-9):.0%}, "
             f"first token {s['time_to_first_token'] * 1e3:.1f} ms",
             file=sys.stderr,

@@ -48,7 +48,7 @@ def test_bench_peers_without_hf_folders_are_recorded_not_fatal(pair, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--repeats", "0"], "--repeats must be >= 1"),
     (["--temperature", "0"], "--temperature must be > 0"),
-    (["--threads", "1000000"], "--threads 1000000 is above the cap of"),
+    (["--threads", "1000000"], "--threads=1000000 is above the cap of"),
 ])
 def test_bench_rejects_bad_options(pair, tmp_path, capsys, argv, message):
     assert main(["bench", str(pair.bundle), "--quick", "--out", str(tmp_path), *argv]) == 1

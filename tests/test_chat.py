@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from tiny_models import SAMPLE_TEXT, TINY_VOCAB, tiny_large, tiny_tokenizer
 
+from tandem._core import read_manifest
 from tandem.errors import BundleError, ExportError, InvalidArgumentError
 from tandem.export.bundle import export_bundle, read_chat_template
-from tandem._core import read_manifest
 from tandem.runtime import load
 from tandem.runtime.chat import render
 

@@ -13,9 +13,8 @@ from conftest import Pair
 from hf_oracle import hf_outputs
 from test_runtime_modes import exact_joint
 
-from tandem._core import GenerateOptions
+from tandem._core import GenerateOptions, read_manifest
 from tandem.export.validate import SMALL_CASES, case_inputs, compare, run_graph
-from tandem._core import read_manifest
 from tandem.runtime import load
 from tandem.train.reference import generate_reference
 from tandem.train.sampling import SamplingParams

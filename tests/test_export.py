@@ -16,11 +16,11 @@ import pytest
 import torch
 from tiny_models import tiny_large, tiny_large_folder
 
+from tandem._core import read_manifest
 from tandem.errors import ExportError
 from tandem.export.bundle import export_bundle
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.validate import validate_graph
-from tandem._core import read_manifest
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -16,10 +16,10 @@ import torch
 from hf_oracle import hf_outputs
 from tiny_models import tiny_large
 
+from tandem._core import read_manifest
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.reference import Reference
 from tandem.export.validate import LARGE_CASES, SMALL_CASES, Case, case_inputs, compare, run_graph
-from tandem._core import read_manifest
 from tandem.train.model import create_drafter_config, create_tandem
 from tandem.train.router import Router, RouterConfig
 

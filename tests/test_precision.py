@@ -16,10 +16,10 @@ import pytest
 from conftest import Pair
 from hf_oracle import hf_outputs
 
+from tandem._core import read_manifest
 from tandem.errors import ExportError
 from tandem.export.quantize import PRECISIONS
 from tandem.export.validate import CASES, Case, case_inputs, graph_feeds, logit_quality, run_graph
-from tandem._core import read_manifest
 from tandem.manifest import FORMAT_VERSION, Manifest
 from tandem.runtime import load
 

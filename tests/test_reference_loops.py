@@ -236,7 +236,7 @@ def test_large_equals_transformers_generate(models, large_refs):
         # the reference has no EOS: pick one that greedy never produces
         eos = next(t for t in range(large.config.vocab_size) if t not in ref.ids)
         assert ref.ids == hf_greedy(large, prompt, eos)
-        assert (ref.finish_reason, ref.large_calls, ref.small_calls) == ("max_new_tokens", MAX_NEW, 0)
+        assert (ref.finish_reason, ref.large_calls, ref.drafter_calls) == ("max_new_tokens", MAX_NEW, 0)
         assert len(ref.p_logits) == MAX_NEW
 
 
@@ -272,14 +272,14 @@ def test_vanilla_with_target_as_drafter_accepts_everything(models, large_refs):
     # 1 (prefill) + 4 rounds of 4 drafts + bonus = 21; room 3 -> 2 drafts + bonus = 24
     assert got.accepted == got.drafted == [4, 4, 4, 4, 2]
     # drafter: 1 prefill call + g steps per round
-    assert (got.large_calls, got.small_calls) == (6, 1 + 18)
+    assert (got.large_calls, got.drafter_calls) == (6, 1 + 18)
 
 
 def test_tandem_gamma_1_equals_large(models, large_refs):
     large, tandem, _ = models
     for prompt, ref in zip(PROMPTS, large_refs, strict=True):
         got = run(large, prompt, "tandem", tandem=tandem, block_length=1, max_new_tokens=MAX_NEW)
-        assert got.ids == ref.ids and got.small_calls == 0
+        assert got.ids == ref.ids and got.drafter_calls == 0
 
 
 def test_tandem_blocks(models):
@@ -288,7 +288,7 @@ def test_tandem_blocks(models):
     got = run(large, PROMPTS[1], "tandem", tandem=tandem, block_length=4, max_new_tokens=11)
     # 1 (prefill) + 4 + 4; room 2 -> 1 draft + M_L's token = 11
     assert got.drafted == got.accepted == [3, 3, 1]
-    assert (len(got.ids), got.large_calls, got.small_calls) == (11, 4, 7)
+    assert (len(got.ids), got.large_calls, got.drafter_calls) == (11, 4, 7)
 
 
 # --------------------------------------------------------------------------- stopping
@@ -314,14 +314,14 @@ def test_eos_inside_drafted_block(models, large_refs, mode):
 def test_zero_new_tokens(models):
     large, tandem, _ = models
     got = run(large, PROMPTS[0], "speed", tandem=tandem, max_new_tokens=0)
-    assert (got.ids, got.finish_reason, got.large_calls, got.small_calls) == ([], "max_new_tokens", 0, 0)
+    assert (got.ids, got.finish_reason, got.large_calls, got.drafter_calls) == ([], "max_new_tokens", 0, 0)
 
 
 def test_eos_at_prefill(models, large_refs):
     large, tandem, _ = models
     eos = large_refs[0].ids[0]
     got = run(large, PROMPTS[0], "speed", tandem=tandem, eos_token_ids=(eos,))
-    assert (got.ids, got.finish_reason, got.large_calls, got.small_calls) == ([eos], "eos", 1, 0)
+    assert (got.ids, got.finish_reason, got.large_calls, got.drafter_calls) == ([eos], "eos", 1, 0)
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 5, 6, 7, 10])
@@ -372,15 +372,15 @@ def test_adaptive_extremes(models, routed_drafter, mode):
     for prompt in PROMPTS:
         never = run(large, prompt, mode, adaptive=True, router_threshold=0.0, **kw)
         fixed_max = run(large, prompt, mode, block_length=5, **kw)
-        assert (never.ids, never.accepted, never.drafted, never.small_calls) == (
-            fixed_max.ids, fixed_max.accepted, fixed_max.drafted, fixed_max.small_calls)
+        assert (never.ids, never.accepted, never.drafted, never.drafter_calls) == (
+            fixed_max.ids, fixed_max.accepted, fixed_max.drafted, fixed_max.drafter_calls)
         always = run(large, prompt, mode, adaptive=True, router_threshold=1.01, **kw)
         fixed_min = run(large, prompt, mode, block_length=2, **kw)
         assert (always.ids, always.accepted, always.drafted) == (
             fixed_min.ids, fixed_min.accepted, fixed_min.drafted)
         rooms = [20 - 1 - sum(always.accepted[:r]) - r for r in range(len(always.accepted))]
         spent = sum(min(5, room - 1) > 2 for room in rooms)
-        assert spent > 0 and always.small_calls == fixed_min.small_calls + spent
+        assert spent > 0 and always.drafter_calls == fixed_min.drafter_calls + spent
 
 
 @pytest.mark.parametrize("mode", ["speed", "vanilla"])

@@ -19,8 +19,8 @@ import pytest
 import torch
 from tiny_models import tiny_corpus, tiny_large_folder
 
-from tandem.errors import TrainingError, UntrainedBlockLengthWarning
 from tandem._core import read_manifest
+from tandem.errors import TrainingError, UntrainedBlockLengthWarning
 from tandem.train.data import Corpus, TextTokenizer
 from tandem.train.model import (
     LargeParts,

@@ -64,7 +64,7 @@ class ReferenceResult:
     accepted: list[int] = field(default_factory=list)  # per round: drafts accepted (n)
     drafted: list[int] = field(default_factory=list)  # per round: drafts made (g after stopping)
     large_calls: int = 0  # M_L passes, prefill included
-    small_calls: int = 0  # drafter passes (vanilla: prompt prefill included)
+    drafter_calls: int = 0  # drafter passes (vanilla: prompt prefill included)
     p_logits: list[Tensor] = field(default_factory=list)  # per emitted token: M_L logits [V] at it
 
 
@@ -74,21 +74,21 @@ class DecodeState:
 
     Invariants between rounds: ``tokens = prompt + result.ids``; ``t = tokens[-1]`` is the
     pending token and ``len(tokens) == covered + 1`` (M_L has processed all but ``t``).
-    Tandem drafter: ``small_past`` holds memory K/V for positions ``[0, covered - m)`` and
+    Tandem drafter: ``drafter_past`` holds memory K/V for positions ``[0, covered - m)`` and
     ``pending_memory`` (``[1, m, d_L]`` per large layer) the M_L reps of ``[covered - m, covered)``.
-    Plain drafter: ``small_past`` holds own K/V of ``tokens[:len]``.
+    Plain drafter: ``drafter_past`` holds own K/V of ``tokens[:len]``.
     """
 
     tokens: list[int]
     covered: int
     large_past: list[KV]  # [1, h, covered, dh] per M_L layer
-    small_past: list[KV]  # [1, h, len, dh] per drafter layer ([] without a drafter)
+    drafter_past: list[KV]  # [1, h, len, dh] per drafter layer ([] without a drafter)
     pending_memory: list[Tensor]  # [1, m, d_L] per tandem.config.large_layers entry
     result: ReferenceResult = field(default_factory=ReferenceResult)
 
     @property
-    def small_len(self) -> int:
-        return self.small_past[0][0].shape[2] if self.small_past else 0
+    def drafter_len(self) -> int:
+        return self.drafter_past[0][0].shape[2] if self.drafter_past else 0
 
 
 @dataclass(frozen=True)
@@ -155,28 +155,28 @@ def prefill(models: Models, prompt: list[int], config: GenerateOptions, context_
     logits, large_past, reps = large_step(
         models.large, _ids(prompt), empty_past(models.large.config), models.layers)
     state = DecodeState(tokens=list(prompt), covered=len(prompt), large_past=large_past,
-                        small_past=[], pending_memory=reps)
+                        drafter_past=[], pending_memory=reps)
     state.result.large_calls += 1
     if models.tandem is not None:
-        state.small_past = empty_past(models.tandem.small.config)
+        state.drafter_past = empty_past(models.tandem.small.config)
     if models.drafter is not None:
-        _, state.small_past = plain_step(models.drafter, _ids(prompt), empty_past(models.drafter.config))
-        state.result.small_calls += 1
+        _, state.drafter_past = plain_step(models.drafter, _ids(prompt), empty_past(models.drafter.config))
+        state.result.drafter_calls += 1
     last = logits[0, -1]  # [V]
     emit(state, config, context_length, [choose(last, config, generator)], [last])
     return state
 
 
-def small_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
+def drafter_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
     """One drafter call on ``tokens`` (tandem: after the pending memory rows, which it consumes).
     Returns M_S logits ``[V]`` at the last token and the router score there (None: no router)."""
-    state.result.small_calls += 1
+    state.result.drafter_calls += 1
     if models.tandem is not None:
-        logits, state.small_past, score = models.tandem.step(
-            _ids(tokens), state.pending_memory, state.small_past)
+        logits, state.drafter_past, score = models.tandem.step(
+            _ids(tokens), state.pending_memory, state.drafter_past)
         state.pending_memory = [r[:, :0] for r in state.pending_memory]  # now in the cache
     else:
-        logits, state.small_past = plain_step(models.drafter, _ids(tokens), state.small_past)
+        logits, state.drafter_past = plain_step(models.drafter, _ids(tokens), state.drafter_past)
         router = getattr(models.drafter, "router", None)
         score = None if router is None else router(logits, models.drafter.get_input_embeddings().weight)
     return logits[0, -1], None if score is None else float(score[0, -1])
@@ -192,9 +192,9 @@ def draft(models: Models, state: DecodeState, config: GenerateOptions, g: int,
     """
     drafts: list[int] = []
     q_logits: list[Tensor] = []
-    feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.small_len:]
+    feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.drafter_len:]
     for k in range(1, g + 1):
-        logits, score = small_step(models, state, feed)
+        logits, score = drafter_step(models, state, feed)
         if config.adaptive and k > config.min_block_length and score < config.router_threshold:
             break
         drafts.append(choose(logits, config, generator))
@@ -234,12 +234,12 @@ def rewind(models: Models, state: DecodeState, n: int, g: int, reps: list[Tensor
         # M_S back to its memory-only prefix; M_L's reps of t, d_1..d_n become pending memory
         # (appended to any memory not consumed yet, when this round drafted nothing).
         pending = state.pending_memory[0].shape[1]
-        state.small_past = rewind_to(state.small_past, covered - pending)
+        state.drafter_past = rewind_to(state.drafter_past, covered - pending)
         state.pending_memory = [torch.cat([old, new[:, : n + 1]], dim=1)
                                 for old, new in zip(state.pending_memory, reps, strict=True)]
     elif models.drafter is not None:
         # Keep the drafter's own K/V of accepted tokens only: t, d_1..d_{min(n, g-1)}.
-        state.small_past = rewind_to(state.small_past, covered + min(n + 1, g))
+        state.drafter_past = rewind_to(state.drafter_past, covered + min(n + 1, g))
     state.covered = covered + 1 + n
 
 

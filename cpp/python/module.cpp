@@ -17,7 +17,7 @@ py::dict StatsDict(const Stats& s) {
   d["new_tokens"] = s.new_tokens;
   d["rounds"] = s.rounds;
   d["large_calls"] = s.large_calls;
-  d["small_calls"] = s.small_calls;
+  d["drafter_calls"] = s.drafter_calls;
   d["drafted"] = s.drafted;
   d["accepted"] = s.accepted;
   d["accepted_histogram"] = s.accepted_histogram;
@@ -26,7 +26,7 @@ py::dict StatsDict(const Stats& s) {
   d["total_time"] = s.total_time;
   d["ort_time"] = s.ort_time;
   d["large_time"] = s.large_time;
-  d["small_time"] = s.small_time;
+  d["drafter_time"] = s.drafter_time;
   d["loop_time"] = s.loop_time();
   d["tokens_per_second"] = s.tokens_per_second();
   return d;
@@ -88,6 +88,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("max_threads", &MaxThreads,
         "The most threads Model accepts for threads / drafter_threads on this machine");
+  m.def("check_threads", &CheckThreads, py::arg("name"), py::arg("value"), py::arg("zero_means"),
+        "InvalidArgumentError unless 0 <= value <= max_threads(), naming the option `name`");
 
   // Every field of tandem::GenerateOptions, under its C++ name (docs: tandem.hpp).
   py::class_<GenerateOptions>(m, "GenerateOptions",
@@ -213,8 +215,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("defaults", &Model::defaults)
       .def("resolve", [](const Model& self, const GenerateOptions& o) { return Resolve(o, self.defaults()); },
            "The options as a Generator of this model runs them: checked, bundle defaults filled in")
-      .def_property_readonly("has_small", &Model::has_small)
-      .def_property_readonly("has_draft", &Model::has_draft)
+      .def_property_readonly("has_tandem_drafter", &Model::has_tandem_drafter)
+      .def_property_readonly("has_plain_drafter", &Model::has_plain_drafter)
       .def("has_router", [](const Model& self, const std::string& mode) { return self.has_router(ParseMode(mode)); })
       .def_property_readonly("eos_token_ids", &Model::eos_token_ids)
       .def_property_readonly("tokenizer_path", &Model::tokenizer_path);

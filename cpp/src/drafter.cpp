@@ -27,8 +27,8 @@ void Drafter::Run(const int64_t* ids, int64_t n, int64_t memory_rows) {
   const double t = RunGraph(graph_, kv_, a);
   for (size_t i = 0; i < vocab.size(); ++i) logits_[static_cast<size_t>(vocab[i])] = vocab_logits_[i];
   stats_.ort_time += t;
-  stats_.small_time += t;
-  ++stats_.small_calls;
+  stats_.drafter_time += t;
+  ++stats_.drafter_calls;
 }
 
 // ---- tandem drafter -------------------------------------------------------------------

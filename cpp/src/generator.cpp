@@ -227,9 +227,9 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
       Invalid("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(man.vocab_size) + ")");
   for (int64_t id : o.eos_token_ids)
     if (id < 0 || id >= man.vocab_size) Invalid("eos_token_id " + std::to_string(id) + " is outside the vocabulary");
-  if ((o.mode == Mode::kTandem || o.mode == Mode::kSpeed) && !model->has_small())
+  if ((o.mode == Mode::kTandem || o.mode == Mode::kSpeed) && !model->has_tandem_drafter())
     Invalid(std::string("mode ") + ToString(o.mode) + " needs a tandem drafter, but the bundle has none (export it with --tandem)");
-  if (o.mode == Mode::kVanilla && !model->has_draft())
+  if (o.mode == Mode::kVanilla && !model->has_plain_drafter())
     Invalid("mode vanilla needs a plain drafter, but the bundle has none (export it with --plain)");
   if (o.adaptive && !model->has_router(o.mode))
     Invalid("adaptive block length needs a router, and this bundle's drafter has none");

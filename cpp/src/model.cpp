@@ -28,17 +28,17 @@ namespace {
 constexpr unsigned kThreadsPerHardwareThread = 4;
 constexpr int kMinThreadCap = 64;
 
-void CheckThreads(const char* name, int value, const char* zero_means) {
-  const int cap = MaxThreads();
-  if (value < 0) Invalid(std::string(name) + " must be >= 0 (0: " + zero_means + ")");
-  if (value > cap)
-    Invalid(std::string(name) + "=" + std::to_string(value) + " is above the cap of " + std::to_string(cap) +
-            " threads on this machine (" + std::to_string(kThreadsPerHardwareThread) +
-            " per hardware thread, at least " + std::to_string(kMinThreadCap) + "): pass a count from 1 to " +
-            std::to_string(cap) + ", or 0 for " + zero_means);
-}
-
 }  // namespace
+
+void CheckThreads(const std::string& name, int64_t value, const std::string& zero_means) {
+  const int cap = MaxThreads();
+  if (value < 0) Invalid(name + " must be >= 0 (0: " + zero_means + ")");
+  if (value > cap)
+    Invalid(name + "=" + std::to_string(value) + " is above the cap of " + std::to_string(cap) +
+            " threads on this machine (" + std::to_string(kThreadsPerHardwareThread) + " per hardware thread, at least " +
+            std::to_string(kMinThreadCap) + "): pass a count from 1 to " + std::to_string(cap) + ", or 0 for " +
+            zero_means);
+}
 
 int MaxThreads() noexcept {
   static const int cap = [] {
@@ -111,9 +111,9 @@ BundleDefaults Model::defaults() const {
   const auto& m = impl_->manifest;
   return {m.default_block_length, m.max_block_length, m.router_threshold};
 }
-bool Model::has_small() const { return impl_->tandem_drafter != nullptr; }
+bool Model::has_tandem_drafter() const { return impl_->tandem_drafter != nullptr; }
 uint64_t Model::shared_weight_bytes() const { return impl_->shared ? impl_->shared->bytes() : 0; }
-bool Model::has_draft() const { return impl_->plain_drafter != nullptr; }
+bool Model::has_plain_drafter() const { return impl_->plain_drafter != nullptr; }
 bool Model::has_router(Mode mode) const {
   const Graph* g = mode == Mode::kVanilla ? impl_->plain_drafter.get() : impl_->tandem_drafter.get();
   return g && !g->spec().router_score.empty();

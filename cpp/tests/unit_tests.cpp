@@ -191,6 +191,13 @@ void TestThreadCap() {
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "not found");
   opt.drafter_threads = -1;
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "drafter_threads must be >= 0");
+  // the one check every front end calls, with its own option name
+  CheckThrows([&] { CheckThreads("--threads", cap + 1, "all cores"); }, ErrorCode::kInvalidArgument,
+              "--threads=" + std::to_string(cap + 1) + " is above the cap of " + std::to_string(cap));
+  CheckThrows([&] { CheckThreads("--threads", int64_t{1} << 40, "all cores"); }, ErrorCode::kInvalidArgument,
+              "or 0 for all cores");
+  CheckThreads("--threads", cap, "all cores");
+  CheckThreads("--threads", 0, "all cores");
 }
 
 void TestCApiErrors() {

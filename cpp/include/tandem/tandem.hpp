@@ -48,9 +48,9 @@ class Error : public std::runtime_error {
 // Decoding modes (docs/METHOD.md §2).
 enum class Mode {
   kLarge,    // M_L alone, one token per step (baseline)
-  kTandem,   // standalone Tandem: M_L block + γ-1 tokens of M_S (lossy)
+  kTandem,   // standalone Tandem: M_L's token + γ-1 tokens of the tandem drafter per block (lossy)
   kSpeed,    // speculative decoding with the tandem drafter (lossless)
-  kVanilla,  // speculative decoding with the plain drafter draft.onnx (lossless)
+  kVanilla,  // speculative decoding with the plain drafter (lossless)
 };
 
 enum class Device { kCpu, kCuda };
@@ -71,13 +71,16 @@ Mode ParseMode(const std::string& name);
 // machine: 4 per hardware thread, and never less than 64. Model::Load refuses a larger
 // count with kInvalidArgument before it creates any ONNX Runtime session or thread pool.
 int MaxThreads() noexcept;
+// Throws kInvalidArgument unless 0 <= value <= MaxThreads(), naming the option `name` and
+// what 0 means for it. Every front end checks its thread counts with it.
+void CheckThreads(const std::string& name, int64_t value, const std::string& zero_means);
 
 struct ModelOptions {
   std::string bundle_path;          // folder holding tandem.json
   Device device = Device::kCpu;     // kCuda needs an ONNX Runtime built with CUDA
   int intra_op_threads = 0;         // M_L's threads, in [0, MaxThreads()]; 0: ONNX Runtime's
                                     // default (one per core)
-  int drafter_threads = 1;          // M_S / drafter threads, in [0, MaxThreads()]; 0: as
+  int drafter_threads = 1;          // the drafter's threads, in [0, MaxThreads()]; 0: as
                                     // intra_op_threads
   std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
                                     // then the library found at build time, then dlopen's search
@@ -129,7 +132,7 @@ struct Stats {
   int64_t new_tokens = 0;
   int64_t rounds = 0;
   int64_t large_calls = 0;
-  int64_t small_calls = 0;
+  int64_t drafter_calls = 0;         // drafter (M_S) calls, tandem or plain
   int64_t drafted = 0;               // draft tokens proposed
   int64_t accepted = 0;              // draft tokens accepted
   std::vector<int64_t> accepted_histogram;  // [n] = rounds that accepted n drafts
@@ -137,7 +140,7 @@ struct Stats {
   double total_time = 0.0;
   double ort_time = 0.0;             // inside OrtSession::Run
   double large_time = 0.0;           // part of ort_time spent in M_L
-  double small_time = 0.0;           // part of ort_time spent in M_S / drafter
+  double drafter_time = 0.0;         // part of ort_time spent in the drafter
 
   double acceptance_rate() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
   double tokens_per_second() const { return total_time > 0 ? double(new_tokens) / total_time : 0.0; }
@@ -157,8 +160,8 @@ class Model {
   int64_t vocab_size() const;
   int64_t context_length() const;
   BundleDefaults defaults() const;  // the bundle's default γ, longest γ and default τ
-  bool has_small() const;   // tandem drafter (modes tandem, speed)
-  bool has_draft() const;   // plain drafter (mode vanilla)
+  bool has_tandem_drafter() const;  // modes tandem, speed
+  bool has_plain_drafter() const;   // mode vanilla
   bool has_router(Mode mode) const;
   const std::vector<int64_t>& eos_token_ids() const;
   const std::string& tokenizer_path() const;  // empty if the bundle ships none
@@ -195,9 +198,8 @@ class Generator {
   std::vector<int64_t> tokens() const;  // generated so far
   Stats stats() const;
 
-  struct State;
-
  private:
+  struct State;
   std::unique_ptr<State> state_;
 };
 
