@@ -1,22 +1,63 @@
-// Generates with the C API from an installed tandem: consumer BUNDLE ID [ID...]
+// Generates with the C API from an installed tandem:
+//   consumer BUNDLE ID[,ID...] [NAME=VALUE...]
+// NAME is a field of tandem_generate_params (eos_token_ids: comma-separated ids).
 #include <tandem/tandem_c.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
 #include <vector>
+
+namespace {
+
+std::vector<int64_t> Ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) ids.push_back(std::atoll(item.c_str()));
+  return ids;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
+  tandem_generate_params params;
+  if (tandem_generate_params_init(&params, sizeof(params)) != TANDEM_OK) return 1;
+  const std::vector<int64_t> prompt = Ids(argv[2]);
+  std::vector<int64_t> eos;
+  std::vector<std::string> args(argv + 3, argv + argc);
+  for (const std::string& arg : args) {
+    const size_t eq = arg.find('=');
+    const std::string name = arg.substr(0, eq);
+    const char* value = arg.c_str() + eq + 1;
+    if (name == "mode") params.mode = value;
+    else if (name == "block_length") params.block_length = std::atoi(value);
+    else if (name == "adaptive") params.adaptive = std::atoi(value);
+    else if (name == "router_threshold") params.router_threshold = std::strtof(value, nullptr);
+    else if (name == "min_block_length") params.min_block_length = std::atoi(value);
+    else if (name == "max_block_length") params.max_block_length = std::atoi(value);
+    else if (name == "max_new_tokens") params.max_new_tokens = std::atoi(value);
+    else if (name == "do_sample") params.do_sample = std::atoi(value);
+    else if (name == "temperature") params.temperature = std::strtof(value, nullptr);
+    else if (name == "top_k") params.top_k = std::atoi(value);
+    else if (name == "top_p") params.top_p = std::strtof(value, nullptr);
+    else if (name == "seed") params.seed = std::strtoull(value, nullptr, 10);
+    else if (name == "eos_token_ids") eos = Ids(value);
+    else if (name == "ignore_eos") params.ignore_eos = std::atoi(value);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", name.c_str());
+      return 2;
+    }
+  }
+  params.eos_token_ids = eos.data();
+  params.n_eos_token_ids = eos.size();
   tandem_model* model = nullptr;
   if (tandem_model_load(argv[1], 1, nullptr, &model) != TANDEM_OK) {
     std::fprintf(stderr, "load failed: %s\n", tandem_last_error());
     return 1;
   }
-  std::vector<int64_t> prompt;
-  for (int i = 2; i < argc; ++i) prompt.push_back(std::atoll(argv[i]));
-  tandem_generate_params params = tandem_generate_default_params();
-  params.mode = "speed";
-  params.max_new_tokens = 12;
   tandem_generator* gen = nullptr;
   if (tandem_generator_create(model, prompt.data(), prompt.size(), &params, &gen) != TANDEM_OK) {
     std::fprintf(stderr, "create failed: %s\n", tandem_last_error());
