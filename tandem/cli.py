@@ -122,15 +122,8 @@ def _positive_int(text: str) -> int:
 
 
 def _block_length(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"block lengths are >= 1, got {value}")
-    return value
+    """γ >= 1, or 'auto' (the router's adaptive block length)."""
+    return text if text == "auto" else _positive_int(text)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
