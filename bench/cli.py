@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.bench.errors import BenchArgumentError, BenchError
+from tandem.errors import InvalidArgumentError
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PROMPTS = HERE / "prompts.json"
@@ -152,13 +153,12 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "repeats", "cost_reps"):
         if getattr(args, name) < 1:
             raise BenchArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads < 0:
-        raise BenchArgumentError(f"--threads must be >= 0 (0: one per core), got {args.threads}")
-    from tandem.runtime import max_threads  # the runtime's cap, before the output folder is made
+    from tandem.runtime import check_threads  # the runtime's cap, before the output folder is made
 
-    if args.threads > (cap := max_threads()):
-        raise BenchArgumentError(f"--threads {args.threads} is above the cap of {cap} threads on this machine: "
-                                 f"pass a count from 1 to {cap}, or 0 for one per core")
+    try:
+        check_threads("--threads", args.threads, "one per core")
+    except InvalidArgumentError as exc:
+        raise BenchArgumentError(str(exc)) from None
     if args.wait_idle < 0 or args.max_load < 0:
         raise BenchArgumentError("--wait-idle and --max-load must be >= 0")
     if args.temperature <= 0:
@@ -236,8 +236,8 @@ def run_bench(args: argparse.Namespace) -> int:
     # c from the runs' own stats, for comparison with the dedicated timing runs
     large_row = next((r for r in rows if r["label"] == "large greedy" and r.get("large_ms_per_call")), None)
     if large_row:
-        for role, mode in (("small", "speed"), ("draft", "vanilla")):
-            steps = [r["small_ms_per_call"] for r in rows if r["mode"] == mode and r.get("small_ms_per_call")
+        for role, mode in (("tandem_drafter", "speed"), ("plain_drafter", "vanilla")):
+            steps = [r["drafter_ms_per_call"] for r in rows if r["mode"] == mode and r.get("drafter_ms_per_call")
                      and isinstance(r["block_length"], int)]
             if steps:
                 costs.setdefault("c_from_stats", {})[role] = (sum(steps) / len(steps)) / large_row["large_ms_per_call"]

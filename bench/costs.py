@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.manifest import GraphSpec, Manifest
-
 
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
@@ -36,9 +34,10 @@ def _session(path: Path, threads: int) -> Any:
 class _Call:
     """One graph call repeated like the C++ loop makes it: KV buffers of `past_len + tokens`
     rows (seeded random past) bound once as past and present, `tokens` new ids after
-    `past_len` valid rows, the logits of the last row only when `last_logits`."""
+    `past_len` valid rows, the logits of the last row only when `last_logits`. `spec`: the
+    graph's entry as the C++ reader read it (`tandem._core.GraphSpec`)."""
 
-    def __init__(self, session: Any, spec: GraphSpec, tokens: int, past_len: int, last_logits: bool) -> None:
+    def __init__(self, session: Any, spec: Any, tokens: int, past_len: int, last_logits: bool) -> None:
         import numpy as np
         import onnxruntime as ort
 
@@ -76,10 +75,12 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
                   drafter_threads: int = 1) -> dict[str, Any]:
     """t_L(k) for every k in `widths` (1 always included), t_S, t_D, and the ratios c and v.
     The drafters run with `drafter_threads` intra-op threads, as the runtime runs them."""
-    manifest = Manifest.load(bundle)
+    from tandem._core import read_manifest
+
+    manifest = read_manifest(str(bundle))  # graphs' files are absolute paths
     past_len = max(1, min(past_len, manifest.context_length - max(widths) - 1))
     large = manifest.graphs["large"]
-    sess = _session(bundle / large.file, threads)
+    sess = _session(Path(large.file), threads)
     t_large = {k: _median_time(_Call(sess, large, k, past_len, last_logits=False), reps) for k in sorted({1, *widths})}
     del sess
     out: dict[str, Any] = {
@@ -90,11 +91,11 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
         "c": {},
         "t_step_ms": {},
     }
-    for role in ("small", "draft"):
+    for role in ("tandem_drafter", "plain_drafter"):
         spec = manifest.graphs.get(role)
         if spec is None:
             continue
-        sess = _session(bundle / spec.file, drafter_threads or threads)
+        sess = _session(Path(spec.file), drafter_threads or threads)
         t = _median_time(_Call(sess, spec, 1, past_len, last_logits=True), reps)
         out["t_step_ms"][role] = t * 1e3
         out["c"][role] = t / t_large[1]

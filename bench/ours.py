@@ -126,7 +126,7 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
                 "alpha": _sum(s, "accepted") / drafted if drafted else None,
                 "E": (_sum(s, "new_tokens") - len(s)) / rounds if rounds else None,
                 "verify_width": (drafted + rounds) / rounds if rounds else None,
-                "drafter_ms_per_call": 1e3 * (_per_call(s, prefill[mode] * reps, "small_time", "small_calls") or 0.0),
+                "drafter_ms_per_call": 1e3 * (_per_call(s, prefill[mode] * reps, "drafter_time", "drafter_calls") or 0.0),
             })
         out["modes"][mode] = m
     costs: dict[str, Any] = {"method": "runtime stats, prefill-only generations subtracted (see tandem.bench.ours)"}

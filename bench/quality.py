@@ -185,14 +185,14 @@ def compare_quality(hf_folder: str | Path, our_bundle: str | Path, genai_model_d
     `cases` prefill calls of `tokens` ids each (empty past, all rows' logits), from `prompts`
     if given, else real text (`text=True`; the default unless the folder is a random-weight
     model) or seeded random ids. `genai_model_dir` None: ours only."""
+    from tandem._core import read_manifest
     from tandem.export.checkpoint import Checkpoint
     from tandem.export.feeds import CaseInputs
     from tandem.export.reference import Reference
     from tandem.export.validate import Case, case_inputs, run_graph
-    from tandem.manifest import Manifest
 
     hf_folder, our_bundle = Path(hf_folder), Path(our_bundle)
-    manifest = Manifest.load(our_bundle)
+    manifest = read_manifest(str(our_bundle))
     spec = manifest.graphs["large"]
     if text is None:
         text = prompts is None and not is_random_model(hf_folder)
@@ -225,8 +225,8 @@ def compare_quality(hf_folder: str | Path, our_bundle: str | Path, genai_model_d
     if text:
         result["fp32"] = {"nll": _nll(want, prompts)}
     start = time.monotonic()
-    ours = [{"logits": o["logits"]} for o in run_graph(our_bundle / spec.file, spec, inputs, threads)]
-    log(f"ours ({spec.file}): {time.monotonic() - start:.1f} s")
+    ours = [{"logits": o["logits"]} for o in run_graph(Path(spec.file), spec, inputs, threads)]
+    log(f"ours ({Path(spec.file).name}): {time.monotonic() - start:.1f} s")
     result["ours"] = figures(ours, want, targets)
     if genai_model_dir:
         start = time.monotonic()

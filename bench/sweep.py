@@ -54,7 +54,7 @@ class Config:
     @property
     def drafter(self) -> str | None:
         """The bundle graph that drafts: small (tandem M_S) or draft (plain M_S)."""
-        return {"large": None, "vanilla": "draft"}.get(self.mode, "small")
+        return {"large": None, "vanilla": "plain_drafter"}.get(self.mode, "tandem_drafter")
 
 
 def make_configs(modes: list[str], blocks: list[int], decodings: list[str],
@@ -170,7 +170,7 @@ def summarize(runs: dict[Config, Runs], costs: dict[str, Any]) -> list[dict[str,
         drafted, accepted = total("drafted"), total("accepted")
         alpha = accepted / drafted if drafted else None
         E = (total("new_tokens") - len(s)) / rounds if rounds else None
-        steps = total("small_calls") / rounds if rounds else 0.0  # M_S calls per round
+        steps = total("drafter_calls") / rounds if rounds else 0.0  # M_S calls per round
         drafted_per_round = drafted / rounds if rounds else 0.0
         row.update({
             "tokens_per_second": tps,
@@ -179,14 +179,14 @@ def summarize(runs: dict[Config, Runs], costs: dict[str, Any]) -> list[dict[str,
             "alpha": alpha,
             "E": E,
             "drafted_per_round": drafted_per_round,
-            "small_calls_per_round": steps,
+            "drafter_calls_per_round": steps,
             "new_tokens": int(total("new_tokens")),
             "generations": len(s),
             "loop_share": total("loop_time") / total("total_time") if total("total_time") else None,
             "ort_share": total("ort_time") / total("total_time") if total("total_time") else None,
             "time_to_first_token_ms": statistics.median(float(x["time_to_first_token"]) for x in s) * 1e3,
             "large_ms_per_call": total("large_time") / total("large_calls") * 1e3 if total("large_calls") else None,
-            "small_ms_per_call": total("small_time") / total("small_calls") * 1e3 if total("small_calls") else None,
+            "drafter_ms_per_call": total("drafter_time") / total("drafter_calls") * 1e3 if total("drafter_calls") else None,
             "accepted_histogram": _histogram(s),
             "peak_rss_mb": run.peak_rss_mb,
         })
@@ -219,6 +219,6 @@ def _model_bound(row: dict[str, Any], c: Config, costs: dict[str, Any]) -> None:
     row["c"], row["v"], row["verify_width"] = cost, v, width
     if cost is None or v is None or not row["E"]:
         return
-    row["bound"] = row["E"] / (row["small_calls_per_round"] * cost + v)
+    row["bound"] = row["E"] / (row["drafter_calls_per_round"] * cost + v)
     if row.get("speedup"):
         row["achieved_over_bound"] = row["speedup"] / row["bound"]

@@ -1,4 +1,4 @@
-"""The graph builder: large.onnx, small.onnx and draft.onnx written straight from the weights.
+"""The graph builder: large.onnx, tandem_drafter.onnx and plain_drafter.onnx, straight from the weights.
 
 Every graph has the shape of ONNX Runtime's fastest decoder path (docs/GRAPHS.md):
 
@@ -18,12 +18,12 @@ present output; GroupQueryAttention writes the new rows at `total - n .. total -
 - **large** (M_L) also outputs the representations `x^(l)` for the manifest's layers:
   `l = 0` the embedding output, `0 < l < L` the residual stream after layer `l`, `l = L` the
   final norm's output (Hugging Face's `hidden_states` convention).
-- **small** (tandem M_S) takes `memory.{l} [1, m, d_L]` for the M_L layers it reads. In
+- **tandem_drafter** (tandem M_S) takes `memory.{l} [1, m, d_L]` for the M_L layers it reads. In
   layer `j` the rows `W_T^(j) x^(ℓ(j))` go before the token rows into the input norm and the
   K/V projections, so GroupQueryAttention appends the memory K/V and then the token K/V to
   the same cache (positions `P..P+m-1`, then `P+m..P+m+t-1`); only the token rows go on
   through o_proj and the MLP.
-- **draft** (plain M_S) is the same decoder without memory.
+- **plain_drafter** (plain M_S) is the same decoder without memory.
 Both drafters may output `router_score [1, rows]`, the adaptive block-length router.
 
 Weights are read one tensor at a time from a `Checkpoint` and written to the graph's
@@ -167,16 +167,16 @@ class _Graph:
 def _spec(ckpt: Checkpoint, role: str, path: Path, options: BuildOptions, rep_layers: list[int] | None,
           shape: DecoderShape) -> GraphSpec:
     """The manifest entry of the graph `role` (I/O names, dims, memory and representation layers)."""
-    tandem = ckpt.tandem_config if role == "small" else None
-    if role == "small" and tandem is None:
+    tandem = ckpt.tandem_config if role == "tandem_drafter" else None
+    if role == "tandem_drafter" and tandem is None:
         raise ExportError("the tandem M_S has no tandem_config.json: train it with `tandem train --mode tandem`")
-    router = ckpt.router_config if role in ("small", "draft") else None
+    router = ckpt.router_config if role in ("tandem_drafter", "plain_drafter") else None
     spec = GraphSpec.for_layers(
         path.name, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
         hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
         precision=options.precision, kv_dtype=activation_dtype(options.precision),
         router_score="router_score" if router else "",
-        kv_scratch_rows=1 if role in ("large", "draft") else 0,
+        kv_scratch_rows=1 if role in ("large", "plain_drafter") else 0,
     )
     if role == "large":
         spec.rep_layers = list(rep_layers or [])
@@ -204,10 +204,10 @@ def build_graph(
     on_layer: Callable[[], None] | None = None,
     shared: SharedData | None = None,
 ) -> tuple[GraphSpec, str]:
-    """Write the `role` graph ("large", "small" or "draft") of `ckpt` to `path` (+ `.data`).
+    """Write the `role` graph (large, tandem_drafter or plain_drafter) of `ckpt` to `path` (+ .data).
 
-    `rep_layers` (large): the M_L layers whose representations are outputs. The small
-    graph's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
+    `rep_layers` (large): the M_L layers whose representations are outputs. The tandem
+    drafter's memory layers come from `ckpt.tandem_config`. `on_layer` is called once per
     decoder layer built (progress). `shared`: the bundle's index of tensors already written
     (a tensor equal to one in another graph's data file is not written again, but read from
     there). Returns the graph's manifest entry and the sha256 of its own data file.

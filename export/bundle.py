@@ -25,16 +25,20 @@ from tandem.export.decoder import DecoderShape
 from tandem.export.graph_writer import SharedData
 from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
 from tandem.export.validate import text_ids, validate_graph
-from tandem.manifest import MANIFEST_NAME, Manifest
+from tandem.manifest import (
+    DEFAULT_BLOCK_LENGTH,
+    DEFAULT_MAX_BLOCK_LENGTH,
+    DEFAULT_ROUTER_THRESHOLD,
+    GRAPH_FILES,
+    MANIFEST_NAME,
+    Manifest,
+)
 
 DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, capped here
-GRAPH_FILES = {"large": "large.onnx", "small": "small.onnx", "draft": "draft.onnx"}
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The named special tokens transformers gives a chat template (its `special_tokens_map`).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
-
-DEFAULT_BLOCK_LENGTH = 4  # when neither --block-length nor the drafter's training says
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -120,7 +124,7 @@ def _resolve_tokenizer(tokenizer: str | Path | None, large: Checkpoint, drafters
     _check_tokenizer(tok_file, vocab)
     for role, ckpt in drafters.items():
         _check_same_tokenizer(tok_file, Path(ckpt.source) / "tokenizer.json" if ckpt.source else None,
-                              "tandem M_S" if role == "small" else "plain M_S")
+                              "tandem M_S" if role == "tandem_drafter" else "plain M_S")
     return tok_file
 
 
@@ -208,16 +212,16 @@ def _resolve_chat_template(tokenizer: str | Path | None, large: Checkpoint,
 def _check_pair(large: Checkpoint, drafters: dict[str, Checkpoint]) -> None:
     large_shape = DecoderShape.of(large.config, "M_L")
     for role, ckpt in drafters.items():
-        who = "the tandem M_S" if role == "small" else "the plain M_S"
+        who = "the tandem M_S" if role == "tandem_drafter" else "the plain M_S"
         shape = DecoderShape.of(ckpt.config, who)
         if shape.vocab_size != large_shape.vocab_size:
             raise ExportError(f"{who} has vocab size {shape.vocab_size} but M_L has {large_shape.vocab_size}; "
                               "both must use M_L's tokenizer")
-    small = drafters.get("small")
-    if small is not None:
-        tandem = small.tandem_config
+    tandem_drafter = drafters.get("tandem_drafter")
+    if tandem_drafter is not None:
+        tandem = tandem_drafter.tandem_config
         if tandem is None:
-            raise ExportError(f"--tandem {small.source or ''} is not a tandem M_S (no tandem_config.json); "
+            raise ExportError(f"--tandem {tandem_drafter.source or ''} is not a tandem M_S (no tandem_config.json); "
                               "train one with `tandem train --mode tandem`, or pass it as --plain")
         if tandem["large_hidden_size"] != large_shape.hidden_size or max(tandem["layer_map"]) > large_shape.num_layers:
             raise ExportError("the tandem M_S was built for an M_L of another width or depth; retrain it for this M_L")
@@ -250,8 +254,8 @@ def export_bundle(
     plain: str | Path | Any | None = None,
     tokenizer: str | Path | None = None,
     block_length: int | None = None,
-    max_block_length: int = 16,
-    router_threshold: float = 0.8,
+    max_block_length: int = DEFAULT_MAX_BLOCK_LENGTH,
+    router_threshold: float = DEFAULT_ROUTER_THRESHOLD,
     context_length: int | None = None,
     validate: bool = True,
     precision: str = "fp32",
@@ -284,13 +288,13 @@ def export_bundle(
     try:
         ckpts["large"] = Checkpoint.load(large, "M_L")
         if tandem is not None:
-            ckpts["small"] = Checkpoint.load(tandem, "tandem M_S")
+            ckpts["tandem_drafter"] = Checkpoint.load(tandem, "tandem M_S")
         if plain is not None:
-            ckpts["draft"] = Checkpoint.load(plain, "plain M_S")
+            ckpts["plain_drafter"] = Checkpoint.load(plain, "plain M_S")
         drafters = {r: c for r, c in ckpts.items() if r != "large"}
         _check_pair(ckpts["large"], drafters)
         if block_length is None:  # the γ the tandem drafter was trained at
-            trained = ckpts["small"].trained_block_length if "small" in ckpts else 0
+            trained = ckpts["tandem_drafter"].trained_block_length if "tandem_drafter" in ckpts else 0
             block_length = min(trained, max_block_length) if trained else DEFAULT_BLOCK_LENGTH
         config = ckpts["large"].config
         vocab = int(config.vocab_size)
@@ -327,8 +331,8 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     from tqdm import tqdm
 
     options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx)
-    small = ckpts.get("small")
-    rep_layers = list(small.tandem_config["large_layers"]) if small is not None else []
+    tandem_drafter = ckpts.get("tandem_drafter")
+    rep_layers = list(tandem_drafter.tandem_config["large_layers"]) if tandem_drafter is not None else []
     graphs, validation, data_hashes = {}, {}, {}
     text = text_ids(tok_file, vocab) if validate else None
     # A tensor equal to one already in another graph's data file (a drafter at M_L's width

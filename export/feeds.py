@@ -16,7 +16,7 @@ from tandem.manifest import GraphSpec
 
 @dataclass
 class CaseInputs:
-    """One graph call: ids `[1, t]`, memory `[1, m, d_L]` per memory layer (small), past
+    """One graph call: ids `[1, t]`, memory `[1, m, d_L]` per memory layer (tandem drafter), past
     K/V `[1, h_kv, P, dh]` per layer, and the first token row whose logits are wanted."""
 
     ids: np.ndarray

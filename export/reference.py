@@ -78,7 +78,7 @@ class Reference:
     def run(self, role: str, cases: list[CaseInputs], rep_layers: list[int] | None = None) -> list[dict[str, dict[str, np.ndarray]]]:
         """Outputs `[case][variant][name]`."""
         shape, ckpt = self.shape, self.ckpt
-        tandem = ckpt.tandem_config if role == "small" else None
+        tandem = ckpt.tandem_config if role == "tandem_drafter" else None
         rep_layers = list(rep_layers or [])
         embed = ckpt.tensors.get(EMBED)
         out: list[dict[str, dict[str, np.ndarray]]] = [{v: {} for v in self.variants} for _ in cases]
@@ -145,7 +145,7 @@ class Reference:
                 for c in range(len(cases)):
                     logits[c][v].append(_apply(hidden[c][v], weight, None))
         del head
-        router = _router(ckpt) if role in ("small", "draft") and ckpt.router_config else None
+        router = _router(ckpt) if role in ("tandem_drafter", "plain_drafter") and ckpt.router_config else None
         router_embed = ckpt.tensors.get(EMBED) if router is not None else None
         for v in self.variants:
             table = None if router is None else torch.from_numpy(self._embedding(router_embed, v))

@@ -38,7 +38,7 @@ BUG_REL_ERROR = {"fp16": 0.05}
 
 @dataclass
 class Case:
-    """One call: `t` new ids, `m` memory rows (small graph only), past length `P`."""
+    """One call: `t` new ids, `m` memory rows (tandem drafter only), past length `P`."""
 
     t: int
     P: int
@@ -56,7 +56,7 @@ class Case:
 # figures come from the prefill cases (no past), where every value is the model's own.
 LARGE_CASES = [Case(6, 0), Case(1, 6), Case(4, 7), Case(5, 3, logits_from=4), Case(48, 0)]
 SMALL_CASES = [Case(1, 0, 5), Case(1, 5, 0), Case(1, 6, 1), Case(3, 7, 4)]
-CASES = {"large": LARGE_CASES, "small": SMALL_CASES, "draft": LARGE_CASES}
+CASES = {"large": LARGE_CASES, "tandem_drafter": SMALL_CASES, "plain_drafter": LARGE_CASES}
 
 
 # Text for the quality figures when the bundle has a tokenizer: the longest prefill case reads
@@ -223,7 +223,7 @@ def validate_graph(path: Path, spec: GraphSpec, ckpt: Checkpoint, role: str, *, 
     want = reference.run(role, cases, spec.rep_layers)
     got = run_graph(path, spec, cases, threads)
     exact = compare(got, [w["fp32"] for w in want])
-    prefill = [i for i, c in enumerate(chosen) if c.P == 0] if role != "small" else range(len(cases))
+    prefill = [i for i, c in enumerate(chosen) if c.P == 0] if role != "tandem_drafter" else range(len(cases))
     figures: dict[str, Any] = {"cases": [c.name for c in chosen], "quality_text": use_text,
                                **logit_quality([got[i] for i in prefill], [want[i]["fp32"] for i in prefill])}
     if precision == "fp32":

@@ -1,12 +1,13 @@
 """The Python API over the C++ loop: `tandem.load(bundle).generate(...)` and `.stream(...)`.
 
-Needs only numpy-free pieces: the compiled `tandem._core` (the decoding loop, the tokenizer,
-the detokenizer and stop strings, all in C++) and the manifest.
+Needs only numpy-free pieces: the compiled `tandem._core` (the decoding loop, the manifest
+reader, the tokenizer, the detokenizer and stop strings, all in C++).
 The GIL is released while C++ runs, so other Python threads keep going.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -15,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import BundleError, InvalidArgumentError, UntrainedBlockLengthWarning
-from tandem.manifest import Manifest
 from tandem.runtime.ort_library import find_ort_library
 from tandem.runtime.tokenizer import Tokenizer
 
-MODES = ("large", "tandem", "speed", "vanilla")
-_INT32_MAX = 2**31 - 1  # C++ `int` parameters
+_INT64 = range(-(2**63), 2**63)
 
 
 def _core() -> Any:
@@ -37,17 +36,29 @@ def max_threads() -> int:
     return int(_core().max_threads())
 
 
+def _token_ids(values: Any, vocab_size: int, what: str, expected: str) -> list[int]:
+    """`values` as a list of ints. One too large for C++'s int64 is refused here (the C++ core
+    checks the vocabulary of the others); anything else than integers raises `expected`."""
+    try:
+        ids = [operator.index(v) for v in values]
+    except TypeError:
+        raise InvalidArgumentError(expected) from None
+    for i in ids:
+        if i not in _INT64:
+            raise InvalidArgumentError(f"{what} {i} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def check_threads(name: str, value: int, zero_means: str) -> None:
+    """Refuse a thread count outside [0, max_threads()] with InvalidArgumentError naming `name`.
+    The check is the C++ core's (tandem::CheckThreads); every front end (load, the CLIs, tandem
+    reps, tandem bench) calls it before anything loads."""
+    _core().check_threads(name, min(operator.index(value), 2**63 - 1), zero_means)
+
+
 def _check_threads(threads: int, drafter_threads: int) -> None:
-    """Refuses thread counts before anything loads: a session asked for 10**6 threads would hang
-    starting them (the C++ core refuses them too; this names the Python arguments)."""
-    for name, value, zero_means in (("threads", threads, "one per core"),
-                                    ("drafter_threads", drafter_threads, "as threads")):
-        if value < 0:
-            raise InvalidArgumentError(f"{name} must be >= 0 (0: {zero_means})")
-        cap = max_threads()
-        if value > cap:
-            raise InvalidArgumentError(f"{name}={value} is above the cap of {cap} threads on this machine: "
-                                       f"pass a count from 1 to {cap}, or 0 for {zero_means}")
+    check_threads("threads", threads, "one per core")
+    check_threads("drafter_threads", drafter_threads, "as threads")
 
 
 @dataclass
@@ -68,14 +79,14 @@ class Stream:
     model stays usable.
     """
 
-    def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: dict[str, Any]) -> None:
+    def __init__(self, model: TandemModel, prompt_ids: list[int], stop: list[str], options: Any) -> None:
         self._model = model
         self._prompt_ids = prompt_ids
         # the C++ detokenizer: UTF-8-safe text and stop strings (what C++ apps get from
         # tandem::GenerateText, which runs the same loop as __iter__)
         tokenizer = model.tokenizer._tok if model.tokenizer is not None else None
         self._detok = _core().Detokenizer(tokenizer, stop, True)
-        self._gen = _core().Generator(model._model, prompt_ids, **options)
+        self._gen = _core().Generator(model._model, prompt_ids, options)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -116,9 +127,9 @@ class TandemModel:
         if device not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
         _check_threads(threads, drafter_threads)
-        self.manifest = Manifest.load(bundle)
         self._model = _core().Model(str(bundle), device=device, threads=threads, drafter_threads=drafter_threads,
                                     ort_library=find_ort_library() or "")
+        self.manifest = self._model.manifest  # tandem.json as the C++ reader read and checked it
         self.bundle_path = Path(self._model.bundle_path)
         self.device = device
         # the bundle's tokenizer.json, run by the C++ core (BundleError names what it cannot read)
@@ -134,20 +145,13 @@ class TandemModel:
         self.chat_template: str | None = self._read_chat_template()
 
     def _read_chat_template(self) -> str | None:
-        """The bundle's chat template (None when it has none); the file must lie in the bundle."""
-        name = self.manifest.chat_template
-        if not name:
+        """The bundle's chat template (None when it has none; the C++ reader checked that the
+        file is in the bundle)."""
+        path = self.manifest.chat_template
+        if not path:
             return None
-        folder = self.bundle_path.resolve()
-        path = (folder / name).resolve()
-        if Path(name).is_absolute() or path.parent != folder:
-            raise BundleError(f"{self.bundle_path}: chat_template {name!r} must be a file name inside the bundle; "
-                              "re-export the bundle")
         try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BundleError(f"{self.bundle_path} names the chat template {name!r} but has no such file; "
-                              "copy the whole bundle folder or re-export it") from None
+            return Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path} is not readable UTF-8 text ({exc}); re-export the bundle") from exc
 
@@ -164,9 +168,9 @@ class TandemModel:
     def modes(self) -> list[str]:
         """The decoding modes this bundle supports."""
         out = ["large"]
-        if self._model.has_small:
+        if self._model.has_tandem_drafter:
             out += ["tandem", "speed"]
-        if self._model.has_draft:
+        if self._model.has_plain_drafter:
             out.append("vanilla")
         return out
 
@@ -225,61 +229,35 @@ class TandemModel:
         return self.generate(self.apply_chat_template(messages, tokenize=True), **options)
 
     # -- generation --------------------------------------------------------------------
-    def stream(
-        self,
-        prompt: str | bytes | Sequence[int],
-        *,
-        mode: str | None = None,
-        block_length: int | str | None = None,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        eos_token_id: int | Sequence[int] | None = None,
-        stop: str | Sequence[str] | None = None,
-        router_threshold: float | None = None,
-        min_block_length: int = 1,
-        max_block_length: int | None = None,
-        ignore_eos: bool = False,
-    ) -> Stream:
+    def options(self, *, mode: str | None = None, block_length: int | str | None = None,
+                eos_token_id: int | Sequence[int] | None = None, **options: Any) -> Any:
+        """The :class:`GenerateOptions` (``tandem._core.GenerateOptions``, the C++ struct) that
+        `generate` / `stream` run with. Python adds only the conveniences C++ cannot give: `mode`
+        defaults to speed when the bundle has a tandem drafter, ``block_length="auto"`` means
+        ``adaptive=True``, and `eos_token_id` (Hugging Face's name) takes one id or several.
+        Every other keyword is a field of GenerateOptions; an unknown one, or a value out of
+        range, raises InvalidArgumentError."""
+        if isinstance(block_length, str):
+            if block_length != "auto":
+                raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
+            options["adaptive"], block_length = True, None
+        if eos_token_id is not None:
+            if options.get("eos_token_ids") is not None:
+                raise InvalidArgumentError("pass eos_token_id or eos_token_ids, not both")
+            ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+            options["eos_token_ids"] = _token_ids(ids, self.vocab_size, "eos_token_id",
+                                                  "eos_token_id must be a token id or a sequence of them")
+        mode = mode or ("speed" if "speed" in self.modes else "large")
+        return _core().GenerateOptions(mode=mode, block_length=block_length, **options)
+
+    def stream(self, prompt: str | bytes | Sequence[int], *, stop: str | Sequence[str] | None = None,
+               **options: Any) -> Stream:
         """Like :meth:`generate`, but iterate over the result to get text pieces as they
         are produced; the full :class:`GenerationResult` is in `.result` afterwards."""
         if isinstance(prompt, str | bytes):
             ids = self.encode(prompt)
         else:
-            try:
-                ids = [int(i) for i in prompt]
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError("prompt must be text or a sequence of token ids") from exc
-        if not ids:
-            raise InvalidArgumentError("the prompt is empty: give some text or at least one token id")
-        if any(not 0 <= i < self.vocab_size for i in ids):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("top_k", top_k, 0),
-                                 ("min_block_length", min_block_length, 1)):
-            if not low <= int(value) <= _INT32_MAX:
-                raise InvalidArgumentError(f"{name} must be in [{low}, {_INT32_MAX}], got {value}")
-        if not 0 <= int(seed) < 2**64:
-            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
-        mode = mode or ("speed" if "speed" in self.modes else "large")
-        if mode not in MODES:
-            raise InvalidArgumentError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        adaptive = block_length == "auto"
-        if isinstance(block_length, str) and not adaptive:
-            raise InvalidArgumentError(f"block_length must be an integer or 'auto', got {block_length!r}")
-        if block_length is not None and not adaptive and not 1 <= int(block_length) <= _INT32_MAX:
-            raise InvalidArgumentError(f"block_length must be >= 1, got {block_length}")
-        if max_block_length is not None and not 0 <= int(max_block_length) <= _INT32_MAX:
-            raise InvalidArgumentError(f"max_block_length must be >= 1, got {max_block_length}")
-        self._warn_untrained_block_length(mode, block_length, max_block_length if adaptive else None)
-        eos = [] if eos_token_id is None else (
-            [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
-        )
-        if any(not 0 <= e < self.vocab_size for e in eos):
-            raise InvalidArgumentError(f"eos_token_id {eos} is outside the vocabulary [0, {self.vocab_size})")
+            ids = _token_ids(prompt, self.vocab_size, "token id", "prompt must be text or a sequence of token ids")
         stops = [] if stop is None else ([stop] if isinstance(stop, str) else list(stop))
         if any(not isinstance(s, str) or not s for s in stops):
             raise InvalidArgumentError("stop strings must be non-empty strings")
@@ -291,33 +269,17 @@ class TandemModel:
         if stops and self.tokenizer is None:
             raise InvalidArgumentError(f"{self.bundle_path} ships no tokenizer.json, so stop strings cannot be "
                                        "matched: pass eos_token_id instead")
-        options = dict(
-            mode=mode,
-            block_length=0 if block_length is None or adaptive else int(block_length),
-            adaptive=adaptive,
-            router_threshold=-1.0 if router_threshold is None else float(router_threshold),
-            min_block_length=int(min_block_length),
-            max_block_length=int(max_block_length or 0),
-            max_new_tokens=int(max_new_tokens),
-            do_sample=bool(do_sample),
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            seed=int(seed),
-            eos_token_ids=eos,
-            ignore_eos=bool(ignore_eos),
-        )
-        return Stream(self, ids, stops, options)
+        resolved = self._model.resolve(self.options(**options))  # checks every option first
+        self._warn_untrained_block_length(resolved)
+        return Stream(self, ids, stops, resolved)
 
-    def _warn_untrained_block_length(self, mode: str, block_length: int | str | None,
-                                     max_block_length: int | None) -> None:
+    def _warn_untrained_block_length(self, options: Any) -> None:
         """Warn when a tandem drafter would draft further than the γ it was trained at."""
-        small = self.manifest.graphs.get("small")
-        trained = small.trained_block_length if small is not None else 0
-        if mode not in ("speed", "tandem") or not trained:
+        drafter = self.manifest.graphs.get("tandem_drafter")
+        trained = drafter.trained_block_length if drafter is not None else 0
+        if options.mode not in ("speed", "tandem") or not trained:
             return
-        gamma = max_block_length if block_length == "auto" else block_length
-        gamma = self.manifest.default_block_length if gamma is None else int(gamma)
+        gamma = options.max_block_length if options.adaptive else options.block_length
         if gamma > trained:
             warnings.warn(f"block length {gamma} is longer than the γ = {trained} the tandem drafter was trained "
                           f"at: its drafts at block positions {trained}..{gamma - 1} were never trained (still "
@@ -326,12 +288,14 @@ class TandemModel:
                           stacklevel=4)
 
     def generate(self, prompt: str | bytes | Sequence[int], **options: Any) -> GenerationResult:
-        """Generate from text or token ids; takes the keyword arguments of :meth:`stream`.
+        """Generate from text or token ids.
 
-        mode: "large" | "tandem" | "speed" | "vanilla" (default: speed when the bundle has a
-        tandem drafter). block_length: γ, or "auto" for the router's adaptive length
-        (speed/vanilla). Sampling parameters follow Hugging Face names; `stop` strings end
-        the text before the match (finish_reason "stop").
+        Keywords: `stop` (strings that end the text before the match, finish_reason "stop")
+        and the generation options (see :meth:`options` and ``tandem.GenerateOptions``):
+        mode ("large" | "tandem" | "speed" | "vanilla"; default: speed when the bundle has a
+        tandem drafter), block_length (γ, or "auto" for the router's adaptive length in
+        speed/vanilla), max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+        eos_token_id, ignore_eos, router_threshold, min_block_length, max_block_length.
         """
         stream = self.stream(prompt, **options)
         for _ in stream:

@@ -171,7 +171,7 @@ def render(r: dict) -> str:
                      f"{s['peak_rss_mb_so_far'] / 1e3:.2f} GB |")
     extra = r["reps"]["extra"]
     lossless = r["lossless"]
-    c = costs["c"].get("small")
+    c = costs["c"].get("tandem_drafter")
     lines += [
         "",
         f"- reps: {r['reps']['tokens']} tokens of layers {r['reps']['layers']} + top-{r['reps']['top_k']} teacher, "
@@ -182,8 +182,8 @@ def render(r: dict) -> str:
         f"- lossless: {lossless['equal_to_large']}/{lossless['generations']} greedy `speed` generations "
         f"(γ = {r['args']['block_length']} and adaptive, {lossless['tokens_each']} tokens each) equal `large`.",
         f"- c (M_S step / M_L step, dedicated ORT timing, M_L {costs['threads']} threads, drafter "
-        f"{costs['drafter_threads']}): **{c:.3f}** (M_S {costs['t_step_ms']['small']:.2f} ms, M_L "
-        f"{costs['t_large_ms']['1']:.2f} ms); from the runtime's stats: {costs.get('c_from_stats', {}).get('small', 0):.3f}.",
+        f"{costs['drafter_threads']}): **{c:.3f}** (M_S {costs['t_step_ms']['tandem_drafter']:.2f} ms, M_L "
+        f"{costs['t_large_ms']['1']:.2f} ms); from the runtime's stats: {costs.get('c_from_stats', {}).get('tandem_drafter', 0):.3f}.",
         "",
         "| bench row | tokens/s | vs large | α |",
         "| --- | --- | --- | --- |",

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[way] = {"accuracy": acc, "tv_to_large": tv, "train_seconds": train_s,
                         "final_loss": [losses[f"{way}, seed {s}"][-1] for s in a.seeds]}
     record = {
-        "command": "cd /work/main && .venv/bin/python scripts/reps_vs_inloop.py"
+        "command": ".venv/bin/python scripts/reps_vs_inloop.py"
                    + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "cpu": cpu_name(), "torch": torch.__version__,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},

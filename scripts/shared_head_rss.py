@@ -35,10 +35,11 @@ def status():
 
 model = _core.Model(sys.argv[1], threads=2, share_weights=sys.argv[2] == "1")
 loaded = status()
-if model.has_small:
+if model.has_tandem_drafter:
     prompt = list(range(100, 132))
-    speed = _core.Generator(model, prompt, mode="speed", block_length=4, max_new_tokens=16, ignore_eos=True).run()
-    large = _core.Generator(model, prompt, mode="large", max_new_tokens=16, ignore_eos=True).run()
+    speed = _core.Generator(model, prompt, _core.GenerateOptions(mode="speed", block_length=4, max_new_tokens=16,
+                                                                 ignore_eos=True)).run()
+    large = _core.Generator(model, prompt, _core.GenerateOptions(mode="large", max_new_tokens=16, ignore_eos=True)).run()
     assert speed == large, (speed, large)
 print(json.dumps({"shared_mib": model.shared_weight_bytes / 2**20, "loaded": loaded, "end": status()}))
 """
@@ -85,9 +86,9 @@ def main() -> int:
         export_bundle(args.large, bundle, tandem=tandem, precision=args.precision, validate=args.validate,
                       context_length=512, progress=None)
         del tandem
-        small = (bundle / "small.onnx.data").stat().st_size
+        small = (bundle / "tandem_drafter.onnx.data").stat().st_size
 
-        model = onnx.load(str(bundle / "small.onnx"), load_external_data=False)
+        model = onnx.load(str(bundle / "tandem_drafter.onnx"), load_external_data=False)
         refs = [{x.key: x.value for x in t.external_data} for t in model.graph.initializer if t.external_data]
         saved = sum(length for _, length in {(e["offset"], int(e["length"])) for e in refs
                                              if e["location"] == "large.onnx.data"})
@@ -97,7 +98,7 @@ def main() -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.large.name} {args.precision}: small.onnx.data {small / 1e6:.1f} MB; "
+    print(f"{args.large.name} {args.precision}: tandem_drafter.onnx.data {small / 1e6:.1f} MB; "
           f"{saved / 1e6:.1f} MB read from large.onnx.data instead of stored twice")
     print("| load | shared MiB | VmRSS after load MiB | peak VmHWM MiB |")
     print("| --- | ---: | ---: | ---: |")

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tandem_model = drafters["Tandem-Distil"]
     record = {
-        "command": "cd /work/main && .venv/bin/python scripts/tandem_vs_plain.py"
+        "command": ".venv/bin/python scripts/tandem_vs_plain.py"
                    + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "python_version": platform.python_version(), "cpu": cpu_name(), "torch": torch.__version__,
         "n_files": len(files), "n_heldout": len(heldout_files),

@@ -497,7 +497,7 @@ def main() -> int:
     for stage, r in (("train M_L", L), ("train tandem M_S", T), ("train plain M_S", P)):
         clock.times[stage] = max(clock.times[stage], r["train_s"] + r["router_s"])  # resumed runs: first run's time
     total_min = max(time.perf_counter() - start, sum(clock.times.values())) / 60
-    cmd = "cd /work/main && .venv/bin/python scripts/train_default.py" + (" --quick" if a.quick else "")
+    cmd = ".venv/bin/python scripts/train_default.py" + (" --quick" if a.quick else "")
     if a.out.resolve() != (REPO / "tandem/models/default").resolve():
         cmd += f" --out {a.out}"
     info = {

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tandem.errors import TandemError
+from tandem.manifest import DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_BLOCK_LENGTH, DEFAULT_ROUTER_THRESHOLD
 
 TORCH_COMMANDS = ("train", "reps", "eval", "export")
 
@@ -102,7 +103,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         print(
             f"[{result.finish_reason}] {s['new_tokens']} tokens in {s['total_time']:.3f}s "
             f"({s['tokens_per_second']:.1f} tok/s), rounds {s['rounds']}, M_L calls {s['large_calls']}, "
-            f"M_S calls {s['small_calls']}, acceptance {s['acceptance_rate']:.2f}, "
+            f"M_S calls {s['drafter_calls']}, acceptance {s['acceptance_rate']:.2f}, "
             f"time in ORT {s['ort_time'] / max(s['total_time'], 1e-9):.0%}, "
             f"first token {s['time_to_first_token'] * 1e3:.1f} ms",
             file=sys.stderr,
@@ -121,15 +122,8 @@ def _positive_int(text: str) -> int:
 
 
 def _block_length(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"block lengths are >= 1, got {value}")
-    return value
+    """γ >= 1, or 'auto' (the router's adaptive block length)."""
+    return text if text == "auto" else _positive_int(text)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -220,7 +214,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description=(
             "Build ONNX Runtime graphs straight from Hugging Face / tandem folders (safetensors, read\n"
             "one tensor at a time) into a bundle the runtime loads: large.onnx (M_L, block mode),\n"
-            "small.onnx (tandem M_S step), draft.onnx (plain drafter), tokenizer and manifest.\n"
+            "tandem_drafter.onnx (tandem M_S step), plain_drafter.onnx (plain M_S step), tokenizer and\n"
+            "manifest.\n"
             "Every graph is validated against a PyTorch reference; the figures go into tandem.json.\n"
             "The bundle is written to a scratch folder next to --out and moved there at the end:\n"
             "a failure or Ctrl-C leaves --out as it was."),
@@ -235,9 +230,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder or tokenizer.json (default: --large)")
     p.add_argument("--block-length", type=int,
                    help="the bundle's default block length γ (default: the γ the tandem M_S was trained at, "
-                        "else 4)")
-    p.add_argument("--max-block-length", type=int, default=16, help="longest γ a request may ask for (default: 16)")
-    p.add_argument("--router-threshold", type=float, default=0.8, help="default τ for adaptive mode (default: 0.8)")
+                        f"else {DEFAULT_BLOCK_LENGTH})")
+    p.add_argument("--max-block-length", type=int, default=DEFAULT_MAX_BLOCK_LENGTH,
+                   help="longest γ a request may ask for (default: %(default)s)")
+    p.add_argument("--router-threshold", type=float, default=DEFAULT_ROUTER_THRESHOLD,
+                   help="default τ for adaptive mode (default: %(default)s)")
     p.add_argument("--context-length", type=int,
                    help="longest sequence the bundle serves (default: M_L's max_position_embeddings, "
                         "at most 8192); the KV cache of a request is sized to what it needs within it")

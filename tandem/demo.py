@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':<8} {'tokens/s':>9} {'speedup':>8} {'acceptance':>11} {'M_L calls':>10} {'M_S calls':>10}")
     for m, tps, s in rows:
         acc = f"{s['acceptance_rate']:.2f}" if m != "large" else "-"
-        print(f"{m:<8} {tps:>9.1f} {tps / base:>7.2f}x {acc:>11} {s['large_calls']:>10} {s['small_calls']:>10}")
+        print(f"{m:<8} {tps:>9.1f} {tps / base:>7.2f}x {acc:>11} {s['large_calls']:>10} {s['drafter_calls']:>10}")
     print(f"\n(median of {args.repeats} runs of {args.max_new_tokens} tokens, greedy, "
           f"{args.threads or 'all'} threads; speed and vanilla are lossless: same text as large)")
     return 0

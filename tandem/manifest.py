@@ -1,22 +1,25 @@
-"""The bundle manifest (`tandem.json`): graph I/O written once, as data.
+"""The bundle manifest (`tandem.json`) as the exporter writes it: the writer's schema.
 
-The exporter writes it; the C++ loop reads the graph names, I/O names and dims from it
-and never hard-codes them. Python reads it for the tokenizer and defaults.
+The exporter fills these dataclasses and `Manifest.save` writes them; every field is written.
+The one reader is the C++ core (`cpp/include/tandem/manifest.hpp`): the runtime, and Python
+through `tandem._core.read_manifest` / `TandemModel.manifest`, read bundles through it. It
+requires every key it reads and has no defaults of its own, so the defaults below are the
+only ones. tests/test_manifest_schema.py holds these fields against the reader's keys.
 
 Layout of a bundle folder::
 
-    tandem.json          this manifest
-    large.onnx(.data)    M_L, block mode                       (always)
-    small.onnx(.data)    tandem M_S step graph                  (optional)
-    draft.onnx(.data)    plain M_S step graph (vanilla drafter) (optional)
-    tokenizer.json       Hugging Face `tokenizers` file         (optional for id-only use)
-    chat_template.jinja  M_L's chat template (Jinja)            (optional: for `chat`)
+    tandem.json                    this manifest
+    large.onnx(.data)              M_L, block mode                              (always)
+    tandem_drafter.onnx(.data)     tandem drafter step graph (modes tandem, speed)  (optional)
+    plain_drafter.onnx(.data)      plain drafter step graph (mode vanilla)          (optional)
+    tokenizer.json                 Hugging Face `tokenizers` file        (optional for id-only use)
+    chat_template.jinja            M_L's chat template (Jinja)           (optional: for `chat`)
 
-KV cache of every graph (format 2): one buffer per layer and K/V, `[1, h_kv, S, dh]` of
-`kv_dtype`, bound both as the past input and the present output (ONNX Runtime's
-GroupQueryAttention shared buffer). A call with `n` new rows after `P` valid ones is told
-`seqlens_k = P + n - 1` and `total_sequence_length = P + n`; it writes rows `P..P+n-1`.
-Rewinding is setting the valid length. See docs/CONTRACTS.md.
+KV cache of every graph: one buffer per layer and K/V, `[1, h_kv, S, dh]` of `kv_dtype`,
+bound both as the past input and the present output (ONNX Runtime's GroupQueryAttention
+shared buffer). A call with `n` new rows after `P` valid ones is told `seqlens_k = P + n - 1`
+and `total_sequence_length = P + n`; it writes rows `P..P+n-1`. Rewinding is setting the
+valid length. See docs/CONTRACTS.md.
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import BundleError
-
 FORMAT = "tandem-bundle"
-FORMAT_VERSION = 2
+# 3: graph roles tandem_drafter / plain_drafter (were small / draft), every key required.
+# The C++ reader's kManifestFormatVersion must be the same (tested).
+FORMAT_VERSION = 3
 MANIFEST_NAME = "tandem.json"
-GRAPH_ROLES = ("large", "small", "draft")
+GRAPH_ROLES = ("large", "tandem_drafter", "plain_drafter")
+GRAPH_FILES = {role: f"{role}.onnx" for role in GRAPH_ROLES}
+
+# The exporter's defaults (`tandem export`): the bundle's default γ when the tandem drafter's
+# training does not say, the longest γ a request may ask for, and the default router τ. Every
+# bundle carries its values; the runtime reads them from the bundle and has none of its own.
+DEFAULT_BLOCK_LENGTH = 4
+DEFAULT_MAX_BLOCK_LENGTH = 16
+DEFAULT_ROUTER_THRESHOLD = 0.8
 
 
 @dataclass
@@ -43,9 +54,9 @@ class GraphSpec:
     [1, t - logits_from, V]`` float32 and present K/V (the past buffers).
     role ``large``: also outputs ``reps`` (one per entry of ``rep_layers``, `[1, t, hidden_size]`
     float32).
-    role ``small``: also inputs ``memory`` (one per entry of ``memory_layers``,
+    role ``tandem_drafter``: also inputs ``memory`` (one per entry of ``memory_layers``,
     `[1, m, memory_size]` float32, placed before the tokens); optional ``router_score [1, rows]``.
-    role ``draft``: optional ``router_score``.
+    role ``plain_drafter``: optional ``router_score``.
     """
 
     file: str
@@ -67,7 +78,7 @@ class GraphSpec:
     # large only: representation outputs, one per M_L layer index in rep_layers.
     rep_layers: list[int] = field(default_factory=list)
     reps: list[str] = field(default_factory=list)
-    # small only: memory inputs, one per M_L layer index in memory_layers.
+    # tandem drafter only: memory inputs, one per M_L layer index in memory_layers.
     memory_layers: list[int] = field(default_factory=list)
     memory: list[str] = field(default_factory=list)
     memory_size: int = 0
@@ -118,21 +129,6 @@ class GraphSpec:
             **extra,
         )
 
-    def input_names(self) -> list[str]:
-        names = [self.input_ids, *self.memory]
-        for k, v in zip(self.past_keys, self.past_values, strict=True):
-            names += [k, v]
-        return [*names, self.seqlens_k, self.total_sequence_length, self.logits_from]
-
-    def output_names(self) -> list[str]:
-        names = [self.logits]
-        for k, v in zip(self.present_keys, self.present_values, strict=True):
-            names += [k, v]
-        names += self.reps
-        if self.router_score:
-            names.append(self.router_score)
-        return names
-
 
 @dataclass
 class Manifest:
@@ -147,9 +143,9 @@ class Manifest:
     # and the named special tokens templates read (bos_token, eos_token, ...: strings).
     chat_template: str = ""
     special_tokens: dict[str, str] = field(default_factory=dict)
-    default_block_length: int = 4
-    max_block_length: int = 16
-    router_threshold: float = 0.8
+    default_block_length: int = DEFAULT_BLOCK_LENGTH
+    max_block_length: int = DEFAULT_MAX_BLOCK_LENGTH
+    router_threshold: float = DEFAULT_ROUTER_THRESHOLD
     precision: str = "fp32"
     build: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -168,28 +164,3 @@ class Manifest:
         tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         tmp.replace(path)
         return path
-
-    @staticmethod
-    def load(folder: str | Path) -> Manifest:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise BundleError(f"bundle folder not found: {folder} (export one with `tandem export`)")
-        path = folder / MANIFEST_NAME
-        if not path.is_file():
-            raise BundleError(f"{folder} has no {MANIFEST_NAME}: is it a tandem bundle?")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{path} is not valid JSON: {exc}; re-export the bundle") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BundleError(f"{path}: not a tandem manifest (format != {FORMAT!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise BundleError(
-                f"{path}: format_version {data.get('format_version')!r} is not supported "
-                f"(this tandem reads version {FORMAT_VERSION}); re-export the bundle"
-            )
-        try:
-            graphs = {role: GraphSpec(**spec) for role, spec in data.pop("graphs").items()}
-            return Manifest(graphs=graphs, **data)
-        except (TypeError, KeyError, AttributeError) as exc:
-            raise BundleError(f"{path}: missing or unexpected keys ({exc}); re-export the bundle") from exc

@@ -30,7 +30,7 @@ def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list
         logits, present, reps = large_step(model, ids, _past(inputs), list(rep_layers or []))
         out.update({f"rep.{layer}": r.numpy() for layer, r in zip(rep_layers or [], reps, strict=True)})
         score = None
-    elif role == "small":
+    elif role == "tandem_drafter":
         assert isinstance(model, TandemSmall)
         memory = [torch.from_numpy(m) for m in inputs.memory]
         logits, present, score = model.step(ids, memory, _past(inputs))
@@ -38,7 +38,7 @@ def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list
         logits, present = plain_step(model, ids, _past(inputs))
         score = None if router is None else router(logits, model.get_input_embeddings().weight)
     start = inputs.logits_from
-    vocab = getattr(getattr(model, "config", None), "draft_vocab", None) if role == "small" else None
+    vocab = getattr(getattr(model, "config", None), "draft_vocab", None) if role == "tandem_drafter" else None
     if vocab:  # the graph outputs the draft vocabulary's columns only
         logits = logits[..., torch.tensor(vocab)]
     out["logits"] = logits[:, start:].numpy()

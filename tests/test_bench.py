@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_markdown_and_plots(pair, tmp_path, capsys):
             assert row["c"] > 0 and row["v"] > 0 and row["bound"] > 0
         if row["mode"] in ("speed", "vanilla") and row["decoding"] == "greedy":
             assert row["greedy_equals_large"] == "2/2"  # lossless
-    assert data["costs"]["v"]["1"] == 1.0 and set(data["costs"]["c"]) == {"small", "draft"}
+    assert data["costs"]["v"]["1"] == 1.0 and set(data["costs"]["c"]) == {"tandem_drafter", "plain_drafter"}
     assert data["machine"]["threads"] == 2 and data["machine"]["cpu_model"]
     assert "idle" in data and isinstance(data["warnings"], list)
     md = (out / "results.md").read_text()
@@ -48,7 +48,7 @@ def test_bench_peers_without_hf_folders_are_recorded_not_fatal(pair, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--repeats", "0"], "--repeats must be >= 1"),
     (["--temperature", "0"], "--temperature must be > 0"),
-    (["--threads", "1000000"], "--threads 1000000 is above the cap of"),
+    (["--threads", "1000000"], "--threads=1000000 is above the cap of"),
 ])
 def test_bench_rejects_bad_options(pair, tmp_path, capsys, argv, message):
     assert main(["bench", str(pair.bundle), "--quick", "--out", str(tmp_path), *argv]) == 1

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from tiny_models import SAMPLE_TEXT, TINY_VOCAB, tiny_large, tiny_tokenizer
 
+from tandem._core import read_manifest
 from tandem.errors import BundleError, ExportError, InvalidArgumentError
 from tandem.export.bundle import export_bundle, read_chat_template
-from tandem.manifest import Manifest
 from tandem.runtime import load
 from tandem.runtime.chat import render
 
@@ -164,11 +164,11 @@ def chats(tmp_path_factory) -> dict[str, Chat]:
 def test_export_copies_the_template_and_special_tokens(chats):
     for name, template in (("chatml", CHATML), ("llama3", LLAMA3)):
         bundle = chats[name].bundle
-        manifest = Manifest.load(bundle)
-        assert manifest.chat_template == "chat_template.jinja"
-        assert (bundle / manifest.chat_template).read_text(encoding="utf-8") == template
+        manifest = read_manifest(str(bundle))
+        assert Path(manifest.chat_template) == bundle.resolve() / "chat_template.jinja"
+        assert Path(manifest.chat_template).read_text(encoding="utf-8") == template
         assert chats[name].model.chat_template == template
-    assert Manifest.load(chats["llama3"].bundle).special_tokens == {
+    assert read_manifest(str(chats["llama3"].bundle)).special_tokens == {
         "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|endoftext|>"}
 
 
@@ -213,7 +213,7 @@ def test_template_from_the_tokenizer_folder_and_bundles_without_one(tmp_path):
     export_bundle(large, tmp_path / "plain", tokenizer=tiny_tokenizer(tmp_path / "plain-tok"), context_length=64,
                   validate=False, progress=None)
     model = load(tmp_path / "plain", threads=1)
-    assert model.chat_template is None and Manifest.load(tmp_path / "plain").chat_template == ""
+    assert model.chat_template is None and read_manifest(str(tmp_path / "plain")).chat_template == ""
     assert len(model.generate([1, 2], mode="large", max_new_tokens=3, ignore_eos=True).ids) == 3
     with pytest.raises(BundleError, match="no chat template.*re-export.*generate"):
         model.chat(CONVERSATIONS["user"], max_new_tokens=2)
@@ -233,8 +233,8 @@ def test_manifest_naming_a_missing_or_outside_template_is_a_bundle_error(chats, 
     bundle = tmp_path / "b"
     shutil.copytree(chats["chatml"].bundle, bundle)
     manifest = json.loads((bundle / "tandem.json").read_text())
-    for name, message in (("missing.jinja", "no such file"), ("../chat_template.jinja", "inside the bundle"),
-                          ("/etc/hostname", "inside the bundle")):
+    for name, message in (("missing.jinja", "chat_template: file \"missing.jinja\" is missing from the bundle"),
+                          ("../chat_template.jinja", "outside the bundle"), ("/etc/hostname", "relative")):
         manifest["chat_template"] = name
         (bundle / "tandem.json").write_text(json.dumps(manifest))
         with pytest.raises(BundleError, match=message):
@@ -274,7 +274,7 @@ def test_llama3_template_details(chats):
 def test_environment_equals_transformers(chats, name):
     hf = chats["chatml"].hf
     template = EXTRA_TEMPLATES[name]
-    special = Manifest.load(chats["chatml"].bundle).special_tokens
+    special = read_manifest(str(chats["chatml"].bundle)).special_tokens
     for messages in CONVERSATIONS.values():
         expected = hf.apply_chat_template(messages, chat_template=template, tokenize=False,
                                           add_generation_prompt=True)

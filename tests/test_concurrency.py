@@ -101,8 +101,8 @@ def test_generator_used_by_two_threads_is_refused(model):
                                ignore_eos=True).ids
     refused = 0
     for _ in range(200):
-        gen = _core.Generator(model._model, prompt, mode="speed", block_length=2, max_new_tokens=1000,
-                              ignore_eos=True)
+        gen = _core.Generator(model._model, prompt, _core.GenerateOptions(mode="speed", block_length=2,
+                                                                         max_new_tokens=1000, ignore_eos=True))
         emitted = []
         busy = [0, 0]
 
@@ -130,7 +130,7 @@ def test_generator_used_by_two_threads_is_refused(model):
 
 def test_busy_error_message(model):
     assert issubclass(BusyError, Exception)
-    gen = _core.Generator(model._model, [1], max_new_tokens=2)
+    gen = _core.Generator(model._model, [1], _core.GenerateOptions(max_new_tokens=2))
     assert gen.run() and gen.done  # after a run the generator is free again
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.runtime import load
+from tandem.runtime import load, max_threads
 from tandem.runtime.ort_library import find_ort_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,13 @@ def test_example_reports_errors(pair, tmp_path):
     assert run.returncode == 1 and "outside the vocabulary" in run.stderr
 
 
+def test_example_refuses_thread_counts_past_the_cap(pair):
+    cap = max_threads()
+    run = subprocess.run([str(_example()), str(pair.bundle), "--ids", "1", "--threads", str(cap + 1)],
+                         capture_output=True, text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and f"intra_op_threads={cap + 1} is above the cap of {cap} threads" in run.stderr
+
+
 @pytest.mark.skipif(SANITIZED, reason="the install/find_package check runs in the regular build")
 def test_installed_library_works_with_find_package(pair, tmp_path):
     build = ROOT / "build/cpp"
@@ -80,16 +87,28 @@ def test_installed_library_works_with_find_package(pair, tmp_path):
                     f"-DCMAKE_PREFIX_PATH={prefix}"], check=True, capture_output=True)
     subprocess.run([cmake, "--build", str(consumer)], check=True, capture_output=True)
     prompt = [3, 14, 15, 92]
-    run = subprocess.run([str(consumer / "consumer"), str(pair.bundle), *map(str, prompt)], capture_output=True,
-                         text=True, env=_clean_env(), timeout=120)
-    assert run.returncode == 0, run.stderr
-    expected = load(pair.bundle, threads=1).generate(prompt, mode="speed", max_new_tokens=12)
-    ids, reason = run.stdout.splitlines()
-    assert [int(x) for x in ids.split()] == expected.ids
-    assert reason == expected.finish_reason
+    model = load(pair.bundle, threads=1)
+    eos = model.generate(prompt, mode="large", max_new_tokens=6, ignore_eos=True).ids[3]
+    # every field of tandem_generate_params, through the C API, against the Python API
+    cases = [
+        dict(mode="speed", max_new_tokens=12),
+        dict(mode="vanilla", adaptive=1, min_block_length=2, max_block_length=3, router_threshold=0.3,
+             max_new_tokens=14, do_sample=1, temperature=0.8, top_k=40, top_p=0.95, seed=7, ignore_eos=1),
+        dict(mode="tandem", block_length=2, max_new_tokens=9),
+        dict(mode="speed", block_length=3, max_new_tokens=20, eos_token_ids=[eos, 299]),
+    ]
+    for options in cases:
+        args = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items()]
+        run = subprocess.run([str(consumer / "consumer"), str(pair.bundle), ",".join(map(str, prompt)), *args],
+                             capture_output=True, text=True, env=_clean_env(), timeout=120)
+        assert run.returncode == 0, run.stderr
+        expected = model.generate(prompt, **options)
+        ids, reason = run.stdout.splitlines()
+        assert [int(x) for x in ids.split()] == expected.ids, options
+        assert reason == expected.finish_reason
+    assert expected.finish_reason == "eos", "the EOS case stops at the EOS id it was given"
 
     # text in, text out through the C API (tandem_generate_text): the Python API's text
-    model = load(pair.bundle, threads=1)
     for stop in ([], [_stop_inside(model.generate(PROMPT, mode="speed", max_new_tokens=12).text)]):
         run = subprocess.run([str(consumer / "consumer"), "--text", str(pair.bundle), PROMPT, *stop],
                              capture_output=True, env=_clean_env(), timeout=120)

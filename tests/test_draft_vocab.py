@@ -13,10 +13,10 @@ from conftest import Pair
 from hf_oracle import hf_outputs
 from test_runtime_modes import exact_joint
 
+from tandem._core import GenerateOptions, read_manifest
 from tandem.export.validate import SMALL_CASES, case_inputs, compare, run_graph
-from tandem.manifest import Manifest
 from tandem.runtime import load
-from tandem.train.reference import GenerationConfig, generate_reference
+from tandem.train.reference import generate_reference
 from tandem.train.sampling import SamplingParams
 
 DRAFT_VOCAB = [0, *range(1, 300, 2)]  # EOS and the odd ids: 151 of 300 tokens
@@ -41,16 +41,16 @@ def vocab_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
 
 
 def test_graph_has_the_draft_vocabulary_only(vocab_pair: Pair):
-    manifest = Manifest.load(vocab_pair.bundle)
-    spec = manifest.graphs["small"]
+    manifest = read_manifest(str(vocab_pair.bundle))
+    spec = manifest.graphs["tandem_drafter"]
     assert spec.draft_vocab == DRAFT_VOCAB and spec.logits_size == len(DRAFT_VOCAB)
-    assert manifest.graphs["large"].draft_vocab == [] and manifest.graphs["draft"].draft_vocab == []
+    assert manifest.graphs["large"].draft_vocab == [] and manifest.graphs["plain_drafter"].draft_vocab == []
     model = onnx.load(str(vocab_pair.bundle / spec.file), load_external_data=False)
     heads = [t for t in model.graph.initializer if t.name.startswith("draft_head")]
     assert heads and list(heads[0].dims) == [spec.hidden_size, len(DRAFT_VOCAB)]
     cases = [case_inputs(spec, c, seed=i) for i, c in enumerate(SMALL_CASES)]
     got = run_graph(vocab_pair.bundle / spec.file, spec, cases)
-    want = [hf_outputs("small", vocab_pair.tandem, c) for c in cases]
+    want = [hf_outputs("tandem_drafter", vocab_pair.tandem, c) for c in cases]
     for name, s in compare(got, want).items():  # logits and router score over the draft vocabulary
         assert s["max_abs_diff"] <= 1e-4 * max(1.0, s["max_abs_ref"]), (name, s)
 
@@ -63,9 +63,9 @@ PROMPTS = [[1, 2, 3, 4], [5, 80, 81, 82, 83, 84, 85, 86, 87, 88, 120]]
 def test_greedy_matches_reference(vocab_pair: Pair, mode: str, gamma: int, adaptive: bool):
     model = load(vocab_pair.bundle, threads=1)
     for prompt in PROMPTS:
-        config = GenerationConfig(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.5,
-                                  max_block_length=6, max_new_tokens=24, context_length=64)
-        ref = generate_reference(vocab_pair.large, prompt, config, tandem=vocab_pair.tandem)
+        options = GenerateOptions(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.5,
+                                  max_block_length=6, max_new_tokens=24)
+        ref = generate_reference(vocab_pair.large, prompt, options, context_length=64, tandem=vocab_pair.tandem)
         got = model.generate(prompt, mode=mode, block_length="auto" if adaptive else gamma, router_threshold=0.5,
                              max_block_length=6 if adaptive else None, max_new_tokens=24, ignore_eos=True)
         assert got.ids == ref.ids
@@ -126,7 +126,7 @@ def test_manifest_refuses_a_bad_draft_vocabulary(vocab_pair: Pair, tmp_path: Pat
         dst = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
         shutil.copytree(vocab_pair.bundle, dst)
         data = json.loads((dst / "tandem.json").read_text())
-        data["graphs"]["small"]["draft_vocab"] = bad
+        data["graphs"]["tandem_drafter"]["draft_vocab"] = bad
         (dst / "tandem.json").write_text(json.dumps(data))
         with pytest.raises(BundleError, match="draft_vocab"):
             _core.Model(str(dst), threads=1)

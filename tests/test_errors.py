@@ -1,9 +1,9 @@
 """Bad input is refused with a typed error whose message says what to fix; never a crash.
 
 Bundles are corrupted in copies of the session's `pair` bundle. Each bundle case runs
-through both loaders: the Python API (`tandem.runtime.load`, which also reads the manifest
-in Python) and the bare C++ core (`tandem._core.Model`), which desktop apps use without
-Python, so the C++ checks are exercised on their own.
+through both loaders: the Python API (`tandem.runtime.load`, which reads the manifest through
+the C++ reader and then checks the tokenizer and chat template) and the bare C++ core
+(`tandem._core.Model`), which desktop apps use without Python.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ MANIFEST_CASES = {
     "missing_graphs": (_drop("graphs"), "graphs"),
     "missing_graph_key": (lambda d: d["graphs"]["large"].pop("num_layers"), "num_layers"),
     "wrong_type": (_set("context_length", "long"), "context_length"),
-    "graph_vocab_disagrees": (_graph("small", "vocab_size", 301), "vocab"),
+    "graph_vocab_disagrees": (_graph("tandem_drafter", "vocab_size", 301), "vocab"),
     "graph_io_name": (_swap_past_names, "past.0.kee"),
     "graph_dims": (_graph("large", "num_kv_heads", 4), "shape|dims"),
     "graph_hidden": (_graph("large", "hidden_size", 48), "shape|dims|hidden"),
@@ -105,13 +105,13 @@ MANIFEST_CASES = {
     "graph_outside": (_graph("large", "file", "../large.onnx"), "outside the bundle"),
     "graph_absolute": (_graph("large", "file", "/etc/hostname"), "relative"),
     "tokenizer_outside": (_set("tokenizer", "../tok/tokenizer.json"), "outside the bundle"),
-    "graph_missing": (_graph("draft", "file", "nothere.onnx"), "missing"),
-    "unknown_role": (lambda d: d["graphs"].__setitem__("huge", d["graphs"]["draft"]), "huge|unexpected"),
+    "graph_missing": (_graph("plain_drafter", "file", "nothere.onnx"), "missing"),
+    "unknown_role": (lambda d: d["graphs"].__setitem__("huge", d["graphs"]["plain_drafter"]), "huge|unexpected"),
     "eos_outside_vocab": (_set("eos_token_ids", [300]), "eos|vocab"),
     "block_lengths": (_set("default_block_length", 99), "block_length"),
     "missing_length_input": (lambda d: d["graphs"]["large"].pop("seqlens_k"), "seqlens_k"),
-    "wrong_length_input": (_graph("small", "total_sequence_length", "total"), "total"),
-    "wrong_logits_from": (_graph("draft", "logits_from", "first_logit"), "first_logit"),
+    "wrong_length_input": (_graph("tandem_drafter", "total_sequence_length", "total"), "total"),
+    "wrong_logits_from": (_graph("plain_drafter", "logits_from", "first_logit"), "first_logit"),
     "kv_dtype": (_graph("large", "kv_dtype", "bfloat16"), "kv_dtype"),
     "kv_dtype_disagrees": (_graph("large", "kv_dtype", "float16"), "element type"),
     "huge_dims": (_graph("large", "num_layers", 10**6), "out of range"),
@@ -136,8 +136,8 @@ def test_inconsistent_manifest_is_refused(bundle, loader, case):
 def test_missing_folder_and_files(bundle, loader, tmp_path):
     with pytest.raises(BundleError, match="not found.*export"):
         loader(tmp_path / "nowhere")
-    (bundle / "draft.onnx").unlink()
-    with pytest.raises(BundleError, match="draft.onnx.*missing"):
+    (bundle / "plain_drafter.onnx").unlink()
+    with pytest.raises(BundleError, match="plain_drafter.onnx.*missing"):
         loader(bundle)
     (bundle / "tandem.json").unlink()
     with pytest.raises(BundleError, match="no tandem.json"):
@@ -154,7 +154,7 @@ def test_manifest_not_json(bundle, loader, content):
 
 @pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "flipped"])
-@pytest.mark.parametrize("role", ["large", "small"])
+@pytest.mark.parametrize("role", ["large", "tandem_drafter"])
 def test_corrupt_graph(bundle, loader, damage, role):
     path = bundle / f"{role}.onnx"
     data = path.read_bytes()
@@ -173,9 +173,9 @@ def test_corrupt_graph(bundle, loader, damage, role):
 
 @pytest.mark.parametrize("loader", LOADERS)
 def test_graph_of_another_role(bundle, loader):
-    """small.onnx replaced by the plain drafter: it lacks M_S's memory inputs."""
-    shutil.copy(bundle / "draft.onnx", bundle / "small.onnx")
-    with pytest.raises(BundleError, match="small.onnx has no input named .*re-export"):
+    """tandem_drafter.onnx replaced by the plain drafter: it lacks M_S's memory inputs."""
+    shutil.copy(bundle / "plain_drafter.onnx", bundle / "tandem_drafter.onnx")
+    with pytest.raises(BundleError, match="tandem_drafter.onnx has no input named .*re-export"):
         loader(bundle)
 
 
@@ -249,7 +249,6 @@ def test_tokenizer_problems(bundle, tmp_path):
 # --------------------------------------------------------------------------- parameters
 
 PARAM_CASES = [
-    (dict(block_length=0), "block_length"),
     (dict(block_length=-3), "block_length"),
     (dict(block_length=9), r"block_length must be in \[1, 8\]"),
     (dict(block_length=2**40), "block_length"),
@@ -276,6 +275,10 @@ PARAM_CASES = [
     (dict(eos_token_id=300), "eos_token_id.*vocabulary"),
     (dict(eos_token_id=2**70), "eos_token_id.*vocabulary"),
     (dict(stop=[""]), "stop strings"),
+    (dict(eos_token_id="x"), "eos_token_id must be a token id"),
+    (dict(eos_token_id=1, eos_token_ids=[2]), "not both"),
+    (dict(top_k="3"), r"top_k='3' is not a value of this option \(int >= 0"),
+    (dict(beam_width=4), "unknown generation option 'beam_width' .*max_new_tokens"),
 ]
 
 
@@ -287,7 +290,7 @@ def test_bad_parameters(model, kwargs, message):
     assert len(model.generate([1, 2, 3], max_new_tokens=3, ignore_eos=True).ids) == 3
 
 
-CORE_CASES = [  # straight to the C++ validation, bypassing the Python checks
+CORE_CASES = [  # straight to the C++ core (GenerateOptions + Generator), without the Python API
     (dict(block_length=-1), "block_length"),
     (dict(block_length=9), "block_length"),
     (dict(temperature=float("nan")), "temperature"),
@@ -308,24 +311,24 @@ CORE_CASES = [  # straight to the C++ validation, bypassing the Python checks
 @pytest.mark.parametrize(("kwargs", "message"), CORE_CASES, ids=[repr(k) for k, _ in CORE_CASES])
 def test_bad_parameters_core(model, kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
-        _core.Generator(model._model, [1, 2, 3], **kwargs)
+        _core.Generator(model._model, [1, 2, 3], _core.GenerateOptions(**kwargs))
 
 
 def test_modes_the_bundle_lacks(bundle):
     def drop(role: str) -> Callable[[dict], None]:
         return lambda d: d["graphs"].pop(role)
 
-    edit_manifest(bundle, drop("draft"))
+    edit_manifest(bundle, drop("plain_drafter"))
     m = load(bundle, threads=1)
     assert "vanilla" not in m.modes
-    with pytest.raises(InvalidArgumentError, match="vanilla.*no draft.onnx"):
+    with pytest.raises(InvalidArgumentError, match="vanilla needs a plain drafter.*--plain"):
         m.generate([1, 2], mode="vanilla")
-    edit_manifest(bundle, drop("small"))
+    edit_manifest(bundle, drop("tandem_drafter"))
     m = load(bundle, threads=1)
     for mode in ("speed", "tandem"):
-        with pytest.raises(InvalidArgumentError, match=f"{mode}.*no small.onnx"):
+        with pytest.raises(InvalidArgumentError, match=f"{mode} needs a tandem drafter.*--tandem"):
             m.generate([1, 2], mode=mode)
-    assert m.generate([1, 2], max_new_tokens=2, ignore_eos=True).stats["small_calls"] == 0
+    assert m.generate([1, 2], max_new_tokens=2, ignore_eos=True).stats["drafter_calls"] == 0
 
 
 def test_device_and_threads(pair):
@@ -378,15 +381,14 @@ def test_thread_counts_past_the_cap_are_refused(pair):
     refused = json.loads(got.stdout)
     cap = max_threads()
     assert cap >= 64 and cap == _core.max_threads()
-    tail = f"is above the cap of {cap} threads on this machine: pass a count from 1 to {cap}, or 0 for"
+    # one check, the C++ core's, names each front end's own option and how the cap is set
+    tail = (f"is above the cap of {cap} threads on this machine (4 per hardware thread, at least 64): "
+            f"pass a count from 1 to {cap}, or 0 for")
     assert refused["threads"] == f"threads=1000000 {tail} one per core"
     assert refused["default_bundle"] == refused["threads"], "refused before the default bundle is exported"
     assert refused["drafter_threads"] == f"drafter_threads=1000000 {tail} as threads"
-    # the C++ core's message names its own options and how the cap is set
-    for name, zero in (("intra_op_threads", "one per core"), ("drafter_threads", "as intra_op_threads")):
-        message = refused[f"core_{name.replace('intra_op_', '')}"]
-        assert message.startswith(f"{name}=1000000 is above the cap of {cap} threads on this machine (4 per")
-        assert message.endswith(f"pass a count from 1 to {cap}, or 0 for {zero}")
+    assert refused["core_threads"] == f"intra_op_threads=1000000 {tail} one per core"
+    assert refused["core_drafter_threads"] == f"drafter_threads=1000000 {tail} as intra_op_threads"
 
 
 def test_thread_counts_up_to_the_cap_load(pair, tmp_path):
@@ -407,15 +409,18 @@ def test_thread_counts_up_to_the_cap_load(pair, tmp_path):
     assert len(got.ids) == 4
 
 
-@pytest.mark.parametrize("argv", [
-    ["-m", "tandem.cli", "generate", "{bundle}", "--ids", "1,2", "--threads", "1000000"],
-    ["-m", "tandem.demo", "--bundle", "{bundle}", "--threads", "1000000"],
-], ids=["generate", "demo"])
-def test_cli_refuses_thread_counts_past_the_cap(pair, argv):
+@pytest.mark.parametrize(("argv", "name"), [
+    (["-m", "tandem.cli", "generate", "{bundle}", "--ids", "1,2", "--threads", "1000000"], "threads"),
+    (["-m", "tandem.demo", "--bundle", "{bundle}", "--threads", "1000000"], "threads"),
+    (["-m", "tandem.cli", "reps", "--large", "{bundle}", "--data", "{bundle}", "--out", "{bundle}/never",
+      "--threads", "1000000"], "--threads"),
+], ids=["generate", "demo", "reps"])
+def test_cli_refuses_thread_counts_past_the_cap(pair, argv, name):
     got = _child([a.format(bundle=pair.bundle) for a in argv])
     assert got.returncode == 1
-    assert got.stderr.startswith(f"error: threads=1000000 is above the cap of {max_threads()} threads"), got.stderr
+    assert got.stderr.startswith(f"error: {name}=1000000 is above the cap of {max_threads()} threads"), got.stderr
     assert "Traceback" not in got.stderr and got.stdout == ""
+    assert not (pair.bundle / "never").exists()
 
 
 # --------------------------------------------------------------------------- prompts

@@ -16,10 +16,10 @@ import torch
 from hf_oracle import hf_outputs
 from tiny_models import tiny_large
 
+from tandem._core import read_manifest
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.reference import Reference
 from tandem.export.validate import LARGE_CASES, SMALL_CASES, Case, case_inputs, compare, run_graph
-from tandem.manifest import Manifest
 from tandem.train.model import create_drafter_config, create_tandem
 from tandem.train.router import Router, RouterConfig
 
@@ -83,14 +83,14 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def _oracle(exported: Exported, role: str, spec, inputs) -> dict[str, np.ndarray]:
-    model = {"large": exported.large, "small": exported.tandem, "draft": exported.plain}[role]
+    model = {"large": exported.large, "tandem_drafter": exported.tandem, "plain_drafter": exported.plain}[role]
     return hf_outputs(role, model, inputs, spec.rep_layers, router=exported.plain.router)
 
 
 PARITY_CASES = {
     "large": [*LARGE_CASES, Case(5, 3), Case(1, 12), Case(7, 9, logits_from=6)],
-    "small": [*SMALL_CASES, Case(2, 0, 0), Case(4, 3, 6), Case(1, 11, 2)],
-    "draft": [*LARGE_CASES, Case(3, 10, logits_from=2)],
+    "tandem_drafter": [*SMALL_CASES, Case(2, 0, 0), Case(4, 3, 6), Case(1, 11, 2)],
+    "plain_drafter": [*LARGE_CASES, Case(3, 10, logits_from=2)],
 }
 
 
@@ -99,12 +99,12 @@ def _check(got: list[dict], want: list[dict], what: str) -> None:
         assert s["max_abs_diff"] <= TOL * max(1.0, s["max_abs_ref"]), (what, name, s)
 
 
-@pytest.mark.parametrize("role", ["large", "small", "draft"])
+@pytest.mark.parametrize("role", ["large", "tandem_drafter", "plain_drafter"])
 def test_graph_parity(exported: Exported, role: str):
     """ONNX Runtime vs Hugging Face on every output (logits, present K/V, representations,
     router score): prefill and cached chunks of 1 and several tokens, memory chunks of 0, 1
     and several rows, logits of the last rows only; past K/V in buffers as long as the call."""
-    spec = Manifest.load(exported.folder).graphs[role]
+    spec = read_manifest(str(exported.folder)).graphs[role]
     cases = [case_inputs(spec, case, seed=i) for i, case in enumerate(PARITY_CASES[role])]
     got = run_graph(exported.folder / spec.file, spec, cases)
     want = [_oracle(exported, role, spec, c) for c in cases]
@@ -112,11 +112,11 @@ def test_graph_parity(exported: Exported, role: str):
     _check(got, want, spec.file)
 
 
-@pytest.mark.parametrize("role", ["large", "small", "draft"])
+@pytest.mark.parametrize("role", ["large", "tandem_drafter", "plain_drafter"])
 def test_reference_matches_hugging_face(exported: Exported, role: str):
     """The export's validation oracle (streamed PyTorch) equals Hugging Face."""
-    spec = Manifest.load(exported.folder).graphs[role]
-    model = {"large": exported.large, "small": exported.tandem, "draft": exported.plain}[role]
+    spec = read_manifest(str(exported.folder)).graphs[role]
+    model = {"large": exported.large, "tandem_drafter": exported.tandem, "plain_drafter": exported.plain}[role]
     cases = [case_inputs(spec, case, seed=i) for i, case in enumerate(PARITY_CASES[role])]
     reference = Reference(Checkpoint.from_module(model), context_length=64)
     got = [r["fp32"] for r in reference.run(role, cases, spec.rep_layers)]
@@ -129,16 +129,16 @@ def test_graph_shape(exported: Exported):
     """ONNX Runtime's fused decoder path: one GroupQueryAttention per layer over the shared
     KV buffer (no KV Concat), skip+RMS norms fused, QKV and gate/up fused; the M_L graph has
     no more nodes than that needs."""
-    manifest = Manifest.load(exported.folder)
+    manifest = read_manifest(str(exported.folder))
     for role, spec in manifest.graphs.items():
         graph = onnx.load(str(exported.folder / spec.file), load_external_data=False).graph
         ops = [n.op_type for n in graph.node]
         layers = spec.num_layers
         assert ops.count("GroupQueryAttention") == layers
-        assert ops.count("SkipSimplifiedLayerNormalization") == (2 * layers if role != "small" else layers + 1)
-        assert ops.count("MatMul") == 4 * layers + 1 + (layers if role == "small" else 0) + (
+        assert ops.count("SkipSimplifiedLayerNormalization") == (2 * layers if role != "tandem_drafter" else layers + 1)
+        assert ops.count("MatMul") == 4 * layers + 1 + (layers if role == "tandem_drafter" else 0) + (
             2 if spec.router_score else 0)  # qkv, o, gate_up, down per layer; head; W_T; router MLP
-        assert ops.count("Concat") == (layers if role == "small" else 0) + (1 if spec.router_score else 0)
+        assert ops.count("Concat") == (layers if role == "tandem_drafter" else 0) + (1 if spec.router_score else 0)
         if role == "large":
             assert len(ops) <= 14 * layers + 12
         inputs = {i.name for i in graph.input}

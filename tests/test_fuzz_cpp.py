@@ -23,7 +23,7 @@ def test_cpp_bundle_readers_survive_malformed_bundles(request, tmp_path, bundle,
         pytest.skip(f"{FUZZ} not built (make cpp)")
     folder = request.getfixturevalue(bundle).bundle
     if bundle == "self_draft_pair":
-        assert b"large.onnx.data" in (folder / "draft.onnx").read_bytes(), "the seed has no cross-file reference"
+        assert b"large.onnx.data" in (folder / "plain_drafter.onnx").read_bytes(), "the seed has no cross-file reference"
     out = subprocess.run([FUZZ, str(folder), str(tmp_path), str(ITERATIONS), str(seed)],
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout + out.stderr[-4000:]

@@ -75,7 +75,7 @@ def one_request(model, i: int) -> None:
         with pytest.raises(InvalidArgumentError):
             model.generate([300])
     else:  # bare core generator, dropped half way
-        gen = _core.Generator(model._model, [4, 2], mode="large", max_new_tokens=20)
+        gen = _core.Generator(model._model, [4, 2], _core.GenerateOptions(mode="large", max_new_tokens=20))
         gen.step()
         gen.step()
 

@@ -17,10 +17,11 @@ import torch
 from scipy.stats import chisquare
 from tiny_models import tiny_config, tiny_model
 
+from tandem._core import GenerateOptions
 from tandem.errors import InvalidArgumentError
 from tandem.train import reference
 from tandem.train.model import create_tandem
-from tandem.train.reference import GenerationConfig, ReferenceResult, generate_reference
+from tandem.train.reference import ReferenceResult, generate_reference, sampling_params
 from tandem.train.router import Router, RouterConfig
 from tandem.train.sampling import (
     SamplingParams,
@@ -87,9 +88,10 @@ def small_vocab_models() -> tuple:
 
 def run(large: torch.nn.Module, prompt: list[int], mode: str, *, tandem: torch.nn.Module | None = None,
         drafter: torch.nn.Module | None = None, generator: torch.Generator | None = None,
-        **config: object) -> ReferenceResult:
-    return generate_reference(large, prompt, GenerationConfig(mode, **config), tandem=tandem,
-                              drafter=drafter, generator=generator)
+        context_length: int | None = None, **options: object) -> ReferenceResult:
+    options.setdefault("max_new_tokens", 32)
+    return generate_reference(large, prompt, GenerateOptions(mode=mode, **options), context_length=context_length,
+                              tandem=tandem, drafter=drafter, generator=generator)
 
 
 def top2_gap(logits: torch.Tensor) -> float:
@@ -234,7 +236,7 @@ def test_large_equals_transformers_generate(models, large_refs):
         # the reference has no EOS: pick one that greedy never produces
         eos = next(t for t in range(large.config.vocab_size) if t not in ref.ids)
         assert ref.ids == hf_greedy(large, prompt, eos)
-        assert (ref.finish_reason, ref.large_calls, ref.small_calls) == ("max_new_tokens", MAX_NEW, 0)
+        assert (ref.finish_reason, ref.large_calls, ref.drafter_calls) == ("max_new_tokens", MAX_NEW, 0)
         assert len(ref.p_logits) == MAX_NEW
 
 
@@ -270,14 +272,14 @@ def test_vanilla_with_target_as_drafter_accepts_everything(models, large_refs):
     # 1 (prefill) + 4 rounds of 4 drafts + bonus = 21; room 3 -> 2 drafts + bonus = 24
     assert got.accepted == got.drafted == [4, 4, 4, 4, 2]
     # drafter: 1 prefill call + g steps per round
-    assert (got.large_calls, got.small_calls) == (6, 1 + 18)
+    assert (got.large_calls, got.drafter_calls) == (6, 1 + 18)
 
 
 def test_tandem_gamma_1_equals_large(models, large_refs):
     large, tandem, _ = models
     for prompt, ref in zip(PROMPTS, large_refs, strict=True):
         got = run(large, prompt, "tandem", tandem=tandem, block_length=1, max_new_tokens=MAX_NEW)
-        assert got.ids == ref.ids and got.small_calls == 0
+        assert got.ids == ref.ids and got.drafter_calls == 0
 
 
 def test_tandem_blocks(models):
@@ -286,7 +288,7 @@ def test_tandem_blocks(models):
     got = run(large, PROMPTS[1], "tandem", tandem=tandem, block_length=4, max_new_tokens=11)
     # 1 (prefill) + 4 + 4; room 2 -> 1 draft + M_L's token = 11
     assert got.drafted == got.accepted == [3, 3, 1]
-    assert (len(got.ids), got.large_calls, got.small_calls) == (11, 4, 7)
+    assert (len(got.ids), got.large_calls, got.drafter_calls) == (11, 4, 7)
 
 
 # --------------------------------------------------------------------------- stopping
@@ -312,14 +314,14 @@ def test_eos_inside_drafted_block(models, large_refs, mode):
 def test_zero_new_tokens(models):
     large, tandem, _ = models
     got = run(large, PROMPTS[0], "speed", tandem=tandem, max_new_tokens=0)
-    assert (got.ids, got.finish_reason, got.large_calls, got.small_calls) == ([], "max_new_tokens", 0, 0)
+    assert (got.ids, got.finish_reason, got.large_calls, got.drafter_calls) == ([], "max_new_tokens", 0, 0)
 
 
 def test_eos_at_prefill(models, large_refs):
     large, tandem, _ = models
     eos = large_refs[0].ids[0]
     got = run(large, PROMPTS[0], "speed", tandem=tandem, eos_token_ids=(eos,))
-    assert (got.ids, got.finish_reason, got.large_calls, got.small_calls) == ([eos], "eos", 1, 0)
+    assert (got.ids, got.finish_reason, got.large_calls, got.drafter_calls) == ([eos], "eos", 1, 0)
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 5, 6, 7, 10])
@@ -370,15 +372,15 @@ def test_adaptive_extremes(models, routed_drafter, mode):
     for prompt in PROMPTS:
         never = run(large, prompt, mode, adaptive=True, router_threshold=0.0, **kw)
         fixed_max = run(large, prompt, mode, block_length=5, **kw)
-        assert (never.ids, never.accepted, never.drafted, never.small_calls) == (
-            fixed_max.ids, fixed_max.accepted, fixed_max.drafted, fixed_max.small_calls)
+        assert (never.ids, never.accepted, never.drafted, never.drafter_calls) == (
+            fixed_max.ids, fixed_max.accepted, fixed_max.drafted, fixed_max.drafter_calls)
         always = run(large, prompt, mode, adaptive=True, router_threshold=1.01, **kw)
         fixed_min = run(large, prompt, mode, block_length=2, **kw)
         assert (always.ids, always.accepted, always.drafted) == (
             fixed_min.ids, fixed_min.accepted, fixed_min.drafted)
         rooms = [20 - 1 - sum(always.accepted[:r]) - r for r in range(len(always.accepted))]
         spent = sum(min(5, room - 1) > 2 for room in rooms)
-        assert spent > 0 and always.small_calls == fixed_min.small_calls + spent
+        assert spent > 0 and always.drafter_calls == fixed_min.drafter_calls + spent
 
 
 @pytest.mark.parametrize("mode", ["speed", "vanilla"])
@@ -438,7 +440,7 @@ def sampled_pvalue(models: tuple, mode: str, **sampling: object) -> tuple[float,
                   block_length=3, max_new_tokens=NEW, do_sample=True, **sampling)
         counts[tuple(got.ids)] += 1
         accepted, drafted = accepted + sum(got.accepted), drafted + sum(got.drafted)
-    params = GenerationConfig(mode, do_sample=True, **sampling).sampling_params()
+    params = sampling_params(GenerateOptions(mode=mode, do_sample=True, **sampling))
     expected = RUNS * exact_joint(large, SAMPLED_PROMPT, params)
     pvalues = []
     for k in range(NEW - 1):
@@ -483,7 +485,8 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
 
 @pytest.mark.parametrize("kwargs", [
     {"mode": "beam"},
-    {"mode": "speed", "block_length": 0},
+    {"mode": "speed", "block_length": -1},
+    {"mode": "speed", "block_length": 17},  # past the exporter's default max_block_length
     {"mode": "large", "max_new_tokens": -1},
     {"mode": "vanilla", "adaptive": True, "min_block_length": 0},
     {"mode": "tandem", "adaptive": True},
@@ -491,22 +494,24 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
     {"mode": "speed", "do_sample": True, "temperature": 0.0},
     {"mode": "speed", "do_sample": True, "top_p": 2.0},
 ])
-def test_invalid_config(kwargs):
+def test_invalid_config(models, kwargs):
+    """The reference checks its options as the runtime does (GenerateOptions.resolve)."""
+    large, tandem, drafter = models
     with pytest.raises(InvalidArgumentError):
-        GenerationConfig(**kwargs)
+        generate_reference(large, PROMPTS[0], GenerateOptions(**kwargs), tandem=tandem, drafter=drafter)
 
 
 def test_invalid_inputs(models):
     large, tandem, drafter = models
     cases = [
-        (PROMPTS[0], GenerationConfig("speed"), {}),  # no tandem M_S
-        (PROMPTS[0], GenerationConfig("vanilla"), {"tandem": tandem}),  # no plain drafter
-        (PROMPTS[0], GenerationConfig("vanilla", adaptive=True), {"drafter": drafter}),  # no router
-        (PROMPTS[0], GenerationConfig("large", context_length=65), {}),  # > max positions (64)
-        (PROMPTS[0], GenerationConfig("large", context_length=4), {}),  # the prompt fills it
-        ([], GenerationConfig("large"), {}),
-        ([300], GenerationConfig("large"), {}),  # outside the vocabulary
+        (PROMPTS[0], dict(mode="speed"), {}),  # no tandem M_S
+        (PROMPTS[0], dict(mode="vanilla"), {"tandem": tandem}),  # no plain drafter
+        (PROMPTS[0], dict(mode="vanilla", adaptive=True), {"drafter": drafter}),  # no router
+        (PROMPTS[0], dict(mode="large"), {"context_length": 65}),  # > max positions (64)
+        (PROMPTS[0], dict(mode="large"), {"context_length": 4}),  # the prompt fills it
+        ([], dict(mode="large"), {}),
+        ([300], dict(mode="large"), {}),  # outside the vocabulary
     ]
-    for prompt, config, kw in cases:
+    for prompt, options, kw in cases:
         with pytest.raises(InvalidArgumentError):
-            generate_reference(large, prompt, config, **kw)
+            generate_reference(large, prompt, GenerateOptions(**options), **kw)

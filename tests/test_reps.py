@@ -19,8 +19,8 @@ import pytest
 import torch
 from tiny_models import tiny_corpus, tiny_large_folder
 
+from tandem._core import read_manifest
 from tandem.errors import TrainingError, UntrainedBlockLengthWarning
-from tandem.manifest import Manifest
 from tandem.train.data import Corpus, TextTokenizer
 from tandem.train.model import (
     LargeParts,
@@ -261,8 +261,8 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
     bundle = tmp_path / "bundle"
     assert main(["export", "--large", str(setup["large"]), "--tandem", str(drafter), "--out", str(bundle),
                  "--precision", "int4", "--context-length", "128"]) == 0
-    manifest = Manifest.load(bundle)  # the bundle knows the γ its drafter was trained at (train's default, 2)
-    assert manifest.graphs["small"].trained_block_length == 2 and manifest.default_block_length == 2
+    manifest = read_manifest(str(bundle))  # the bundle knows the γ its drafter was trained at (train's default, 2)
+    assert manifest.graphs["tandem_drafter"].trained_block_length == 2 and manifest.default_block_length == 2
     model = load(bundle, threads=1)
     prompt = TextTokenizer.load(setup["large"]).tokenizer.encode("def f0_3(x):\n    return").ids
     want = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True).ids

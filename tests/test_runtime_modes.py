@@ -13,8 +13,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from tandem._core import GenerateOptions
 from tandem.runtime import load
-from tandem.train.reference import GenerationConfig, generate_reference
+from tandem.train.reference import generate_reference
 from tandem.train.sampling import SamplingParams, probs_from_logits
 
 PROMPTS = [[1, 2, 3, 4], [17], [5, 80, 81, 82, 83, 84, 85, 86, 87, 88, 120]]
@@ -27,8 +28,8 @@ def model(pair):
 
 
 def reference(pair, prompt, **kwargs):
-    config = GenerationConfig(**{"max_new_tokens": 24, "context_length": 64, **kwargs})
-    return generate_reference(pair.large, prompt, config, tandem=pair.tandem, drafter=pair.plain)
+    options = GenerateOptions(**{"max_new_tokens": 24, **kwargs})
+    return generate_reference(pair.large, prompt, options, context_length=64, tandem=pair.tandem, drafter=pair.plain)
 
 
 def top2_gap(logits: torch.Tensor) -> float:
@@ -73,7 +74,7 @@ def test_greedy_matches_reference(pair, model, mode, gamma, adaptive):
         assert s["rounds"] == len(ref.accepted)
         assert s["drafted"] == sum(ref.drafted) and s["accepted"] == sum(ref.accepted)
         assert s["large_calls"] == ref.large_calls
-        assert s["small_calls"] == ref.small_calls
+        assert s["drafter_calls"] == ref.drafter_calls
 
 
 @pytest.mark.parametrize("mode", ["speed", "vanilla", "tandem"])

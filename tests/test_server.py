@@ -28,7 +28,6 @@ import openai
 import pytest
 
 from tandem.errors import InvalidArgumentError, MissingDependencyError
-from tandem.manifest import Manifest
 from tandem.runtime import load
 from tandem.runtime.server import ServerConfig, running_server
 
@@ -70,9 +69,9 @@ def chat_model(pair, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("serve") / "chat-bundle"
     shutil.copytree(pair.bundle, bundle)
     (bundle / "chat_template.jinja").write_text(TEMPLATE, encoding="utf-8")
-    manifest = Manifest.load(bundle)
-    manifest.chat_template = "chat_template.jinja"
-    manifest.save(bundle)
+    manifest = json.loads((bundle / "tandem.json").read_text())
+    manifest["chat_template"] = "chat_template.jinja"
+    (bundle / "tandem.json").write_text(json.dumps(manifest))
     return load(bundle, threads=1)
 
 

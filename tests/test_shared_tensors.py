@@ -47,7 +47,8 @@ def sha256(path: Path) -> str:
 
 
 def generate(model, prompt: list[int], mode: str, gamma: int = 3) -> list[int]:
-    return _core.Generator(model, prompt, mode=mode, block_length=gamma, max_new_tokens=24, ignore_eos=True).run()
+    return _core.Generator(model, prompt, _core.GenerateOptions(mode=mode, block_length=gamma, max_new_tokens=24,
+                                                                   ignore_eos=True)).run()
 
 
 @dataclass
@@ -94,7 +95,7 @@ def test_drafters_read_the_shared_tensors_from_large_data(exported: Exported):
     want = SHARED[(exported.precision, exported.tie)]
     large = external(exported.bundle, "large.onnx")
     assert all(e["location"] == "large.onnx.data" for e in large.values())
-    for graph in ("small.onnx", "draft.onnx"):
+    for graph in ("tandem_drafter.onnx", "plain_drafter.onnx"):
         tensors = external(exported.bundle, graph)
         elsewhere = {name for name, e in tensors.items() if e["location"] != graph + ".data"}
         assert elsewhere == want, graph
@@ -111,7 +112,7 @@ def test_drafters_read_the_shared_tensors_from_large_data(exported: Exported):
 def test_manifest_hashes_verify_each_graph_own_data_file(exported: Exported):
     manifest = json.loads((exported.bundle / "tandem.json").read_text())
     hashes = manifest["provenance"]["graphs"]
-    for role in ("large", "small", "draft"):
+    for role in ("large", "tandem_drafter", "plain_drafter"):
         assert hashes[role] == sha256(exported.bundle / f"{role}.onnx")
         assert hashes[role + ".data"] == sha256(exported.bundle / f"{role}.onnx.data")
         assert role in manifest["validation"]  # every graph validated in ONNX Runtime
@@ -120,7 +121,7 @@ def test_manifest_hashes_verify_each_graph_own_data_file(exported: Exported):
 def test_cpp_loads_shared_tensors_once_and_speed_equals_large(exported: Exported):
     shared = _core.Model(str(exported.bundle), threads=1)
     alone = _core.Model(str(exported.bundle), threads=1, share_weights=False)
-    tensors = external(exported.bundle, "small.onnx")
+    tensors = external(exported.bundle, "tandem_drafter.onnx")
     want = stored_bytes(tensors, SHARED[(exported.precision, exported.tie)])
     assert shared.shared_weight_bytes == want and alone.shared_weight_bytes == 0
     for prompt in PROMPTS:
@@ -139,26 +140,27 @@ def test_cpp_loads_shared_tensors_once_and_speed_equals_large(exported: Exported
 
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_self_drafter_shares_every_weight_and_accepts_every_draft(tmp_path, precision):
-    """A plain drafter that is M_L itself: every big tensor of draft.onnx is M_L's, and the
+    """A plain drafter that is M_L itself: every big tensor of plain_drafter.onnx is M_L's, and the
     drafter on the shared prepacked weights proposes exactly what M_L accepts."""
     from tiny_models import tiny_large
 
     large = tiny_large("llama", seed=4, num_layers=2, hidden_size=128, vocab_size=4096)
     bundle = tmp_path / "b"
     export_bundle(large, bundle, plain=large, context_length=64, precision=precision, progress=None)
-    draft = external(bundle, "draft.onnx")
+    draft = external(bundle, "plain_drafter.onnx")
     big = {n for n, e in draft.items() if int(e["length"]) >= graph_writer.SHARE_MIN_BYTES}
     assert big and all(draft[n]["location"] == "large.onnx.data" for n in big)
     model = _core.Model(str(bundle), threads=1)
     assert model.shared_weight_bytes >= stored_bytes(draft, big)
     for prompt in PROMPTS:
-        gen = _core.Generator(model, prompt, mode="vanilla", block_length=4, max_new_tokens=24, ignore_eos=True)
+        gen = _core.Generator(model, prompt, _core.GenerateOptions(mode="vanilla", block_length=4, max_new_tokens=24,
+                                                                  ignore_eos=True))
         assert gen.run() == generate(model, prompt, "large")
         assert gen.stats["acceptance_rate"] == 1.0
 
 
 def test_drafters_of_another_width_share_nothing(pair):
-    for graph in ("small.onnx", "draft.onnx"):
+    for graph in ("tandem_drafter.onnx", "plain_drafter.onnx"):
         assert all(e["location"] == graph + ".data" for e in external(pair.bundle, graph).values())
     assert _core.Model(str(pair.bundle), threads=1).shared_weight_bytes == 0
 
@@ -166,7 +168,7 @@ def test_drafters_of_another_width_share_nothing(pair):
 def test_drafters_at_the_width_with_their_own_embeddings_share_nothing(tmp_path):
     """Same shapes as M_L's tensors, other bytes: the content decides, not the shape."""
     bundle = _export(_models(tie=False, copy_embeddings=False), tmp_path / "b", "fp32", validate=False)
-    for graph in ("small.onnx", "draft.onnx"):
+    for graph in ("tandem_drafter.onnx", "plain_drafter.onnx"):
         assert all(e["location"] == graph + ".data" for e in external(bundle, graph).values())
     assert _core.Model(str(bundle), threads=1).shared_weight_bytes == 0
 
@@ -198,7 +200,7 @@ def _damaged(fp32_bundle: Path, tmp_path: Path, kind: str) -> Path:
     bundle = tmp_path / "bundle"
     shutil.copytree(fp32_bundle, bundle)
     size = (bundle / "large.onnx.data").stat().st_size
-    length = int(external(bundle, "small.onnx")["embed_tokens"]["length"])
+    length = int(external(bundle, "tandem_drafter.onnx")["embed_tokens"]["length"])
     changes = {
         "offset_past_end": {"offset": str(size + 4096)},
         "length_past_end": {"offset": str(size - 4096)},
@@ -207,7 +209,7 @@ def _damaged(fp32_bundle: Path, tmp_path: Path, kind: str) -> Path:
         "missing_file": {"location": "gone.onnx.data"},
     }[kind]
     assert length > 4096
-    _edit_reference(bundle, "small.onnx", "embed_tokens", **changes)
+    _edit_reference(bundle, "tandem_drafter.onnx", "embed_tokens", **changes)
     return bundle
 
 
@@ -215,15 +217,15 @@ def _damaged(fp32_bundle: Path, tmp_path: Path, kind: str) -> Path:
 @pytest.mark.parametrize("kind", ["offset_past_end", "length_past_end", "huge_offset"])
 def test_reference_past_the_end_of_the_other_file_is_refused(fp32_bundle, tmp_path, loader, kind):
     bundle = _damaged(fp32_bundle, tmp_path, kind)
-    with pytest.raises(BundleError, match=r"small\.onnx.*embed_tokens.*large\.onnx\.data.*re-export"):
+    with pytest.raises(BundleError, match=r"tandem_drafter\.onnx.*embed_tokens.*large\.onnx\.data.*re-export"):
         loader(bundle)
 
 
 @pytest.mark.parametrize("loader", LOADERS)
 def test_malformed_reference_is_refused(fp32_bundle, tmp_path, loader):
-    with pytest.raises(BundleError, match=r"small\.onnx.*embed_tokens.*offset.*12ab"):
+    with pytest.raises(BundleError, match=r"tandem_drafter\.onnx.*embed_tokens.*offset.*12ab"):
         loader(_damaged(fp32_bundle, tmp_path, "not_a_number"))
-    with pytest.raises(BundleError, match=r"small\.onnx.*gone\.onnx\.data.*missing"):
+    with pytest.raises(BundleError, match=r"tandem_drafter\.onnx.*gone\.onnx\.data.*missing"):
         loader(_damaged(fp32_bundle, tmp_path / "2", "missing_file"))
 
 

@@ -274,6 +274,10 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_reps(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
+    from tandem.runtime import check_threads
+
+    check_threads("--threads", args.threads, "all cores")  # before M_L loads: a huge pool would hang
+
     config = AutoConfig.from_pretrained(args.large) if (args.large / "config.json").is_file() else None
     if config is None:
         raise TrainingError(f"{args.large} is not a Hugging Face model folder (no config.json)")

@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from tandem._core import BundleDefaults, GenerateOptions
 from tandem.errors import InvalidArgumentError
+from tandem.manifest import DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_BLOCK_LENGTH, DEFAULT_ROUTER_THRESHOLD
 from tandem.train.model import KV, TandemSmall, empty_past, large_step, plain_step
 from tandem.train.sampling import (
     SamplingParams,
@@ -34,61 +36,25 @@ from tandem.train.sampling import (
     sample,
 )
 
-MODES = ("large", "tandem", "speed", "vanilla")
 FINISH_REASONS = ("eos", "max_new_tokens", "length")
 
+# The reference decodes without a bundle: options left at "the bundle's default" take the
+# values the exporter writes into a bundle by default.
+EXPORT_DEFAULTS = BundleDefaults(block_length=DEFAULT_BLOCK_LENGTH, max_block_length=DEFAULT_MAX_BLOCK_LENGTH,
+                                 router_threshold=DEFAULT_ROUTER_THRESHOLD)
 
-@dataclass
-class GenerationConfig:
-    """Decoding settings. Sampling fields are used only when ``do_sample``."""
 
-    mode: str  # "large" | "tandem" | "speed" | "vanilla"
-    block_length: int = 4  # γ: drafts per round (speed/vanilla); block size incl. M_L's token (tandem)
-    adaptive: bool = False  # speed/vanilla: draft until the router score drops below the threshold
-    router_threshold: float = 0.8  # τ
-    min_block_length: int = 1  # adaptive: drafts made before the router may stop a round (>= 1)
-    max_block_length: int = 16  # adaptive: most drafts per round
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    eos_token_ids: tuple[int, ...] = ()
-    context_length: int | None = None  # max prompt + generated tokens; None: M_L's max positions
+def drafts_per_round(options: GenerateOptions) -> int:
+    """γ_mode: the most drafts in one round before clamping to the room left (resolved options)."""
+    if options.mode == "large":
+        return 0
+    if options.mode == "tandem":
+        return options.block_length - 1
+    return options.max_block_length if options.adaptive else options.block_length
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.block_length < 1:
-            raise InvalidArgumentError(f"block_length must be >= 1, got {self.block_length}")
-        if self.max_new_tokens < 0:
-            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.adaptive:
-            if self.mode not in ("speed", "vanilla"):
-                raise InvalidArgumentError(
-                    f"adaptive block length needs mode 'speed' or 'vanilla', got {self.mode!r}; "
-                    "set adaptive=False or change the mode"
-                )
-            if not 1 <= self.min_block_length <= self.max_block_length:
-                raise InvalidArgumentError(
-                    "need 1 <= min_block_length <= max_block_length, got "
-                    f"min_block_length={self.min_block_length}, max_block_length={self.max_block_length}"
-                )
-        self.eos_token_ids = tuple(self.eos_token_ids)
-        if self.do_sample:
-            self.sampling_params()  # validates temperature, top_k, top_p
 
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
-
-    @property
-    def gamma(self) -> int:
-        """γ_mode: the most drafts in one round before clamping to the room left."""
-        if self.mode == "large":
-            return 0
-        if self.mode == "tandem":
-            return self.block_length - 1
-        return self.max_block_length if self.adaptive else self.block_length
+def sampling_params(options: GenerateOptions) -> SamplingParams:
+    return SamplingParams(options.temperature, options.top_k, options.top_p)
 
 
 @dataclass
@@ -98,7 +64,7 @@ class ReferenceResult:
     accepted: list[int] = field(default_factory=list)  # per round: drafts accepted (n)
     drafted: list[int] = field(default_factory=list)  # per round: drafts made (g after stopping)
     large_calls: int = 0  # M_L passes, prefill included
-    small_calls: int = 0  # drafter passes (vanilla: prompt prefill included)
+    drafter_calls: int = 0  # drafter passes (vanilla: prompt prefill included)
     p_logits: list[Tensor] = field(default_factory=list)  # per emitted token: M_L logits [V] at it
 
 
@@ -108,21 +74,21 @@ class DecodeState:
 
     Invariants between rounds: ``tokens = prompt + result.ids``; ``t = tokens[-1]`` is the
     pending token and ``len(tokens) == covered + 1`` (M_L has processed all but ``t``).
-    Tandem drafter: ``small_past`` holds memory K/V for positions ``[0, covered - m)`` and
+    Tandem drafter: ``drafter_past`` holds memory K/V for positions ``[0, covered - m)`` and
     ``pending_memory`` (``[1, m, d_L]`` per large layer) the M_L reps of ``[covered - m, covered)``.
-    Plain drafter: ``small_past`` holds own K/V of ``tokens[:len]``.
+    Plain drafter: ``drafter_past`` holds own K/V of ``tokens[:len]``.
     """
 
     tokens: list[int]
     covered: int
     large_past: list[KV]  # [1, h, covered, dh] per M_L layer
-    small_past: list[KV]  # [1, h, len, dh] per drafter layer ([] without a drafter)
+    drafter_past: list[KV]  # [1, h, len, dh] per drafter layer ([] without a drafter)
     pending_memory: list[Tensor]  # [1, m, d_L] per tandem.config.large_layers entry
     result: ReferenceResult = field(default_factory=ReferenceResult)
 
     @property
-    def small_len(self) -> int:
-        return self.small_past[0][0].shape[2] if self.small_past else 0
+    def drafter_len(self) -> int:
+        return self.drafter_past[0][0].shape[2] if self.drafter_past else 0
 
 
 @dataclass(frozen=True)
@@ -153,17 +119,17 @@ def rewind_to(past: list[KV], length: int) -> list[KV]:
     return [(k[:, :, :length], v[:, :, :length]) for k, v in past]
 
 
-def choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
+def choose(logits: Tensor, config: GenerateOptions, generator: torch.Generator | None) -> int:
     """choose(logits [V]): argmax of raw logits, or a sample of the processed distribution."""
     if not config.do_sample:
         return greedy_choose(logits)
-    return sample(probs_from_logits(logits, config.sampling_params()), generator)
+    return sample(probs_from_logits(logits, sampling_params(config)), generator)
 
 
 # --------------------------------------------------------------------------- steps
 
 
-def emit(state: DecodeState, config: GenerationConfig, context_length: int,
+def emit(state: DecodeState, config: GenerateOptions, context_length: int,
          tokens: list[int], p_logits: list[Tensor]) -> None:
     """Append ``tokens`` one by one; stop at the first EOS, at ``max_new_tokens`` or at the
     context limit (checked in that order after each token)."""
@@ -172,7 +138,7 @@ def emit(state: DecodeState, config: GenerationConfig, context_length: int,
         state.tokens.append(token)
         result.ids.append(token)
         result.p_logits.append(logits)
-        if token in config.eos_token_ids:
+        if not config.ignore_eos and token in config.eos_token_ids:
             result.finish_reason = "eos"
         elif len(result.ids) == config.max_new_tokens:
             result.finish_reason = "max_new_tokens"
@@ -182,41 +148,41 @@ def emit(state: DecodeState, config: GenerationConfig, context_length: int,
             return
 
 
-def prefill(models: Models, prompt: list[int], config: GenerationConfig, context_length: int,
+def prefill(models: Models, prompt: list[int], config: GenerateOptions, context_length: int,
             generator: torch.Generator | None) -> DecodeState:
     """M_L runs on the prompt and chooses ``t``; its prompt reps become M_S's pending memory.
     The vanilla drafter runs on the prompt too; the tandem M_S never sees prompt tokens."""
     logits, large_past, reps = large_step(
         models.large, _ids(prompt), empty_past(models.large.config), models.layers)
     state = DecodeState(tokens=list(prompt), covered=len(prompt), large_past=large_past,
-                        small_past=[], pending_memory=reps)
+                        drafter_past=[], pending_memory=reps)
     state.result.large_calls += 1
     if models.tandem is not None:
-        state.small_past = empty_past(models.tandem.small.config)
+        state.drafter_past = empty_past(models.tandem.small.config)
     if models.drafter is not None:
-        _, state.small_past = plain_step(models.drafter, _ids(prompt), empty_past(models.drafter.config))
-        state.result.small_calls += 1
+        _, state.drafter_past = plain_step(models.drafter, _ids(prompt), empty_past(models.drafter.config))
+        state.result.drafter_calls += 1
     last = logits[0, -1]  # [V]
     emit(state, config, context_length, [choose(last, config, generator)], [last])
     return state
 
 
-def small_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
+def drafter_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
     """One drafter call on ``tokens`` (tandem: after the pending memory rows, which it consumes).
     Returns M_S logits ``[V]`` at the last token and the router score there (None: no router)."""
-    state.result.small_calls += 1
+    state.result.drafter_calls += 1
     if models.tandem is not None:
-        logits, state.small_past, score = models.tandem.step(
-            _ids(tokens), state.pending_memory, state.small_past)
+        logits, state.drafter_past, score = models.tandem.step(
+            _ids(tokens), state.pending_memory, state.drafter_past)
         state.pending_memory = [r[:, :0] for r in state.pending_memory]  # now in the cache
     else:
-        logits, state.small_past = plain_step(models.drafter, _ids(tokens), state.small_past)
+        logits, state.drafter_past = plain_step(models.drafter, _ids(tokens), state.drafter_past)
         router = getattr(models.drafter, "router", None)
         score = None if router is None else router(logits, models.drafter.get_input_embeddings().weight)
     return logits[0, -1], None if score is None else float(score[0, -1])
 
 
-def draft(models: Models, state: DecodeState, config: GenerationConfig, g: int,
+def draft(models: Models, state: DecodeState, config: GenerateOptions, g: int,
           generator: torch.Generator | None) -> tuple[list[int], list[Tensor]]:
     """M_S proposes ``d_1..d_g`` after ``t``; returns them and their M_S logits ``q_k [V]``.
 
@@ -226,9 +192,9 @@ def draft(models: Models, state: DecodeState, config: GenerationConfig, g: int,
     """
     drafts: list[int] = []
     q_logits: list[Tensor] = []
-    feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.small_len:]
+    feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.drafter_len:]
     for k in range(1, g + 1):
-        logits, score = small_step(models, state, feed)
+        logits, score = drafter_step(models, state, feed)
         if config.adaptive and k > config.min_block_length and score < config.router_threshold:
             break
         drafts.append(choose(logits, config, generator))
@@ -246,7 +212,7 @@ def verify(models: Models, state: DecodeState, drafts: list[int]) -> tuple[Tenso
     return logits[0], reps
 
 
-def accept(drafts: list[int], q_logits: list[Tensor], p_logits: Tensor, config: GenerationConfig,
+def accept(drafts: list[int], q_logits: list[Tensor], p_logits: Tensor, config: GenerateOptions,
            generator: torch.Generator | None) -> tuple[int, int]:
     """``(n, x)``: drafts accepted and the token M_L adds after ``d_n``."""
     if config.mode == "tandem":
@@ -254,7 +220,7 @@ def accept(drafts: list[int], q_logits: list[Tensor], p_logits: Tensor, config: 
         return len(drafts), choose(p_logits[len(drafts)], config, generator)
     if not config.do_sample:
         return accept_greedy(drafts, p_logits)
-    params = config.sampling_params()
+    params = sampling_params(config)
     p = probs_from_logits(p_logits, params)  # [g+1, V]
     q = probs_from_logits(torch.stack(q_logits), params) if q_logits else p[:0]  # [g, V]
     return accept_sampled(drafts, q, p, generator)
@@ -268,22 +234,22 @@ def rewind(models: Models, state: DecodeState, n: int, g: int, reps: list[Tensor
         # M_S back to its memory-only prefix; M_L's reps of t, d_1..d_n become pending memory
         # (appended to any memory not consumed yet, when this round drafted nothing).
         pending = state.pending_memory[0].shape[1]
-        state.small_past = rewind_to(state.small_past, covered - pending)
+        state.drafter_past = rewind_to(state.drafter_past, covered - pending)
         state.pending_memory = [torch.cat([old, new[:, : n + 1]], dim=1)
                                 for old, new in zip(state.pending_memory, reps, strict=True)]
     elif models.drafter is not None:
         # Keep the drafter's own K/V of accepted tokens only: t, d_1..d_{min(n, g-1)}.
-        state.small_past = rewind_to(state.small_past, covered + min(n + 1, g))
+        state.drafter_past = rewind_to(state.drafter_past, covered + min(n + 1, g))
     state.covered = covered + 1 + n
 
 
-def decode_round(models: Models, state: DecodeState, config: GenerationConfig, context_length: int,
+def decode_round(models: Models, state: DecodeState, config: GenerateOptions, context_length: int,
                  generator: torch.Generator | None) -> None:
     """One round of any mode: draft, verify, accept, emit, rewind."""
     room = min(config.max_new_tokens - len(state.result.ids), context_length - len(state.tokens))
     # room >= 1 here (emit() ends decoding when it reaches 0). A round emits n + 1 <= g + 1
     # tokens, so g <= room - 1 keeps every drafted token inside the budget and the context.
-    g = min(config.gamma, room - 1)
+    g = min(drafts_per_round(config), room - 1)
     drafts, q_logits = draft(models, state, config, g, generator)
     p_logits, reps = verify(models, state, drafts)  # [len(drafts)+1, V]
     n, token = accept(drafts, q_logits, p_logits, config, generator)
@@ -296,7 +262,8 @@ def decode_round(models: Models, state: DecodeState, config: GenerationConfig, c
 # --------------------------------------------------------------------------- entry point
 
 
-def _check_inputs(models: Models, prompt_ids: list[int], config: GenerationConfig) -> int:
+def _check_inputs(models: Models, prompt_ids: list[int], config: GenerateOptions,
+                  context_length: int | None) -> int:
     """Validate the models and the prompt against ``config``; returns the context length."""
     vocab = models.large.config.vocab_size
     if config.mode in ("tandem", "speed") and models.tandem is None:
@@ -314,7 +281,7 @@ def _check_inputs(models: Models, prompt_ids: list[int], config: GenerationConfi
             "adaptive block length needs a router on the drafter (create_tandem(..., router=True), "
             "or set drafter.router = Router.load(folder) for a plain drafter); or set adaptive=False")
     max_positions = models.large.config.max_position_embeddings
-    context_length = max_positions if config.context_length is None else config.context_length
+    context_length = max_positions if context_length is None else context_length
     if not 2 <= context_length <= max_positions:
         raise InvalidArgumentError(
             f"context_length must be in [2, {max_positions}] (M_L's max_position_embeddings), "
@@ -333,24 +300,31 @@ def _check_inputs(models: Models, prompt_ids: list[int], config: GenerationConfi
 def generate_reference(
     large: PreTrainedModel,
     prompt_ids: list[int],
-    config: GenerationConfig,
+    options: GenerateOptions,
     *,
+    context_length: int | None = None,
     tandem: TandemSmall | None = None,
     drafter: PreTrainedModel | None = None,
     generator: torch.Generator | None = None,
 ) -> ReferenceResult:
-    """Decode ``prompt_ids`` in ``config.mode`` and return the generated tokens and statistics.
+    """Decode ``prompt_ids`` in ``options.mode`` and return the generated tokens and statistics.
+
+    ``options``: the runtime's options (:class:`tandem._core.GenerateOptions`), checked and
+    resolved against :data:`EXPORT_DEFAULTS`; empty ``eos_token_ids`` means no EOS here (there
+    is no bundle to take them from). ``context_length``: the most prompt + generated tokens
+    (None: M_L's max positions).
 
     ``tandem``: the tandem M_S (modes tandem, speed). ``drafter``: a plain HF causal LM (mode
     vanilla); for adaptive vanilla it carries a ``router`` attribute (a
     :class:`tandem.train.router.Router`). ``generator`` drives every random draw when sampling.
     """
+    config = options.resolve(EXPORT_DEFAULTS)  # InvalidArgumentError for an option out of range
     models = Models(  # a model the mode does not use is ignored
         large,
         tandem if config.mode in ("tandem", "speed") else None,
         drafter if config.mode == "vanilla" else None,
     )
-    context_length = _check_inputs(models, prompt_ids, config)
+    context_length = _check_inputs(models, prompt_ids, config, context_length)
     if config.max_new_tokens == 0:
         return ReferenceResult(finish_reason="max_new_tokens")
     state = prefill(models, list(prompt_ids), config, context_length, generator)
@@ -360,11 +334,11 @@ def generate_reference(
 
 
 __all__ = [
+    "EXPORT_DEFAULTS",
     "FINISH_REASONS",
-    "MODES",
     "DecodeState",
-    "GenerationConfig",
     "ReferenceResult",
     "decode_round",
+    "drafts_per_round",
     "generate_reference",
 ]

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     std::cout << "\nfinish_reason: " << tandem::ToString(gen.finish_reason()) << "\n";
     const tandem::Stats& s = gen.stats();
     std::cout << "new_tokens: " << s.new_tokens << "  rounds: " << s.rounds << "  large_calls: " << s.large_calls
-              << "  small_calls: " << s.small_calls << "  acceptance: " << s.acceptance_rate()
+              << "  drafter_calls: " << s.drafter_calls << "  acceptance: " << s.acceptance_rate()
               << "  tokens/s: " << s.tokens_per_second() << "\n";
   } catch (const tandem::Error& e) {
     std::cerr << "error: " << e.what() << "\n";

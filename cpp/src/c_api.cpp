@@ -2,6 +2,7 @@
 #include "tandem/tandem_c.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -9,37 +10,65 @@
 #include <string>
 
 #include "c_api_internal.hpp"
+#include "c_options.hpp"
 #include "tandem/tandem.hpp"
 
 using tandem::capi::Guard;
 using tandem::capi::Require;
 
-tandem::GenerateOptions tandem::capi::OptionsFrom(const tandem_generate_params* params) {
-  tandem_generate_params p = params ? *params : tandem_generate_default_params();
-  tandem::GenerateOptions o;
-  o.mode = tandem::ParseMode(p.mode ? p.mode : "large");
-  o.block_length = p.block_length;
-  o.adaptive = p.adaptive != 0;
-  o.router_threshold = p.router_threshold;
-  o.max_new_tokens = p.max_new_tokens;
-  o.do_sample = p.do_sample != 0;
-  o.temperature = p.temperature;
-  o.top_k = p.top_k;
-  o.top_p = p.top_p;
-  o.seed = p.seed;
+namespace {
+
+// Calls visit(c_field, cpp_field) for each field the C struct and GenerateOptions share as
+// numbers: the one list of them, read both ways (mode and EOS ids are converted apart).
+template <typename C, typename Cpp, typename Visit>
+void EachNumber(C& c, Cpp& o, Visit&& visit) {
+  visit(c.block_length, o.block_length); visit(c.adaptive, o.adaptive); visit(c.router_threshold, o.router_threshold);
+  visit(c.min_block_length, o.min_block_length); visit(c.max_block_length, o.max_block_length);
+  visit(c.max_new_tokens, o.max_new_tokens); visit(c.do_sample, o.do_sample); visit(c.temperature, o.temperature);
+  visit(c.top_k, o.top_k); visit(c.top_p, o.top_p); visit(c.seed, o.seed); visit(c.ignore_eos, o.ignore_eos);
+}
+}  // namespace
+
+namespace tandem::detail {
+
+tandem_generate_params DefaultCParams() {
+  tandem_generate_params c{};
+  const GenerateOptions defaults;
+  EachNumber(c, defaults, [](auto& to, const auto& from) { to = static_cast<std::decay_t<decltype(to)>>(from); });
+  c.struct_size = sizeof(c);
+  c.mode = tandem::ToString(defaults.mode);
+  return c;
+}
+
+GenerateOptions OptionsFromC(const tandem_generate_params* params) {
+  tandem_generate_params c = DefaultCParams();
+  if (params) {
+    Require(params->struct_size >= sizeof(params->struct_size) && params->struct_size <= sizeof(c),
+            "params->struct_size is not the size of a tandem_generate_params this library knows: set it with "
+            "tandem_generate_params_init(&params, sizeof(params)) (a header newer than the library?)");
+    std::memcpy(&c, params, params->struct_size);  // fields past the app's struct keep their defaults
+  }
+  GenerateOptions o;
+  EachNumber(c, o, [](const auto& from, auto& to) { to = static_cast<std::decay_t<decltype(to)>>(from); });
+  if (c.mode) o.mode = tandem::ParseMode(c.mode);
+  Require(c.eos_token_ids || c.n_eos_token_ids == 0, "params->eos_token_ids is NULL but n_eos_token_ids is not 0");
+  if (c.n_eos_token_ids) o.eos_token_ids.assign(c.eos_token_ids, c.eos_token_ids + c.n_eos_token_ids);
   return o;
 }
 
+}  // namespace tandem::detail
+
 extern "C" {
 
-tandem_generate_params tandem_generate_default_params(void) {
-  tandem_generate_params p{};
-  p.mode = "large";
-  p.router_threshold = -1.0f;
-  p.max_new_tokens = 128;
-  p.temperature = 1.0f;
-  p.top_p = 1.0f;
-  return p;
+tandem_status tandem_generate_params_init(tandem_generate_params* params, size_t struct_size) {
+  return Guard([&] {
+    Require(params != nullptr, "params must not be NULL");
+    const tandem_generate_params defaults = tandem::detail::DefaultCParams();
+    Require(struct_size >= sizeof(defaults.struct_size) && struct_size <= sizeof(defaults),
+            "struct_size must be sizeof(tandem_generate_params) (a header newer than the library?)");
+    std::memcpy(params, &defaults, struct_size);
+    params->struct_size = struct_size;
+  });
 }
 
 tandem_status tandem_model_load(const char* bundle_path, int threads, const char* ort_library, tandem_model** out) {
@@ -67,7 +96,7 @@ tandem_status tandem_generator_create(const tandem_model* model, const int64_t* 
   return Guard([&] {
     Require(model && out && (prompt || n_prompt == 0), "model, prompt and out must not be NULL");
     *out = nullptr;
-    const tandem::GenerateOptions o = tandem::capi::OptionsFrom(params);
+    const tandem::GenerateOptions o = tandem::detail::OptionsFromC(params);
     auto holder = std::make_unique<tandem_generator>();
     holder->gen = std::make_unique<tandem::Generator>(model->model, std::vector<int64_t>(prompt, prompt + n_prompt), o);
     *out = holder.release();

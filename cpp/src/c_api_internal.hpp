@@ -47,7 +47,4 @@ inline void Require(bool ok, const char* what) {
   if (!ok) throw tandem::Error(tandem::ErrorCode::kInvalidArgument, what);
 }
 
-// tandem_generate_params (NULL: the defaults) as GenerateOptions.
-tandem::GenerateOptions OptionsFrom(const tandem_generate_params* params);
-
 }  // namespace tandem::capi

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "c_api_internal.hpp"
+#include "c_options.hpp"
 #include "tandem/text.hpp"
 
 struct tandem_tokenizer {
@@ -107,7 +108,7 @@ tandem_status tandem_generate_text(const tandem_model* model, const tandem_token
       callback = [&](std::string_view piece) { return on_text(piece.data(), piece.size(), user_data) == 0; };
     const tandem::TextResult r =
         tandem::GenerateText(model->model, tokenizer->tokenizer, std::string_view(prompt ? prompt : "", prompt_len),
-                             tandem::capi::OptionsFrom(params), options, callback);
+                             tandem::detail::OptionsFromC(params), options, callback);
     if (result) *result = tandem_text_result{StaticReason(r.finish_reason), r.prompt_ids.size(), r.ids.size()};
   });
 }

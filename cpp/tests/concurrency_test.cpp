@@ -25,8 +25,8 @@ std::vector<Request> Requests(const tandem::Model& model) {
   std::vector<Request> out;
   const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3, 4}, {17}, {5, 80, 81, 82, 83, 84, 85, 86}};
   std::vector<tandem::Mode> modes = {tandem::Mode::kLarge};
-  if (model.has_small()) modes.insert(modes.end(), {tandem::Mode::kTandem, tandem::Mode::kSpeed});
-  if (model.has_draft()) modes.push_back(tandem::Mode::kVanilla);
+  if (model.has_tandem_drafter()) modes.insert(modes.end(), {tandem::Mode::kTandem, tandem::Mode::kSpeed});
+  if (model.has_plain_drafter()) modes.push_back(tandem::Mode::kVanilla);
   for (const auto& prompt : prompts)
     for (tandem::Mode mode : modes)
       for (bool sample : {false, true}) {

@@ -1,6 +1,7 @@
-// Mutation fuzzer of every C++ reader of a bundle: the manifest parser (LoadManifest), the
+// Mutation fuzzer of every C++ reader of a bundle: the manifest reader (ReadManifest), the
 // graph loader (the external-data protobuf scan, ONNX Runtime's load, the I/O check), the
-// tokenizer (tokenizer.json: loading, then encoding and decoding with what loaded) and the
+// tokenizer (tokenizer.json: loading, then encoding, decoding and detokenizing with what
+// loaded) and the
 // C API's load, on malformed copies of a real bundle. Built with the other tests; `make
 // sanitize` runs it under ASan + UBSan (tests/test_fuzz_cpp.py drives it).
 //
@@ -25,7 +26,7 @@
 #include <typeinfo>
 #include <vector>
 
-#include "bundle.hpp"
+#include "tandem/manifest.hpp"
 #include "tandem/tandem.hpp"
 #include "tandem/tandem_c.h"
 #include "tandem/text.hpp"
@@ -294,7 +295,7 @@ int main(int argc, char** argv) {
       }
     }
     try {
-      tandem::detail::LoadManifest(dir.string());
+      tandem::ReadManifest(dir.string());
       tandem::ModelOptions options;
       options.bundle_path = dir.string();
       options.intra_op_threads = 1;

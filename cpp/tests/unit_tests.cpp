@@ -3,6 +3,7 @@
 // loop and its KV caches are tested from Python against the PyTorch reference, and under
 // the sanitizers through the example and concurrency programs on a real bundle.
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -13,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "bundle.hpp"
+#include "c_options.hpp"
 #include "graph.hpp"
 #include "sampling.hpp"
 #include "tandem/tandem.hpp"
@@ -115,35 +116,49 @@ void TestManifest() {
   fs::path dir = fs::temp_directory_path() / ("tandem_unit_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  CheckThrows([&] { LoadManifest((dir / "missing").string()); }, ErrorCode::kBundle, "not found");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "no tandem.json");
+  CheckThrows([&] { ReadManifest((dir / "missing").string()); }, ErrorCode::kBundle, "not found");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "no tandem.json");
   WriteFile(dir / "tandem.json", "{not json");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
   WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 99})");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
-  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 2, "graphs": {}})");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 3, "graphs": {}})");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
   auto graph = [](const std::string& file) {
     return std::string(R"({"file": ")") + file + R"(", "num_layers": 1, "num_kv_heads": 1, "head_dim": 4,
-      "hidden_size": 4, "vocab_size": 8, "input_ids": "input_ids", "logits": "logits", "seqlens_k": "s",
-      "total_sequence_length": "t", "logits_from": "f",
-      "past_keys": ["pk"], "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"]})";
+      "hidden_size": 4, "vocab_size": 8, "num_heads": 1, "input_ids": "input_ids", "logits": "logits",
+      "seqlens_k": "s", "total_sequence_length": "t", "logits_from": "f", "past_keys": ["pk"],
+      "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"], "rep_layers": [], "reps": [],
+      "memory_layers": [], "memory": [], "memory_size": 0, "router_score": "", "kv_dtype": "float32",
+      "precision": "fp32", "kv_scratch_rows": 1, "draft_vocab": [], "trained_block_length": 0})";
   };
-  auto manifest = [&](const std::string& file) {
-    return R"({"format": "tandem-bundle", "format_version": 2, "vocab_size": 8, "context_length": 16, "graphs": {"large": )" +
-           graph(file) + "}}";
+  auto manifest = [&](const std::string& file, const std::string& extra = R"("precision": "fp32")") {
+    return R"({"format": "tandem-bundle", "format_version": 3, "vocab_size": 8, "context_length": 16,
+      "eos_token_ids": [2], "bos_token_id": null, "pad_token_id": 0, "tokenizer": "", "chat_template": "",
+      "special_tokens": {"eos_token": "</s>"}, "default_block_length": 2, "max_block_length": 4,
+      "router_threshold": 0.5, "build": {}, "provenance": {}, "validation": {}, )" + extra +
+           R"(, "graphs": {"large": )" + graph(file) + "}}";
   };
   WriteFile(dir / "tandem.json", manifest("../outside.onnx"));
   WriteFile(dir.parent_path() / "outside.onnx", "x");
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
   WriteFile(dir / "tandem.json", manifest("/etc/passwd"));
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "relative");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "relative");
   WriteFile(dir / "tandem.json", manifest("large.onnx"));
-  CheckThrows([&] { LoadManifest(dir.string()); }, ErrorCode::kBundle, "missing from the bundle");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "missing from the bundle");
   WriteFile(dir / "large.onnx", "garbage");
-  Manifest m = LoadManifest(dir.string());
-  CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16);
+  Manifest m = ReadManifest(dir.string());
+  CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16 && m.default_block_length == 2);
+  CHECK(!m.bos_token_id && m.pad_token_id == 0 && m.special_tokens.at("eos_token") == "</s>");
+  CHECK(m.router_threshold == 0.5f && m.graphs().size() == 1 && !m.tandem_drafter);
+  // every key the reader reads is required: the exporter writes them all (no defaults here)
+  WriteFile(dir / "tandem.json", manifest("large.onnx", R"("unused": 1)"));
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "missing key \"precision\"");
+  size_t read = 0;
+  for (const ManifestKey& k : ManifestKeys()) read += k.read;
+  CHECK(read > 30 && read < ManifestKeys().size());
   // a corrupt graph is refused at load time, with a message naming the file
+  WriteFile(dir / "tandem.json", manifest("large.onnx"));
   tandem::ModelOptions opt;
   opt.bundle_path = dir.string();
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "corrupt");
@@ -176,6 +191,13 @@ void TestThreadCap() {
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kBundle, "not found");
   opt.drafter_threads = -1;
   CheckThrows([&] { Model::Load(opt); }, ErrorCode::kInvalidArgument, "drafter_threads must be >= 0");
+  // the one check every front end calls, with its own option name
+  CheckThrows([&] { CheckThreads("--threads", cap + 1, "all cores"); }, ErrorCode::kInvalidArgument,
+              "--threads=" + std::to_string(cap + 1) + " is above the cap of " + std::to_string(cap));
+  CheckThrows([&] { CheckThreads("--threads", int64_t{1} << 40, "all cores"); }, ErrorCode::kInvalidArgument,
+              "or 0 for all cores");
+  CheckThreads("--threads", cap, "all cores");
+  CheckThreads("--threads", 0, "all cores");
 }
 
 void TestCApiErrors() {
@@ -198,8 +220,98 @@ void TestCApiErrors() {
         TANDEM_ERR_INVALID_ARGUMENT);
   CHECK(tandem_model_load("/nonexistent/bundle", tandem_max_threads(), nullptr, &model) == TANDEM_ERR_BUNDLE);
   CHECK(tandem_model_load("/nonexistent/bundle", -1, nullptr, &model) == TANDEM_ERR_INVALID_ARGUMENT);
-  tandem_generate_params p = tandem_generate_default_params();
-  CHECK(std::string(p.mode) == "large" && p.max_new_tokens == 128);
+}
+
+// Every field of tandem_generate_params reaches GenerateOptions; the defaults are C++'s; an
+// app built against an older (smaller) struct gets the defaults of the fields it lacks.
+void TestCParams() {
+  tandem_generate_params p;
+  std::memset(&p, 0xAB, sizeof(p));
+  CHECK(tandem_generate_params_init(&p, sizeof(p)) == TANDEM_OK);
+  const GenerateOptions d;
+  const GenerateOptions from_defaults = tandem::detail::OptionsFromC(&p);
+  CHECK(p.struct_size == sizeof(p) && std::string(p.mode) == ToString(d.mode));
+  CHECK(from_defaults.mode == d.mode && from_defaults.block_length == d.block_length &&
+        from_defaults.router_threshold == d.router_threshold && from_defaults.max_new_tokens == d.max_new_tokens &&
+        from_defaults.top_p == d.top_p && from_defaults.temperature == d.temperature &&
+        from_defaults.min_block_length == d.min_block_length && p.eos_token_ids == nullptr && p.n_eos_token_ids == 0);
+  const int64_t eos[] = {5, 7};
+  p.mode = "vanilla";
+  p.block_length = 3;
+  p.adaptive = 1;
+  p.router_threshold = 0.25f;
+  p.min_block_length = 2;
+  p.max_block_length = 6;
+  p.max_new_tokens = 9;
+  p.do_sample = 1;
+  p.temperature = 0.5f;
+  p.top_k = 11;
+  p.top_p = 0.75f;
+  p.seed = 42;
+  p.eos_token_ids = eos;
+  p.n_eos_token_ids = 2;
+  p.ignore_eos = 1;
+  GenerateOptions o = tandem::detail::OptionsFromC(&p);
+  CHECK(o.mode == Mode::kVanilla && o.block_length == 3 && o.adaptive && o.router_threshold == 0.25f);
+  CHECK(o.min_block_length == 2 && o.max_block_length == 6 && o.max_new_tokens == 9 && o.do_sample);
+  CHECK(o.temperature == 0.5f && o.top_k == 11 && o.top_p == 0.75f && o.seed == 42 && o.ignore_eos);
+  CHECK((o.eos_token_ids == std::vector<int64_t>{5, 7}));
+  // built against a struct that ended before ignore_eos: that field keeps its default
+  p.struct_size = offsetof(tandem_generate_params, ignore_eos);
+  o = tandem::detail::OptionsFromC(&p);
+  CHECK(!o.ignore_eos && o.eos_token_ids.size() == 2 && o.top_k == 11);
+  // sizes this library cannot read, and inconsistent EOS ids, are refused with a message
+  p.struct_size = sizeof(p) + 8;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "tandem_generate_params_init");
+  p.struct_size = 0;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "struct_size");
+  p.struct_size = sizeof(p);
+  p.eos_token_ids = nullptr;
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "n_eos_token_ids");
+  p.n_eos_token_ids = 0;
+  p.mode = "fast";
+  CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "unknown mode");
+  CHECK(tandem::detail::OptionsFromC(nullptr).max_new_tokens == d.max_new_tokens);
+  CHECK(tandem_generate_params_init(&p, sizeof(p) + 1) == TANDEM_ERR_INVALID_ARGUMENT);
+  CHECK(std::strstr(tandem_last_error(), "struct_size") != nullptr);
+  CHECK(tandem_generate_params_init(nullptr, sizeof(p)) == TANDEM_ERR_INVALID_ARGUMENT);
+  // a smaller (older) struct is filled only as far as it reaches
+  unsigned char buffer[sizeof(tandem_generate_params) + 16];
+  std::memset(buffer, 0xCD, sizeof(buffer));
+  const size_t old_size = offsetof(tandem_generate_params, ignore_eos);
+  CHECK(tandem_generate_params_init(reinterpret_cast<tandem_generate_params*>(buffer), old_size) == TANDEM_OK);
+  bool untouched = true;
+  for (size_t i = old_size; i < sizeof(buffer); ++i) untouched = untouched && buffer[i] == 0xCD;
+  CHECK(untouched);
+}
+
+// Resolve: the one check of a request's options, and the bundle's values filled in.
+void TestResolve() {
+  const BundleDefaults bundle{4, 8, 0.6f};
+  GenerateOptions o;
+  GenerateOptions r = Resolve(o, bundle);
+  CHECK(r.block_length == 4 && r.max_block_length == 8 && r.router_threshold == 0.6f);
+  o.block_length = 8;
+  o.router_threshold = 0.0f;
+  r = Resolve(o, bundle);
+  CHECK(r.block_length == 8 && r.router_threshold == 0.0f);
+  auto refused = [&](const std::function<void(GenerateOptions&)>& change, const std::string& needle) {
+    GenerateOptions bad;
+    bad.mode = Mode::kSpeed;
+    change(bad);
+    CheckThrows([&] { Resolve(bad, bundle); }, ErrorCode::kInvalidArgument, needle);
+  };
+  refused([](GenerateOptions& x) { x.block_length = 9; }, "block_length must be in [1, 8]");
+  refused([](GenerateOptions& x) { x.block_length = -1; }, "block_length");
+  refused([](GenerateOptions& x) { x.max_new_tokens = -1; }, "max_new_tokens");
+  refused([](GenerateOptions& x) { x.temperature = 0.0f; }, "temperature");
+  refused([](GenerateOptions& x) { x.top_k = -1; }, "top_k");
+  refused([](GenerateOptions& x) { x.top_p = 1.5f; }, "top_p");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.mode = Mode::kTandem; }, "speed and vanilla");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 0; }, "min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.max_block_length = 9; }, "max_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 9; }, "must be >= min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.router_threshold = std::nanf(""); }, "router_threshold");
 }
 
 }  // namespace
@@ -212,6 +324,8 @@ int main() {
   TestParseMode();
   TestThreadCap();
   TestCApiErrors();
+  TestCParams();
+  TestResolve();
   std::cout << g_checks - g_failures << " passed, " << g_failures << " failed\n";
   return g_failures == 0 ? 0 : 1;
 }

@@ -1,15 +1,26 @@
-// Generates with the C API from an installed tandem.
-//   consumer BUNDLE ID [ID...]                 token ids in, token ids out
-//   consumer --text BUNDLE PROMPT [STOP...]    text in, text out (streamed to stdout)
+// Generates with the C API from an installed tandem:
+//   consumer BUNDLE ID[,ID...] [NAME=VALUE...]   token ids in, token ids out
+//   consumer --text BUNDLE PROMPT [STOP...]      text in, text out (streamed to stdout; the
+//                                                C text API, mode speed, 12 new tokens)
+// NAME is a field of tandem_generate_params (eos_token_ids: comma-separated ids).
 #include <tandem/tandem_c.h>
 #include <tandem/text_c.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
+#include <string>
 #include <vector>
 
 namespace {
+
+std::vector<int64_t> Ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) ids.push_back(std::atoll(item.c_str()));
+  return ids;
+}
 
 int WriteText(const char* piece, size_t len, void* user_data) {
   std::fwrite(piece, 1, len, stdout);
@@ -29,7 +40,8 @@ int Text(int argc, char** argv) {  // --text BUNDLE PROMPT [STOP...]
     tandem_model_free(model);
     return 1;
   }
-  tandem_generate_params params = tandem_generate_default_params();
+  tandem_generate_params params;
+  tandem_generate_params_init(&params, sizeof(params));
   params.mode = "speed";
   params.max_new_tokens = 12;
   tandem_text_params text = tandem_text_default_params();
@@ -54,16 +66,41 @@ int Text(int argc, char** argv) {  // --text BUNDLE PROMPT [STOP...]
 int main(int argc, char** argv) {
   if (argc >= 4 && std::strcmp(argv[1], "--text") == 0) return Text(argc, argv);
   if (argc < 3) return 2;
+  tandem_generate_params params;
+  if (tandem_generate_params_init(&params, sizeof(params)) != TANDEM_OK) return 1;
+  const std::vector<int64_t> prompt = Ids(argv[2]);
+  std::vector<int64_t> eos;
+  std::vector<std::string> args(argv + 3, argv + argc);
+  for (const std::string& arg : args) {
+    const size_t eq = arg.find('=');
+    const std::string name = arg.substr(0, eq);
+    const char* value = arg.c_str() + eq + 1;
+    if (name == "mode") params.mode = value;
+    else if (name == "block_length") params.block_length = std::atoi(value);
+    else if (name == "adaptive") params.adaptive = std::atoi(value);
+    else if (name == "router_threshold") params.router_threshold = std::strtof(value, nullptr);
+    else if (name == "min_block_length") params.min_block_length = std::atoi(value);
+    else if (name == "max_block_length") params.max_block_length = std::atoi(value);
+    else if (name == "max_new_tokens") params.max_new_tokens = std::atoi(value);
+    else if (name == "do_sample") params.do_sample = std::atoi(value);
+    else if (name == "temperature") params.temperature = std::strtof(value, nullptr);
+    else if (name == "top_k") params.top_k = std::atoi(value);
+    else if (name == "top_p") params.top_p = std::strtof(value, nullptr);
+    else if (name == "seed") params.seed = std::strtoull(value, nullptr, 10);
+    else if (name == "eos_token_ids") eos = Ids(value);
+    else if (name == "ignore_eos") params.ignore_eos = std::atoi(value);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", name.c_str());
+      return 2;
+    }
+  }
+  params.eos_token_ids = eos.data();
+  params.n_eos_token_ids = eos.size();
   tandem_model* model = nullptr;
   if (tandem_model_load(argv[1], 1, nullptr, &model) != TANDEM_OK) {
     std::fprintf(stderr, "load failed: %s\n", tandem_last_error());
     return 1;
   }
-  std::vector<int64_t> prompt;
-  for (int i = 2; i < argc; ++i) prompt.push_back(std::atoll(argv[i]));
-  tandem_generate_params params = tandem_generate_default_params();
-  params.mode = "speed";
-  params.max_new_tokens = 12;
   tandem_generator* gen = nullptr;
   if (tandem_generator_create(model, prompt.data(), prompt.size(), &params, &gen) != TANDEM_OK) {
     std::fprintf(stderr, "create failed: %s\n", tandem_last_error());

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "tandem/manifest.hpp"
+
 namespace tandem {
 
 enum class ErrorCode {
@@ -46,9 +48,9 @@ class Error : public std::runtime_error {
 // Decoding modes (docs/METHOD.md §2).
 enum class Mode {
   kLarge,    // M_L alone, one token per step (baseline)
-  kTandem,   // standalone Tandem: M_L block + γ-1 tokens of M_S (lossy)
+  kTandem,   // standalone Tandem: M_L's token + γ-1 tokens of the tandem drafter per block (lossy)
   kSpeed,    // speculative decoding with the tandem drafter (lossless)
-  kVanilla,  // speculative decoding with the plain drafter draft.onnx (lossless)
+  kVanilla,  // speculative decoding with the plain drafter (lossless)
 };
 
 enum class Device { kCpu, kCuda };
@@ -69,13 +71,16 @@ Mode ParseMode(const std::string& name);
 // machine: 4 per hardware thread, and never less than 64. Model::Load refuses a larger
 // count with kInvalidArgument before it creates any ONNX Runtime session or thread pool.
 int MaxThreads() noexcept;
+// Throws kInvalidArgument unless 0 <= value <= MaxThreads(), naming the option `name` and
+// what 0 means for it. Every front end checks its thread counts with it.
+void CheckThreads(const std::string& name, int64_t value, const std::string& zero_means);
 
 struct ModelOptions {
   std::string bundle_path;          // folder holding tandem.json
   Device device = Device::kCpu;     // kCuda needs an ONNX Runtime built with CUDA
   int intra_op_threads = 0;         // M_L's threads, in [0, MaxThreads()]; 0: ONNX Runtime's
                                     // default (one per core)
-  int drafter_threads = 1;          // M_S / drafter threads, in [0, MaxThreads()]; 0: as
+  int drafter_threads = 1;          // the drafter's threads, in [0, MaxThreads()]; 0: as
                                     // intra_op_threads
   std::string ort_library;          // libonnxruntime path; empty: $TANDEM_ORT_LIBRARY,
                                     // then the library found at build time, then dlopen's search
@@ -84,22 +89,42 @@ struct ModelOptions {
                                     // (device kCpu; false: each graph loads its own copy)
 };
 
+// The options of one request: the one definition of every generation option. The Python
+// binding (tandem.GenerateOptions) and the C API (tandem_generate_params) carry these fields
+// under these names; Resolve() checks them, once, for every front end.
 struct GenerateOptions {
   Mode mode = Mode::kLarge;
-  int block_length = 0;             // γ; 0: the bundle's default
-  bool adaptive = false;            // speed/vanilla: let the router end each draft early
-  float router_threshold = -1.0f;   // τ; < 0: the bundle's default
-  int min_block_length = 1;         // adaptive: always draft at least this many
-  int max_block_length = 0;         // adaptive: draft at most this many; 0: bundle's maximum
+  int block_length = 0;             // γ: drafts per round (speed, vanilla) or block size with
+                                    // M_L's token (tandem); in [1, the bundle's max_block_length];
+                                    // 0: the bundle's default
+  bool adaptive = false;            // speed/vanilla: the router ends each draft early (block_length
+                                    // is then unused: max_block_length caps the draft)
+  float router_threshold = -1.0f;   // τ: adaptive drafting stops when the router's score is below
+                                    // it; < 0: the bundle's default
+  int min_block_length = 1;         // adaptive: always draft at least this many (>= 1)
+  int max_block_length = 0;         // adaptive: draft at most this many, in [min_block_length, the
+                                    // bundle's max_block_length]; 0: the bundle's max_block_length
   int max_new_tokens = 128;         // >= 0
   bool do_sample = false;           // false: greedy (argmax)
   float temperature = 1.0f;         // > 0, used when do_sample
-  int top_k = 0;                    // 0: off
-  float top_p = 1.0f;               // in (0, 1]
+  int top_k = 0;                    // >= 0; 0: off
+  float top_p = 1.0f;               // in (0, 1]; 1: off
   uint64_t seed = 0;                // sampling RNG seed
   std::vector<int64_t> eos_token_ids;  // empty: the bundle's EOS ids
   bool ignore_eos = false;          // true: never stop on EOS
 };
+
+// The bundle's values for the options left at "the bundle's default" (Model::defaults()).
+struct BundleDefaults {
+  int block_length = 0;        // the default γ
+  int max_block_length = 0;    // the longest γ a request may ask for (block_length, max_block_length)
+  float router_threshold = 0;  // the default τ
+};
+
+// `options` checked (throws kInvalidArgument naming the first option out of range) and with
+// every option left at "the bundle's default" set from `bundle`. Generator calls it; it is
+// public for loops that decode without a bundle (the PyTorch reference, train/reference.py).
+GenerateOptions Resolve(GenerateOptions options, const BundleDefaults& bundle);
 
 // Counters of one generation. Times in seconds.
 struct Stats {
@@ -107,7 +132,7 @@ struct Stats {
   int64_t new_tokens = 0;
   int64_t rounds = 0;
   int64_t large_calls = 0;
-  int64_t small_calls = 0;
+  int64_t drafter_calls = 0;         // drafter (M_S) calls, tandem or plain
   int64_t drafted = 0;               // draft tokens proposed
   int64_t accepted = 0;              // draft tokens accepted
   std::vector<int64_t> accepted_histogram;  // [n] = rounds that accepted n drafts
@@ -115,7 +140,7 @@ struct Stats {
   double total_time = 0.0;
   double ort_time = 0.0;             // inside OrtSession::Run
   double large_time = 0.0;           // part of ort_time spent in M_L
-  double small_time = 0.0;           // part of ort_time spent in M_S / drafter
+  double drafter_time = 0.0;         // part of ort_time spent in the drafter
 
   double acceptance_rate() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
   double tokens_per_second() const { return total_time > 0 ? double(new_tokens) / total_time : 0.0; }
@@ -130,13 +155,13 @@ class Model {
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
+  const Manifest& manifest() const;  // the bundle's tandem.json as read and checked at Load
   const std::string& bundle_path() const;
   int64_t vocab_size() const;
   int64_t context_length() const;
-  int default_block_length() const;
-  int max_block_length() const;
-  bool has_small() const;   // tandem drafter (modes tandem, speed)
-  bool has_draft() const;   // plain drafter (mode vanilla)
+  BundleDefaults defaults() const;  // the bundle's default γ, longest γ and default τ
+  bool has_tandem_drafter() const;  // modes tandem, speed
+  bool has_plain_drafter() const;   // mode vanilla
   bool has_router(Mode mode) const;
   const std::vector<int64_t>& eos_token_ids() const;
   const std::string& tokenizer_path() const;  // empty if the bundle ships none
@@ -173,9 +198,8 @@ class Generator {
   std::vector<int64_t> tokens() const;  // generated so far
   Stats stats() const;
 
-  struct State;
-
  private:
+  struct State;
   std::unique_ptr<State> state_;
 };
 

@@ -25,21 +25,33 @@ typedef enum {
 typedef struct tandem_model tandem_model;         /* shareable across threads */
 typedef struct tandem_generator tandem_generator; /* one thread at a time */
 
+/* The options of one request: the fields of tandem::GenerateOptions (tandem.hpp documents
+ * them), under the same names. Initialise with tandem_generate_params_init, then set fields. */
 typedef struct {
+  size_t struct_size;        /* sizeof(tandem_generate_params) as the app was built (set by
+                                tandem_generate_params_init): a later library that adds fields
+                                gives them their defaults */
   const char* mode;          /* "large" | "tandem" | "speed" | "vanilla"; NULL: "large" */
-  int block_length;          /* γ; 0: bundle default */
-  int adaptive;              /* nonzero: router-driven block length (speed, vanilla) */
-  float router_threshold;    /* τ; < 0: bundle default */
+  int block_length;          /* γ; 0: the bundle's default */
+  int adaptive;              /* nonzero: the router ends each draft early (speed, vanilla) */
+  float router_threshold;    /* τ; < 0: the bundle's default */
+  int min_block_length;      /* adaptive: draft at least this many (>= 1) */
+  int max_block_length;      /* adaptive: draft at most this many; 0: the bundle's maximum */
   int max_new_tokens;        /* >= 0 */
   int do_sample;             /* 0: greedy */
-  float temperature;         /* > 0 */
+  float temperature;         /* > 0, used when do_sample */
   int top_k;                 /* 0: off */
   float top_p;               /* (0, 1] */
-  uint64_t seed;
+  uint64_t seed;             /* sampling RNG seed */
+  const int64_t* eos_token_ids;  /* n_eos_token_ids ids that end generation (copied at create);
+                                    NULL / 0: the bundle's EOS ids */
+  size_t n_eos_token_ids;
+  int ignore_eos;            /* nonzero: never stop at EOS */
 } tandem_generate_params;
 
-/* Defaults: mode "large", bundle block length, greedy, 128 new tokens. */
-tandem_generate_params tandem_generate_default_params(void);
+/* Sets *params to the defaults (mode "large", the bundle's γ and τ, greedy, 128 new tokens)
+ * and params->struct_size = struct_size; pass sizeof(tandem_generate_params). */
+tandem_status tandem_generate_params_init(tandem_generate_params* params, size_t struct_size);
 
 /* Loads a bundle folder. threads: intra-op threads, in [0, tandem_max_threads()] (0: one per
  * core; more is TANDEM_ERR_INVALID_ARGUMENT, refused before any thread starts). ort_library:
@@ -51,7 +63,7 @@ int tandem_max_threads(void);
 void tandem_model_free(tandem_model* model);
 int64_t tandem_model_vocab_size(const tandem_model* model);
 
-/* Runs the prefill over prompt[0, n_prompt). */
+/* Checks params (NULL: the defaults) and runs the prefill over prompt[0, n_prompt). */
 tandem_status tandem_generator_create(const tandem_model* model, const int64_t* prompt, size_t n_prompt,
                                       const tandem_generate_params* params, tandem_generator** out);
 void tandem_generator_free(tandem_generator* gen);

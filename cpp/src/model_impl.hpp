@@ -1,0 +1,23 @@
+// Model::Impl: what Model::Load builds (model.cpp) and every Generator of the model reads.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "external_data.hpp"
+#include "graph.hpp"
+#include "tandem/manifest.hpp"
+#include "tandem/tandem.hpp"
+
+namespace tandem {
+
+struct Model::Impl {
+  Manifest manifest;
+  std::unique_ptr<detail::SharedWeights> shared;  // declared before the graphs: outlives their sessions
+  std::unique_ptr<detail::Graph> large;
+  std::unique_ptr<detail::Graph> tandem_drafter;  // null when the bundle has none
+  std::unique_ptr<detail::Graph> plain_drafter;   // null when the bundle has none
+  std::vector<int> memory_source;  // the tandem drafter's memory input i reads M_L's reps output [i]
+};
+
+}  // namespace tandem
