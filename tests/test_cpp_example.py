@@ -120,6 +120,16 @@ def test_installed_library_works_with_find_package(pair, tmp_path):
     run = subprocess.run([str(consumer / "consumer"), "--text", str(pair.bundle), b"bad \xff"], capture_output=True,
                          env=_clean_env(), timeout=120)
     assert run.returncode == 1 and b"generate failed (1)" in run.stderr and b"not valid UTF-8" in run.stderr
+    # the C++ text API from the installed headers (C++20 comes with the tandem::tandem target)
+    run = subprocess.run([str(consumer / "consumer"), "--encode", str(pair.bundle), PROMPT], capture_output=True,
+                         text=True, env=_clean_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    ids, text = run.stdout.split("\n", 1)
+    assert [int(x) for x in ids.split()] == model.encode(PROMPT)
+    assert text == model.decode(model.encode(PROMPT)) + "\n"
+    run = subprocess.run([str(consumer / "consumer"), "--encode", str(pair.bundle), b"\xc3"], capture_output=True,
+                         env=_clean_env(), timeout=120)
+    assert run.returncode == 1 and b"error 1: the text is not valid UTF-8" in run.stderr
 
 
 PROMPT = "def add(a, b):\n    return"

@@ -2,8 +2,11 @@
 //   consumer BUNDLE ID[,ID...] [NAME=VALUE...]   token ids in, token ids out
 //   consumer --text BUNDLE PROMPT [STOP...]      text in, text out (streamed to stdout; the
 //                                                C text API, mode speed, 12 new tokens)
+//   consumer --encode BUNDLE TEXT                the C++ text API: the ids of TEXT, then its
+//                                                decoded text on the next line
 // NAME is a field of tandem_generate_params (eos_token_ids: comma-separated ids).
 #include <tandem/tandem_c.h>
+#include <tandem/text.hpp>
 #include <tandem/text_c.h>
 
 #include <cstdio>
@@ -63,8 +66,23 @@ int Text(int argc, char** argv) {  // --text BUNDLE PROMPT [STOP...]
 
 }  // namespace
 
+int Encode(char** argv) {  // --encode BUNDLE TEXT, through the C++ API
+  try {
+    auto model = tandem::Model::Load({.bundle_path = argv[2], .intra_op_threads = 1});
+    auto tokenizer = tandem::LoadTokenizer(*model);
+    const std::vector<int64_t> ids = tokenizer->Encode(argv[3]);
+    for (int64_t id : ids) std::printf("%lld ", static_cast<long long>(id));
+    std::printf("\n%s\n", tokenizer->Decode(ids).c_str());
+  } catch (const tandem::Error& e) {
+    std::fprintf(stderr, "error %d: %s\n", static_cast<int>(e.code()), e.what());
+    return 1;
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc >= 4 && std::strcmp(argv[1], "--text") == 0) return Text(argc, argv);
+  if (argc == 4 && std::strcmp(argv[1], "--encode") == 0) return Encode(argv);
   if (argc < 3) return 2;
   tandem_generate_params params;
   if (tandem_generate_params_init(&params, sizeof(params)) != TANDEM_OK) return 1;
