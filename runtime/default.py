@@ -8,6 +8,7 @@ weights; a test holds the shipped bundle byte for byte against a fresh export.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,9 +55,22 @@ def export_default_bundle(out: Path = BUNDLE) -> Path:
         WEIGHTS / "large", tmp, tandem=WEIGHTS / "tandem",
         plain=plain if plain.is_dir() else None, tokenizer=WEIGHTS / "large",
     )
+    _relative_sources(tmp / "tandem.json")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _relative_sources(manifest: Path) -> None:
+    """The provenance names the weight folders relative to the package, not as absolute paths of
+    the machine that exported it: the shipped bundle is then the same in every checkout."""
+    data = json.loads(manifest.read_text())
+    for record in data.get("provenance", {}).values():
+        if isinstance(record, dict) and record.get("source"):
+            source = Path(record["source"]).resolve()
+            if source.is_relative_to(WEIGHTS):
+                record["source"] = str(Path("tandem/models/default") / source.relative_to(WEIGHTS))
+    manifest.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="folder for reps, drafter, bundle, bench")
     p.add_argument("--report", type=Path, default=REPO / "docs/results/drafter_pipeline_qwen2-1.5b")
     p.add_argument("--rep-layer", type=int, help="M_L layer the drafter reads (default: the middle one)")
+    p.add_argument("--store-layers", help="M_L layers `tandem reps` stores, comma-separated (default: --rep-layer); "
+                   "storing several lets later runs read another layer from the same shards")
     p.add_argument("--reps-tokens", type=int, default=204_800)
     p.add_argument("--seq-len", type=int, default=256, help="precomputed window length")
     p.add_argument("--train-seq-len", type=int, default=128)
@@ -51,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--draft-vocab", type=int, default=8192)
     p.add_argument("--block-length", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bench-block-lengths", help="γ values `tandem bench` sweeps, comma-separated (default: --block-length)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--random-weights", action="store_true", help="M_L has random weights (said in the report)")
     return p.parse_args(argv)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "intermediate_size", "tie_word_embeddings")}, "args": {k: str(v) if isinstance(v, Path) else v
                                                                for k, v in vars(a).items()}, "steps": {}}
     steps = {
-        "reps": [*TANDEM, "reps", "--large", str(a.large), "--data", *a.data, "--rep-layers", str(layer),
+        "reps": [*TANDEM, "reps", "--large", str(a.large), "--data", *a.data, "--rep-layers", a.store_layers or str(layer),
                  "--out", str(reps), "--max-tokens", str(a.reps_tokens), "--seq-len", str(a.seq_len),
                  "--threads", str(a.threads)],
         "train": [*TANDEM, "train", "--mode", "tandem", "--large", str(a.large), "--reps", str(reps),
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     record["lossless"] = json.loads(check.stdout.strip().splitlines()[-1])
 
     bench_out = work / "bench"
-    run([*TANDEM, "bench", str(bundle), "--modes", "speed,adaptive", "--block-lengths", str(a.block_length),
+    run([*TANDEM, "bench", str(bundle), "--modes", "speed,adaptive", "--block-lengths",
+         a.bench_block_lengths or str(a.block_length),
          "--decoding", "greedy", "--max-new-tokens", str(a.max_new_tokens), "--repeats", "1", "--threads",
          str(a.threads), "--out", str(bench_out), "--no-plots", "--cost-reps", "30", "--peers", "none"], work / "bench.log")
     bench = json.loads((bench_out / "results.json").read_text())
