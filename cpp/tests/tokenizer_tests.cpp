@@ -10,42 +10,18 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "tandem/text.hpp"
 #include "tandem/text_c.h"
 #include "tokenizer_regex.hpp"
 #include "tokenizer_unicode.hpp"
 
 using namespace tandem;
+using tandem_test::CheckThrows;
 using namespace tandem::detail;
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    ++g_checks;                                                                  \
-    if (!(cond)) {                                                               \
-      ++g_failures;                                                              \
-      std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n"; \
-    }                                                                            \
-  } while (0)
-
-void CheckThrows(const std::function<void()>& fn, ErrorCode code, const std::string& needle) {
-  ++g_checks;
-  try {
-    fn();
-  } catch (const Error& e) {
-    if (e.code() == code && std::string(e.what()).find(needle) != std::string::npos) return;
-    ++g_failures;
-    std::cerr << "wrong error: code " << static_cast<int>(e.code()) << " message: " << e.what() << " (wanted \""
-              << needle << "\")\n";
-    return;
-  }
-  ++g_failures;
-  std::cerr << "expected an error containing \"" << needle << "\"\n";
-}
 
 const std::string kFffd = "\xEF\xBF\xBD";
 
@@ -266,6 +242,5 @@ int main() {
   TestRefusals();
   TestDetokenizer();
   TestCTokenizer();
-  std::cout << g_checks << " checks, " << g_failures << " failures\n";
-  return g_failures == 0 ? 0 : 1;
+  return tandem_test::Summary();
 }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "c_options.hpp"
 #include "graph.hpp"
 #include "sampling.hpp"
@@ -22,39 +23,12 @@
 
 namespace fs = std::filesystem;
 using namespace tandem;
+using tandem_test::CheckThrows;
 using namespace tandem::detail;
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    ++g_checks;                                                                      \
-    if (!(cond)) {                                                                   \
-      ++g_failures;                                                                  \
-      std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";     \
-    }                                                                                \
-  } while (0)
-
 #define CHECK_NEAR(a, b, tol) CHECK(std::fabs((a) - (b)) <= (tol))
-
-// Expects `fn` to throw tandem::Error with `code` and a message containing `needle`.
-void CheckThrows(const std::function<void()>& fn, ErrorCode code, const std::string& needle) {
-  ++g_checks;
-  try {
-    fn();
-  } catch (const Error& e) {
-    if (e.code() == code && std::string(e.what()).find(needle) != std::string::npos) return;
-    ++g_failures;
-    std::cerr << "wrong error: code " << static_cast<int>(e.code()) << " message: " << e.what()
-              << " (wanted \"" << needle << "\")\n";
-    return;
-  }
-  ++g_failures;
-  std::cerr << "expected an error containing \"" << needle << "\"\n";
-}
 
 void TestArgmax() {
   const float a[] = {0.1f, 3.0f, 3.0f, -1.0f};
@@ -326,6 +300,5 @@ int main() {
   TestCApiErrors();
   TestCParams();
   TestResolve();
-  std::cout << g_checks - g_failures << " passed, " << g_failures << " failed\n";
-  return g_failures == 0 ? 0 : 1;
+  return tandem_test::Summary();
 }
