@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "traffic goes to 127.0.0.1 only; the run is bounded by --clients x --requests and --timeout"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
     p.add_argument("--clients", type=int, default=16, help="concurrent streaming clients (default: 16)")
     p.add_argument("--requests", type=int, default=20, help="requests per client, back to back (default: 20)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per answer, EOS ignored (default: 32)")

@@ -53,7 +53,7 @@ def check_threads(name: str, value: int, zero_means: str) -> None:
     """Refuse a thread count outside [0, max_threads()] with InvalidArgumentError naming `name`.
     The check is the C++ core's (tandem::CheckThreads); every front end (load, the CLIs, tandem
     reps, tandem bench) calls it before anything loads."""
-    _core().check_threads(name, min(operator.index(value), 2**63 - 1), zero_means)
+    _core().check_threads(name, max(-(2**63), min(operator.index(value), 2**63 - 1)), zero_means)
 
 
 def _check_threads(threads: int, drafter_threads: int) -> None:

@@ -148,7 +148,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
             "       -d '{\"prompt\": \"def fib(n):\", \"max_tokens\": 32, \"temperature\": 0}'"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, exported on first use)")
+                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every "
                         "interface: set an API key then)")

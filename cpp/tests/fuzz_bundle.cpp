@@ -52,6 +52,27 @@ const char* const kNastyJson[] = {
     "null", "true", "\"\"", "\"../x\"", "\"/etc/passwd\"", "[]", "{}", "[1,2,3]",
     "\"\\u0000\"", "\"\xff\xfe\"", "\"large.onnx\"", "\"float16\"", "\"bfloat16\""};
 
+// The end of the JSON value starting at `begin` (a string, number, literal, array or object):
+// the position of the ',' or closing bracket that ends it, or text.size().
+size_t JsonValueEnd(const std::string& text, size_t begin) {
+  size_t end = begin;
+  int depth = 0;
+  bool in_string = false;
+  for (; end < text.size(); ++end) {
+    const char c = text[end];
+    if (in_string) {
+      if (c == '\\') ++end;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') ++depth;
+    else if ((c == ']' || c == '}') && depth-- == 0) break;
+    else if (c == ',' && depth == 0) break;
+  }
+  return end;
+}
+
 class Mutator {
  public:
   explicit Mutator(uint64_t seed) : rng_(seed) {}
@@ -118,21 +139,7 @@ class Mutator {
       if (starts.empty()) break;
       size_t begin = starts[Below(starts.size())];
       while (begin < text.size() && text[begin] == ' ') ++begin;
-      size_t end = begin;
-      int depth = 0;
-      bool in_string = false;
-      for (; end < text.size(); ++end) {  // the end of the value at `begin`
-        const char c = text[end];
-        if (in_string) {
-          if (c == '\\') ++end;
-          else if (c == '"') in_string = false;
-          continue;
-        }
-        if (c == '"') in_string = true;
-        else if (c == '[' || c == '{') ++depth;
-        else if ((c == ']' || c == '}') && depth-- == 0) break;
-        else if (c == ',' && depth == 0) break;
-      }
+      const size_t end = JsonValueEnd(text, begin);
       text.replace(begin, end - begin, kNastyJson[Below(std::size(kNastyJson))]);
     }
     return text;
@@ -229,23 +236,7 @@ std::string MutateTokenizer(const std::string& text, Mutator& mutate) {
   if (at == std::string::npos) return mutate.Json(text);
   at += needle.size();
   while (at < text.size() && text[at] == ' ') ++at;
-  // the end of the value at `at`
-  size_t end = at;
-  int depth = 0;
-  bool in_string = false;
-  for (; end < text.size(); ++end) {
-    const char c = text[end];
-    if (in_string) {
-      if (c == '\\') ++end;
-      else if (c == '"') in_string = false;
-      continue;
-    }
-    if (c == '"') in_string = true;
-    else if (c == '[' || c == '{') ++depth;
-    else if ((c == ']' || c == '}') && depth-- == 0) break;
-    else if (c == ',' && depth == 0) break;
-  }
-  return text.substr(0, at) + value + text.substr(end);
+  return text.substr(0, at) + value + text.substr(JsonValueEnd(text, at));
 }
 
 }  // namespace
