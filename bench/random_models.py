@@ -8,7 +8,7 @@ configuration and random bfloat16 weights costs what Qwen2-0.5B costs. Each fold
     model.safetensors                  bfloat16, the exact Hugging Face tensor names, or, above
     model-0000i-of-0000n.safetensors   SHARD_BYTES, shards + model.safetensors.index.json
     tokenizer.json, tokenizer_config.json
-                                       a word-level tokenizer with one token per id (`<t17>`):
+                                       a BPE tokenizer with one token per id (`<t17>`), no merges:
                                        ONNX Runtime GenAI's model builder saves the folder's
                                        tokenizer and fails without one; nothing here uses text
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 SHARD_BYTES = 2 * 1024**3  # above this total, HF-style shards of at most this size
-STAMP_VERSION = 1
+STAMP_VERSION = 2
 _CHUNK = 1 << 24  # random values drawn per call (fp32 scratch: 64 MiB)
 
 
@@ -206,11 +206,12 @@ def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]],
 
 
 def _tokenizer_files(folder: Path, shape: Shape) -> None:
-    """A word-level tokenizer with one token `<tI>` per id (no merges, no text meaning)."""
+    """A BPE tokenizer with one token `<tI>` per id and no merges (no text meaning): a BPE, as the
+    runtime's tokenizer runs BPE models only."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {f"<t{i}>": i for i in range(shape.vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<t0>"))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<t0>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(folder / "tokenizer.json"))
     cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": shape.max_position_embeddings,
