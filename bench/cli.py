@@ -71,7 +71,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", nargs="?", type=Path,
                    help="bundle folder (default: the embedded default bundle, shipped with the package)")
     p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS,
-                   help="JSON list of prompts: strings or {\"name\", \"prompt\"} (default: bench/prompts.json)")
+                   help="JSON list of prompts: strings, {\"name\", \"prompt\"} (raw text) or {\"name\", \"chat\"} "
+                   "(a user message formatted with the bundle's chat template) (default: bench/prompts.json)")
     p.add_argument("--modes", type=_choices(MODES), default=list(MODES),
                    help=f"comma-separated subset of {','.join(MODES)} (large always runs: it is the baseline)")
     p.add_argument("--block-lengths", type=_int_list, default=list(DEFAULT_BLOCKS),
@@ -143,8 +144,12 @@ def load_prompts(path: Path) -> list[dict[str, str]]:
     for i, item in enumerate(data):
         if isinstance(item, str):
             item = {"name": f"p{i}", "prompt": item}
+        if isinstance(item, dict) and isinstance(item.get("chat"), str) and item["chat"] and "prompt" not in item:
+            out.append({"name": str(item.get("name", f"p{i}")), "chat": item["chat"]})
+            continue
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"]:
-            raise BenchError(f"{path}: prompt {i} must be a non-empty string or {{\"name\", \"prompt\"}}")
+            raise BenchError(f"{path}: prompt {i} must be a non-empty string, {{\"name\", \"prompt\"}} (raw text) "
+                             "or {\"name\", \"chat\"} (a user message, formatted with the bundle's chat template)")
         out.append({"name": str(item.get("name", f"p{i}")), "prompt": item["prompt"]})
     return out
 
@@ -193,7 +198,8 @@ def run_bench(args: argparse.Namespace) -> int:
     model = load(args.bundle, threads=args.threads)
     if model.tokenizer is None:
         raise BenchError(f"{model.bundle_path} ships no tokenizer.json: the benchmark needs text prompts")
-    prompts = [model.encode(p["prompt"]) for p in prompt_set]
+    prompts = [model.apply_chat_template([{"role": "user", "content": p["chat"]}], tokenize=True) if "chat" in p
+               else model.encode(p["prompt"]) for p in prompt_set]
     notes_fit: list[str] = []
     spare = max(args.block_lengths) + 2  # a speculative round may look γ+1 past the last token
     fits = [len(ids) + 4 + spare <= model.context_length for ids in prompts]

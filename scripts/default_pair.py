@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""The default pair, end to end: SmolLM2-135M-Instruct as M_L, a tandem and a plain drafter.
+
+Every figure the README and the model card give for the default pair comes from the report
+this script writes (``--report``, default docs/results/default_pair.{json,md}). Stages, each
+skipped when its output exists (delete the folder under ``--work`` to redo one):
+
+1. ``data``: ``scripts/chat_data.py``: code + chat prompts built offline, answered greedily by
+   M_L through its chat template; train / valid / held-out splits by subject; the training
+   split's M_L representations kept from the generation (layers ``--store-layers``).
+2. ``select``: one short tandem run per candidate M_L layer (``--candidate-layers``), scored by
+   agreement with M_L on the **valid** split; the best layer is used from then on. Then γ: the
+   selected drafter is exported and ``tandem bench`` runs on valid-split prompts at each
+   ``--candidate-gammas``; the fastest γ is the one the final drafters train at (and the bundle's
+   default).
+3. ``train``: a tandem and a plain drafter per seed (``--seeds``), same size (1 layer at M_L's
+   width, M_L's embedding and LM head shared and frozen, the same draft vocabulary size), same
+   steps, batch, windows and teacher (M_L's top-k from the reps).
+4. ``eval``: ``tandem eval`` on the **held-out** split at the chosen γ: accuracy, TV to M_L,
+   agreement per seed; mean and standard deviation over seeds.
+5. ``bundle`` + ``bench``: the seed-0 pair exported (int4) and benchmarked on held-out chat and
+   code prompts (bench/prompts_chat.json) greedy and sampled, every mode, one run.
+
+    .venv/bin/python scripts/default_pair.py --large build/smollm2 --work build/default_pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TANDEM = [sys.executable, "-m", "tandem.cli"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--large", type=Path, required=True, help="M_L: Hugging Face folder (scripts/smollm2_hf.py)")
+    p.add_argument("--work", type=Path, required=True, help="folder for data, drafters, bundle, bench")
+    p.add_argument("--report", type=Path, default=REPO / "docs/results/default_pair")
+    p.add_argument("--data", type=Path, help="a chat_data.py folder (default: WORK/data)")
+    p.add_argument("--max-prompts", type=int, default=1400)
+    p.add_argument("--store-layers", default="8,15,22,26,30")
+    p.add_argument("--candidate-layers", default="15,22,26")
+    p.add_argument("--candidate-gammas", default="2,3,4")
+    p.add_argument("--select-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--draft-vocab", type=int, default=8192)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    return p.parse_args(argv)
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a step, its output to `log`; returns its wall time (raises on failure)."""
+    print("$", " ".join(str(c) for c in (cmd[2:] if cmd[:2] == TANDEM[:2] else cmd)), flush=True)
+    start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        code = subprocess.call([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if code:
+        raise SystemExit(f"step failed ({code}); see {log}")
+    return time.perf_counter() - start
+
+
+def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: int, gamma: int, steps: int,
+              seed: int) -> list:
+    cmd = [*TANDEM, "train", "--mode", mode, "--large", a.large, "--reps", data / "reps", "--layers", "1", "--shared-head", "--draft-vocab", a.draft_vocab,
+           "--loss", "distil", "--steps", steps, "--batch-size", a.batch_size, "--seq-len", a.seq_len,
+           "--block-length", gamma, "--seed", seed, "--out", out, "--no-resume"]
+    if mode == "tandem":
+        cmd += ["--layer-assignment", layer, "--variable-boundaries"]
+    return cmd
+
+
+def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma: int, out: Path) -> list:
+    return [*TANDEM, "eval", "--large", a.large, "--data", split, "--heldout-fraction", "1", "--block-length", gamma,
+            "--seq-len", a.seq_len, *[x for name, f in models.items() for x in ("--model", f"{name}={f}")],
+            "--json", out]
+
+
+def summarize(results: list[dict]) -> dict:
+    """Mean and sd over seeds, per drafter kind (model names are KIND-sSEED)."""
+    kinds: dict[str, list[dict]] = {}
+    for r in results:
+        if r["model"] != "M_L":
+            kinds.setdefault(r["model"].rsplit("-s", 1)[0], []).append(r)
+    out = {}
+    for kind, rows in kinds.items():
+        out[kind] = {}
+        for key in ("accuracy", "tv_to_large", "agreement_with_large"):
+            values = [r[key] for r in rows]
+            out[kind][key] = {"mean": statistics.fmean(values),
+                              "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    work = a.work.resolve()
+    data = (a.data or work / "data").resolve()
+    record: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "seconds": {}}
+
+    if not (data / "data.json").is_file():
+        record["seconds"]["data"] = run([sys.executable, REPO / "scripts/chat_data.py", "--large", a.large, "--out", data,
+                                         "--max-prompts", a.max_prompts, "--reps-layers", a.store_layers,
+                                         "--seq-len", a.seq_len, "--threads", a.threads], work / "logs/data.log")
+    record["data"] = json.loads((data / "data.json").read_text())
+
+    # -- select the layer on the valid split ---------------------------------------------
+    gammas = [int(g) for g in a.candidate_gammas.split(",")]
+    select = work / "select"
+    layers = [int(x) for x in a.candidate_layers.split(",")]
+    scores = {}
+    for layer in layers:
+        folder = select / f"tandem-l{layer}"
+        if not (folder / "training_summary.json").is_file():
+            run(train_cmd(a, data, "tandem", folder, layer, max(gammas), a.select_steps, 0), work / f"logs/select-l{layer}.log")
+        result = select / f"valid-l{layer}.json"
+        if not result.is_file():
+            run(eval_cmd(a, data / "valid", {f"tandem-l{layer}": folder}, max(gammas), result),
+                work / f"logs/select-eval-l{layer}.log")
+        scores[layer] = next(r for r in json.loads(result.read_text()) if r["model"] != "M_L")
+    layer = max(layers, key=lambda x: scores[x]["agreement_with_large"])
+    record["select_layer"] = {"scores": scores, "chosen": layer, "by": "agreement with M_L on the valid split"}
+
+    # -- select γ on the valid split: speed of the selected drafter ------------------------
+    valid_prompts = select / "valid_prompts.json"
+    records = [json.loads(x) for x in (data / "valid.jsonl").read_text().splitlines()]
+    picks = [r for r in records if r["kind"] == "chat"][:4] + [r for r in records if r["kind"] == "code"][:4]
+    valid_prompts.write_text(json.dumps([{"name": f"valid{i}", "chat": r["text"]} for i, r in enumerate(picks)]))
+    gamma_bundle, gamma_bench = select / "bundle", select / "bench"
+    if not (gamma_bench / "results.json").is_file():
+        run([*TANDEM, "export", "--large", a.large, "--tandem", select / f"tandem-l{layer}", "--out", gamma_bundle,
+             "--precision", "int4"], work / "logs/select-export.log")
+        run([*TANDEM, "bench", gamma_bundle, "--prompts", valid_prompts, "--modes", "speed",
+             "--block-lengths", a.candidate_gammas, "--decoding", "greedy", "--max-new-tokens", a.max_new_tokens,
+             "--repeats", "1", "--threads", a.threads, "--out", gamma_bench, "--no-plots", "--peers", "none"],
+            work / "logs/select-bench.log")
+    rows = json.loads((gamma_bench / "results.json").read_text())["rows"]
+    speed = {int(r["block_length"]): r["speedup"] for r in rows if r.get("mode") == "speed" and r.get("block_length")}
+    gamma = max(speed, key=lambda g: speed[g])
+    record["select_gamma"] = {"speedup_vs_large": speed, "chosen": gamma,
+                              "by": "greedy speed/large on valid-split prompts"}
+
+    # -- the drafters ---------------------------------------------------------------------
+    seeds = [int(s) for s in a.seeds.split(",")]
+    drafters: dict[str, Path] = {}
+    for seed in seeds:
+        for mode in ("tandem", "plain"):
+            folder = work / f"{mode}-s{seed}"
+            if not (folder / "training_summary.json").is_file():
+                record["seconds"][f"train-{mode}-s{seed}"] = run(
+                    train_cmd(a, data, mode, folder, layer, gamma, a.steps, seed), work / f"logs/train-{mode}-s{seed}.log")
+            drafters[f"{mode}-s{seed}"] = folder
+    record["training"] = {name: json.loads((f / "training_summary.json").read_text()) for name, f in drafters.items()}
+
+    heldout = work / "heldout.json"
+    if not heldout.is_file():
+        run(eval_cmd(a, data / "heldout", drafters, gamma, heldout), work / "logs/heldout.log")
+    record["heldout"] = json.loads(heldout.read_text())
+    record["heldout_summary"] = summarize(record["heldout"])
+
+    bundle, bench = work / "bundle", work / "bench"
+    if not (bench / "results.json").is_file():
+        run([*TANDEM, "export", "--large", a.large, "--tandem", drafters[f"tandem-s{seeds[0]}"],
+             "--plain", drafters[f"plain-s{seeds[0]}"], "--out", bundle, "--precision", "int4"], work / "logs/export.log")
+        run([*TANDEM, "bench", bundle, "--prompts", REPO / "bench/prompts_chat.json",
+             "--modes", "speed,vanilla,adaptive", "--block-lengths", ",".join(str(g) for g in gammas),
+             "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", "1",
+             "--threads", a.threads, "--out", bench, "--peers", "none"], work / "logs/bench.log")
+    record["bench"] = json.loads((bench / "results.json").read_text())
+    a.report.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))
+    Path(f"{a.report}.md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+def render(r: dict) -> str:
+    lines = ["# The default pair: SmolLM2-135M-Instruct + tandem and plain drafters", "",
+             "Written by `scripts/default_pair.py` on this repo's 2-core CPU.", ""]
+    d = r["data"]["splits"]
+    lines += [f"- data: M_L's greedy answers to {d['train']['prompts']} training prompts "
+              f"({d['train']['chat']} chat, {d['train']['code']} code), {r['data']['reps']['tokens']} tokens of reps; "
+              f"valid {d['valid']['prompts']}, held-out {d['heldout']['prompts']} prompts (subjects disjoint).",
+              "- layer (valid agreement): " + ", ".join(
+                  f"{k}: {v['agreement_with_large']:.3f}" for k, v in r["select_layer"]["scores"].items())
+              + f" → **{r['select_layer']['chosen']}**",
+              "- γ (valid greedy speed/large): " + ", ".join(
+                  f"{k}: {v:.2f}" for k, v in r["select_gamma"]["speedup_vs_large"].items())
+              + f" → **{r['select_gamma']['chosen']}**", "",
+              "## Held-out evaluation (mean ± sd over seeds)", "",
+              "| drafter | accuracy | TV to M_L | agreement with M_L |", "| --- | --- | --- | --- |"]
+    for kind, m in r["heldout_summary"].items():
+        lines.append(f"| {kind} | " + " | ".join(f"{m[k]['mean']:.3f} ± {m[k]['sd']:.3f}" for k in (
+            "accuracy", "tv_to_large", "agreement_with_large")) + " |")
+    large = next(x for x in r["heldout"] if x["model"] == "M_L")
+    lines += ["", f"M_L's own held-out accuracy: {large['accuracy']:.3f} ({large['tokens']} tokens).", "",
+              "## Benchmark (held-out prompts, bench/prompts_chat.json, one run)", ""]
+    bench_md = Path(r["args"]["work"]) / "bench" / "results.md"
+    if bench_md.is_file():
+        lines.append(f"See `{bench_md}` for every column; summary:")
+    lines += ["", "| config | tok/s | vs large | α |", "| --- | --- | --- | --- |"]
+    for row in r["bench"]["rows"]:
+        alpha = row.get("alpha")
+        lines.append(f"| {row['label']} | {row['tokens_per_second'] or 0:.1f} | {row['speedup'] or 0:.2f} | "
+                     f"{'–' if alpha is None else f'{alpha:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
