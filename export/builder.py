@@ -24,7 +24,8 @@ present output; GroupQueryAttention writes the new rows at `total - n .. total -
   the same cache (positions `P..P+m-1`, then `P+m..P+m+t-1`); only the token rows go on
   through o_proj and the MLP.
 - **plain_drafter** (plain M_S) is the same decoder without memory.
-Both drafters may output `router_score [1, rows]`, the adaptive block-length router.
+Both drafters may output `router_score [1, rows]`, the adaptive block-length router, and both
+may have a reduced draft vocabulary (`draft_vocab`): their logits are then those tokens' columns.
 
 Weights are read one tensor at a time from a `Checkpoint` and written to the graph's
 external data file at once, so peak memory stays near the largest tensor (the embedding).
@@ -183,8 +184,9 @@ def _spec(ckpt: Checkpoint, role: str, path: Path, options: BuildOptions, rep_la
         spec.reps = [f"rep.{layer}" for layer in spec.rep_layers]
         if any(not 0 <= layer <= shape.num_layers for layer in spec.rep_layers):
             raise ExportError(f"representation layers {spec.rep_layers} outside 0..{shape.num_layers}")
+    if role != "large":  # a reduced draft vocabulary (tandem config, or a plain drafter's draft_vocab.json)
+        spec.draft_vocab = list(ckpt.draft_vocab)
     if tandem is not None:
-        spec.draft_vocab = [int(i) for i in tandem.get("draft_vocab") or []]
         spec.memory_layers = list(tandem["large_layers"])
         spec.memory = [f"memory.{layer}" for layer in spec.memory_layers]
         spec.memory_size = int(tandem["large_hidden_size"])

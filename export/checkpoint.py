@@ -8,6 +8,7 @@ in Hugging Face's layout (`[out, in]` for linear weights).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,43 @@ from typing import Any
 
 import numpy as np
 
-from tandem.errors import ExportError
+from tandem.errors import ExportError, TandemError
 
 TANDEM_CONFIG_FILE = "tandem_config.json"
 TANDEM_WEIGHTS_FILE = "tandem.safetensors"
 ROUTER_CONFIG_FILE = "router_config.json"
 ROUTER_WEIGHTS_FILE = "router.safetensors"
+DRAFT_VOCAB_FILE = "draft_vocab.json"  # a plain drafter's draft vocabulary: {"draft_vocab": [ids]}
+
+
+def parse_draft_vocab(value: Any, vocab_size: int, where: str, error: type[TandemError] = ExportError) -> list[int]:
+    """A stored draft vocabulary: at least 2 token ids, ascending without repeats, inside
+    ``0..vocab_size-1`` (what `tandem train` writes); ``error`` naming ``where`` otherwise."""
+    if (not isinstance(value, list) or len(value) < 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)):
+        raise error(f"{where}: `draft_vocab` must be a list of at least 2 token ids; re-save the drafter "
+                    f"(`tandem train --draft-vocab N`)")
+    if any(not 0 <= i < vocab_size for i in value) or any(b <= a for a, b in itertools.pairwise(value)):
+        raise error(f"{where}: `draft_vocab` must hold ascending token ids inside the drafter's vocabulary "
+                    f"(0..{vocab_size - 1}); re-save the drafter (`tandem train --draft-vocab N`)")
+    return list(value)
+
+
+def read_draft_vocab(folder: str | Path, vocab_size: int, error: type[TandemError] = ExportError) -> list[int] | None:
+    """The draft vocabulary saved in the plain drafter folder ``folder`` (its `draft_vocab.json`),
+    or None when it has none (the drafter proposes from the whole vocabulary)."""
+    path = Path(folder) / DRAFT_VOCAB_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {path} ({exc}); re-save the drafter (`tandem train --draft-vocab N`), or delete "
+                    "the file to draft from the whole vocabulary") from exc
+    if not isinstance(data, dict) or "draft_vocab" not in data:
+        raise error(f"{path} is not a draft vocabulary (a JSON object with a `draft_vocab` list); re-save the "
+                    "drafter (`tandem train --draft-vocab N`), or delete the file to draft from the whole vocabulary")
+    return parse_draft_vocab(data["draft_vocab"], vocab_size, str(path), error)
 
 
 class TensorSource:
@@ -131,6 +163,8 @@ class Checkpoint:
 
     `extras` holds the tandem projections (`projections.{j}.weight`) and router weights
     (`router.mlp.{0,2}.{weight,bias}`); `tandem_config` / `router_config` their settings.
+    `draft_vocab`: a drafter's reduced draft vocabulary (ascending token ids; empty: all), from
+    the tandem config or a plain drafter's `draft_vocab.json`.
     """
 
     config: Any  # transformers.PretrainedConfig
@@ -140,6 +174,7 @@ class Checkpoint:
     tandem_config: dict[str, Any] | None = None
     router_config: dict[str, Any] | None = None
     trained_block_length: int = 0  # γ of `tandem train` (training_summary.json); 0: unknown
+    draft_vocab: list[int] = field(default_factory=list)
 
     def close(self) -> None:
         self.tensors.close()
@@ -169,7 +204,10 @@ class Checkpoint:
                                   "re-save the tandem M_S")
             extra_files.append(folder / TANDEM_WEIGHTS_FILE)
             ckpt.router_config = ckpt.tandem_config.get("router")
-        elif (folder / ROUTER_CONFIG_FILE).is_file():
+            ckpt.draft_vocab = [int(i) for i in ckpt.tandem_config.get("draft_vocab") or []]
+        else:
+            ckpt.draft_vocab = read_draft_vocab(folder, int(config.vocab_size)) or []
+        if ckpt.tandem_config is None and (folder / ROUTER_CONFIG_FILE).is_file():
             if not (folder / ROUTER_WEIGHTS_FILE).is_file():
                 raise ExportError(f"{folder} has {ROUTER_CONFIG_FILE} but no {ROUTER_WEIGHTS_FILE}; "
                                   "re-save the drafter or delete the router config")
@@ -184,8 +222,8 @@ class Checkpoint:
 
     @staticmethod
     def from_module(model: Any) -> Checkpoint:
-        """An in-process model: a Hugging Face causal LM (optionally with a `.router`), or a
-        `tandem.train.model.TandemSmall`."""
+        """An in-process model: a Hugging Face causal LM (optionally with a `.router` and a draft
+        vocabulary), or a `tandem.train.model.TandemSmall`."""
         from dataclasses import asdict
 
         from tandem.train.model import TandemSmall
@@ -197,9 +235,12 @@ class Checkpoint:
             tandem_config = json.loads(model.config.to_json())
             return Checkpoint(model.small.config, DictSource(dict(model.small.state_dict())),
                               extras=DictSource(extras), tandem_config=tandem_config,
-                              router_config=tandem_config.get("router"))
+                              router_config=tandem_config.get("router"),
+                              draft_vocab=list(tandem_config.get("draft_vocab") or []))
         router = getattr(model, "router", None)
-        ckpt = Checkpoint(model.config, DictSource(dict(model.state_dict())))
+        draft_ids = getattr(model, "draft_ids", None)  # a plain drafter's, see tandem.train.model.set_draft_vocab
+        ckpt = Checkpoint(model.config, DictSource(dict(model.state_dict())),
+                          draft_vocab=[] if draft_ids is None else [int(i) for i in draft_ids.tolist()])
         if router is not None:
             ckpt.extras = DictSource({f"router.{k}": v for k, v in router.state_dict().items()})
             ckpt.router_config = asdict(router.config)

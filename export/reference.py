@@ -135,7 +135,7 @@ class Reference:
                     out[c][v][f"rep.{shape.num_layers}"] = hidden[c][v].numpy()
                 hidden[c][v] = hidden[c][v][:, case.logits_from:]
         head = self.ckpt.tensors.get(lm_head_name(shape, ckpt.tensors.names()))  # [V, d]
-        vocab = np.asarray((tandem or {}).get("draft_vocab") or [], dtype=np.int64)
+        vocab = np.asarray(ckpt.draft_vocab if role != "large" else [], dtype=np.int64)
         if vocab.size:  # a reduced draft vocabulary: logits of those tokens only
             head = head[vocab]
         logits = [{v: [] for v in self.variants} for _ in cases]

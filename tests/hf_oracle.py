@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tandem.export.feeds import CaseInputs
-from tandem.train.model import TandemSmall, large_step, plain_step
+from tandem.train.model import TandemSmall, draft_ids, large_step, plain_router_score, plain_step
 
 
 def _past(inputs: CaseInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -36,11 +36,11 @@ def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list
         logits, present, score = model.step(ids, memory, _past(inputs))
     else:
         logits, present = plain_step(model, ids, _past(inputs))
-        score = None if router is None else router(logits, model.get_input_embeddings().weight)
+        score = None if router is None else plain_router_score(model, router, logits)
     start = inputs.logits_from
-    vocab = getattr(getattr(model, "config", None), "draft_vocab", None) if role == "tandem_drafter" else None
-    if vocab:  # the graph outputs the draft vocabulary's columns only
-        logits = logits[..., torch.tensor(vocab)]
+    vocab = draft_ids(model) if role != "large" else None
+    if vocab is not None:  # the graph outputs the draft vocabulary's columns only
+        logits = logits[..., vocab]
     out["logits"] = logits[:, start:].numpy()
     if score is not None:
         out["router_score"] = score[:, start:].numpy()

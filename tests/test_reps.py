@@ -274,3 +274,38 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
     with pytest.warns(UntrainedBlockLengthWarning, match="trained at"):
         got = model.generate(prompt, mode="speed", block_length=3, max_new_tokens=24, ignore_eos=True)
     assert got.ids == want
+
+
+def test_cli_reps_train_plain_export_vanilla_equals_large(setup: dict, tmp_path: Path):
+    """The same pipeline for the plain drafter: `tandem train --mode plain --reps --shared-head
+    --draft-vocab` (top-k teacher on the vocabulary's columns) → `tandem export --precision int4`
+    → `vanilla` decodes exactly what `large` decodes, with the drafter's graph over its 60 tokens."""
+    from safetensors.torch import load_file
+
+    from tandem.cli import main
+    from tandem.runtime import load
+    from tandem.train.model import DRAFT_VOCAB_FILE
+
+    reps = setup["tmp"] / "torch"
+    if not reps.exists():
+        _run(setup, reps)
+    drafter = tmp_path / "plain"
+    assert main(["train", "--mode", "plain", "--large", str(setup["large"]), "--reps", str(reps),
+                 "--layers", "1", "--shared-head", "--draft-vocab", "60", "--steps", "8", "--batch-size", "4",
+                 "--seq-len", str(SEQ), "--out", str(drafter), "--router-batches", "2", "--router-steps", "10"]) == 0
+    vocab = json.loads((drafter / DRAFT_VOCAB_FILE).read_text())["draft_vocab"]
+    assert len(vocab) == 60 and 0 in vocab
+    parts = LargeParts.from_folder(setup["large"])  # the shared head stayed M_L's
+    assert torch.equal(load_file(drafter / "model.safetensors")["model.embed_tokens.weight"], parts.embedding)
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--large", str(setup["large"]), "--plain", str(drafter), "--out", str(bundle),
+                 "--precision", "int4", "--context-length", "128"]) == 0
+    spec = read_manifest(str(bundle)).graphs["plain_drafter"]
+    assert spec.draft_vocab == vocab and spec.logits_size == 60 and spec.router_score
+    model = load(bundle, threads=1)
+    prompt = TextTokenizer.load(setup["large"]).tokenizer.encode("def f0_3(x):\n    return").ids
+    want = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True).ids
+    for block in (1, 3, "auto"):
+        got = model.generate(prompt, mode="vanilla", block_length=block, max_new_tokens=24, ignore_eos=True)
+        assert got.ids == want, block
+        assert got.stats["drafted"] > 0

@@ -15,11 +15,16 @@ from tandem.train.cli import add_eval_parser, add_train_parser
 from tandem.train.data import Corpus, TextTokenizer, consecutive_windows
 from tandem.train.evaluate import evaluate, format_table
 from tandem.train.model import (
+    DRAFT_VOCAB_FILE,
     TandemSmall,
+    create_drafter,
     create_drafter_config,
     create_tandem,
+    draft_vocabulary,
     empty_past,
     large_step,
+    load_plain_drafter,
+    set_draft_vocab,
 )
 from tandem.train.router import Router, RouterConfig, fit_router, total_variation
 from tandem.train.trainer import TrainConfig, Trainer, distil_loss, learning_rate_factor
@@ -122,6 +127,106 @@ def test_plain_and_lm_modes(corpus, tmp_path):
         Trainer(small, None, corpus, tiny_config(mode="plain"), tmp_path / "y")
 
 
+def test_plain_draft_vocabulary_trains_on_its_columns(corpus, tmp_path):
+    """A plain drafter with a draft vocabulary: training computes the head's rows of those tokens
+    only (no gradient reaches the others), its Distil loss is the full model's restricted as the
+    tandem M_S's is (targets outside not counted, the teacher's mass outside dropped), it learns,
+    and the vocabulary is saved with it, loaded back, evaluated with and checked on resume."""
+    large = tiny_large("llama", num_layers=2)
+    vocab = draft_vocabulary(corpus.train, 16, large.config.vocab_size, always=[0])
+
+    def build(folder, draft_vocab=vocab) -> Trainer:
+        small = set_draft_vocab(create_drafter(large, create_drafter_config(large.config, 1, 32), seed=3),
+                                draft_vocab)
+        cfg = tiny_config(mode="plain", steps=30, loss="distil")
+        return Trainer(small, large, corpus, cfg, folder, Router(RouterConfig(embed_dim=32)))
+
+    trainer = build(tmp_path / "plain")
+    small, ids = trainer.model, torch.tensor(vocab)
+    windows = consecutive_windows(corpus.train, trainer.config.seq_len + 1, 8)
+    batch = trainer.live_batch(windows, True)
+    logits = trainer.drafter_logits(batch, torch.Generator())
+    full = small(input_ids=batch.inputs).logits
+    assert logits.shape == (*batch.inputs.shape, len(vocab))
+    torch.testing.assert_close(logits, full[..., ids])
+    column = torch.full((large.config.vocab_size,), -1)
+    column[ids] = torch.arange(len(vocab))
+    inside = column[batch.targets] >= 0
+    assert 0 < inside.sum() < inside.numel()  # some targets are outside the vocabulary
+    hard = F.cross_entropy(full[..., ids][inside], column[batch.targets][inside])
+    p = torch.softmax(batch.teacher.logits, -1)[..., ids]
+    soft = -(p * torch.log_softmax(full[..., ids], -1)).sum(-1).mean()
+    loss = trainer.compute_loss(batch, "distil")
+    torch.testing.assert_close(loss, 0.5 * hard + 0.5 * soft)
+    loss.backward()
+    grad = small.get_output_embeddings().weight.grad
+    outside = torch.ones(large.config.vocab_size, dtype=torch.bool)
+    outside[ids] = False
+    assert grad[outside].abs().max() == 0 and grad[ids].abs().max() > 0
+    small.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        before = trainer.compute_loss(batch, "distil").item()
+    trainer.train(progress=False)
+    with torch.no_grad():
+        after = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
+    assert after < before - 0.1, (before, after)
+    assert trainer.fit_router() < 0.5
+    trainer.save()
+    assert json.loads((tmp_path / "plain" / DRAFT_VOCAB_FILE).read_text()) == {"draft_vocab": vocab}
+    loaded = load_plain_drafter(tmp_path / "plain")
+    assert loaded.draft_ids.tolist() == vocab
+    results = evaluate(large, {"plain": loaded}, consecutive_windows(corpus.heldout, 9, 3), block_length=2)
+    with torch.no_grad():
+        heldout = consecutive_windows(corpus.heldout, 9, 3)
+        own = loaded(input_ids=heldout[:, :-1]).logits[..., ids].argmax(-1)
+        want = (ids[own] == large(input_ids=heldout[:, :-1]).logits.argmax(-1)).float().mean().item()
+    assert results[1]["agreement_with_large"] == pytest.approx(want)
+    # the checkpoint holds the vocabulary: resuming with another one (or none) is refused
+    for other in (vocab[:-1], None):
+        with pytest.raises(TrainingError, match="another draft vocabulary"):
+            build(tmp_path / "plain", other).train(progress=False)
+    # a plain drafter saved without a vocabulary into the same folder leaves no stale file behind
+    plain = Trainer(set_draft_vocab(loaded, None).train(), large, corpus, tiny_config(mode="plain", steps=1),
+                    tmp_path / "plain", None)
+    plain.train(resume=False, progress=False)
+    plain.save()
+    assert not (tmp_path / "plain" / DRAFT_VOCAB_FILE).exists()
+    assert load_plain_drafter(tmp_path / "plain").draft_ids is None
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("{not json", "cannot read"),
+    ('{"ids": [1, 2]}', "not a draft vocabulary"),
+    ("[1, 2]", "not a draft vocabulary"),
+    ('{"draft_vocab": [5, 3]}', "ascending"),
+    ('{"draft_vocab": [4, 4, 9]}', "ascending"),
+    ('{"draft_vocab": [1, 300]}', "ascending token ids inside"),
+    ('{"draft_vocab": [-1, 3]}', "ascending token ids inside"),
+    ('{"draft_vocab": [7]}', "at least 2"),
+    ('{"draft_vocab": [0, true]}', "list of at least 2 token ids"),
+    ('{"draft_vocab": [0, 2.0]}', "list of at least 2 token ids"),
+    ('{"draft_vocab": "0,1"}', "list of at least 2 token ids"),
+])
+def test_a_damaged_draft_vocabulary_file_is_refused(tmp_path, text, match):
+    """Loading (training side) and exporting a plain drafter folder whose draft_vocab.json is
+    damaged or out of the vocabulary's range: a typed error naming the file, never a drafter
+    that proposes tokens the bundle cannot map."""
+    from tandem.errors import ExportError
+    from tandem.export.checkpoint import Checkpoint
+
+    large = tiny_large("llama", num_layers=2)
+    folder = tmp_path / "plain"
+    create_drafter(large, create_drafter_config(large.config, 1, 32), seed=3).save_pretrained(folder)
+    (folder / DRAFT_VOCAB_FILE).write_text(text)
+    with pytest.raises(TrainingError, match=match):
+        load_plain_drafter(folder)
+    with pytest.raises(ExportError, match=match):
+        Checkpoint.from_folder(folder, "plain M_S")
+    (folder / DRAFT_VOCAB_FILE).write_text('{"draft_vocab": [0, 5, 9]}')
+    assert load_plain_drafter(folder).draft_ids.tolist() == [0, 5, 9]
+    assert Checkpoint.from_folder(folder, "plain M_S").draft_vocab == [0, 5, 9]
+
+
 def test_router_targets_and_fit():
     torch.manual_seed(0)
     router = Router(RouterConfig(embed_dim=8, top_k=3, hidden_size=16))
@@ -161,10 +266,24 @@ def test_cli_train_and_eval(tmp_path, capsys):
     for mode in ("tandem", "plain"):
         args = parser.parse_args(["train", "--mode", mode, "--out", str(tmp_path / mode), *common])
         assert args.func(args) == 0
+    # both drafters take a draft vocabulary: the same 30 most frequent training tokens + EOS
+    for mode in ("tandem", "plain"):
+        args = parser.parse_args(["train", "--mode", mode, "--draft-vocab", "30", "--out",
+                                  str(tmp_path / f"{mode}30"), *common])
+        assert args.func(args) == 0
+    vocab = json.loads((tmp_path / "plain30" / DRAFT_VOCAB_FILE).read_text())["draft_vocab"]
+    assert len(vocab) == 30 and 0 in vocab
+    assert json.loads((tmp_path / "tandem30" / "tandem_config.json").read_text())["draft_vocab"] == vocab
+    assert not (tmp_path / "plain" / DRAFT_VOCAB_FILE).exists()
+    args = parser.parse_args(["train", "--mode", "lm", "--tokenizer", str(large_dir), "--draft-vocab", "30",
+                              "--out", str(tmp_path / "lm"), *common[2:]])
+    with pytest.raises(TrainingError, match="--draft-vocab is for the drafters"):
+        args.func(args)
     # the tiny corpus's held-out split is far too small to report on: train warns, eval refuses
     assert "held-out tokens (< 10000)" in capsys.readouterr().err
     eval_args = ["eval", "--large", str(large_dir), "--model", f"plain={tmp_path / 'plain'}",
-                 "--model", f"tandem={tmp_path / 'tandem'}", "--data", str(data),
+                 "--model", f"tandem={tmp_path / 'tandem'}", "--model", f"plain30={tmp_path / 'plain30'}",
+                 "--data", str(data),
                  "--seq-len", "8", "--block-length", "3", "--json", str(tmp_path / "r.json")]
     args = parser.parse_args(eval_args)
     with pytest.raises(TrainingError, match="refusing to report: only \\d+ held-out tokens.*--min-heldout-tokens"):
@@ -175,7 +294,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
     args = parser.parse_args([*eval_args, "--min-heldout-tokens", "0"])
     assert args.func(args) == 0
     results = json.loads((tmp_path / "r.json").read_text())
-    assert [r["model"] for r in results] == ["M_L", "plain", "tandem"]
+    assert [r["model"] for r in results] == ["M_L", "plain", "tandem", "plain30"]
     assert results[0]["tv_to_large"] == 0.0 and results[0]["agreement_with_large"] == 1.0
     assert "tandem" in capsys.readouterr().out
 

@@ -44,6 +44,7 @@ from tandem.train.model import (
     create_lm_config,
     create_tandem,
     draft_vocabulary,
+    set_draft_vocab,
 )
 from tandem.train.reps import (
     DEFAULT_TOP_K,
@@ -111,8 +112,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="build M_S at M_L's width and share M_L's embedding and LM head, frozen (not "
                              "trained, stored once in the bundle); --hidden is then M_L's width")
     parser.add_argument("--draft-vocab", type=int, metavar="N",
-                        help="tandem: the drafter proposes only the N most frequent tokens of the training data "
-                             "(plus EOS); still lossless, and its head costs N rows instead of the vocabulary")
+                        help="the drafter (tandem or plain) proposes only the N most frequent tokens of the "
+                             "training data (plus EOS); still lossless, and its head costs N rows instead of the "
+                             "vocabulary, in training and in decoding")
     _add_data_args(parser, required=False)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -149,6 +151,8 @@ def _load_large(folder: Path | None) -> PreTrainedModel:
 def _build_model(args: argparse.Namespace, large: PreTrainedModel | LargeParts | None, tokenizer: TextTokenizer,
                  stream: torch.Tensor | None) -> tuple[TandemSmall | PreTrainedModel, Router | None]:
     if args.mode == "lm":
+        if args.draft_vocab:
+            raise TrainingError("--draft-vocab is for the drafters (--mode tandem or plain), not --mode lm")
         if args.init is not None:
             return AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32), None
         hidden = args.hidden or DEFAULT_HIDDEN
@@ -169,18 +173,15 @@ def _build_model(args: argparse.Namespace, large: PreTrainedModel | LargeParts |
         config = create_drafter_config(large.config, args.layers, hidden or DEFAULT_HIDDEN, args.heads, args.kv_heads,
                                        args.intermediate)
         small = create_drafter(large, config, seed=args.seed, freeze_shared=args.shared_head)
+    vocab = None
+    if args.draft_vocab:  # the same vocabulary for either drafter: the N most frequent training tokens + EOS
+        eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        vocab = draft_vocabulary(stream, args.draft_vocab, large.config.vocab_size, always=eos)
     if args.mode == "tandem":
-        vocab = None
-        if args.draft_vocab:
-            eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-            vocab = draft_vocabulary(stream, args.draft_vocab, large.config.vocab_size, always=eos)
         return create_tandem(large, small, args.layer_assignment, router=not args.no_router, seed=args.seed,
                              draft_vocab=vocab), None
-    if args.draft_vocab:
-        raise TrainingError("--draft-vocab is for --mode tandem (the plain drafter graph drafts from the whole "
-                            "vocabulary)")
     router = None if args.no_router else Router(RouterConfig(embed_dim=small.config.hidden_size))
-    return small, router
+    return set_draft_vocab(small, vocab), router
 
 
 def _quiet(*args: object, **kwargs: object) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from tandem.train.model import (
     TANDEM_CONFIG_FILE,
@@ -24,6 +24,7 @@ from tandem.train.model import (
     drafter_logits,
     empty_past,
     large_step,
+    load_plain_drafter,
 )
 from tandem.train.router import total_variation
 
@@ -31,11 +32,12 @@ LARGE_NAME = "M_L"
 
 
 def load_drafter(folder: str | Path) -> TandemSmall | PreTrainedModel:
-    """A tandem M_S when ``folder`` has ``tandem_config.json``, else a plain HF causal LM."""
+    """A tandem M_S when ``folder`` has ``tandem_config.json``, else a plain HF causal LM (with its
+    draft vocabulary when the folder has ``draft_vocab.json``)."""
     folder = Path(folder)
     if (folder / TANDEM_CONFIG_FILE).exists():
         return TandemSmall.from_pretrained(folder)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return load_plain_drafter(folder)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from tandem.errors import TandemError, TrainingError
+from tandem.export.checkpoint import DRAFT_VOCAB_FILE, read_draft_vocab
 from tandem.train.router import Router, RouterConfig
 
 KV = tuple[Tensor, Tensor]  # (key, value), each (1, h_kv, P, dh)
@@ -145,9 +146,92 @@ def large_step(large: PreTrainedModel, input_ids: Tensor, past: list[KV],
 
 
 def plain_step(model: PreTrainedModel, input_ids: Tensor, past: list[KV]) -> tuple[Tensor, list[KV]]:
-    """An ordinary causal-LM step (the vanilla drafter): logits ``(B, T, V)`` and present K/V."""
+    """An ordinary causal-LM step (the vanilla drafter): logits ``(B, T, V)`` and present K/V.
+    A drafter with a draft vocabulary (:func:`set_draft_vocab`) has -inf (probability 0) outside it."""
     logits, present, _ = _hf_step(model, input_ids, past, output_hidden_states=False)
+    ids = draft_ids(model)
+    if ids is not None:
+        logits = torch.full_like(logits, float("-inf")).index_copy(-1, ids, logits[..., ids])
     return logits, present
+
+
+# --------------------------------------------------------------------------- plain drafter's draft vocabulary
+
+
+def _draft_index(draft_vocab: list[int] | None, vocab_size: int) -> tuple[Tensor | None, Tensor | None]:
+    """A draft vocabulary's token id per logit column, and each token id's column (-1: a token
+    the drafter never proposes); (None, None) without one."""
+    if not draft_vocab:
+        return None, None
+    ids = torch.tensor(draft_vocab, dtype=torch.long)
+    column = torch.full((vocab_size,), -1, dtype=torch.long)
+    column[ids] = torch.arange(len(ids))
+    return ids, column
+
+
+def draft_ids(model: nn.Module) -> Tensor | None:
+    """The draft vocabulary of a drafter (TandemSmall, or a plain drafter given one by
+    :func:`set_draft_vocab`): token id per logit column; None when it drafts from all V."""
+    return getattr(model, "draft_ids", None)
+
+
+def set_draft_vocab(model: PreTrainedModel, draft_vocab: list[int] | None) -> PreTrainedModel:
+    """Give the plain drafter ``model`` a reduced draft vocabulary (ascending token ids, see
+    :func:`draft_vocabulary`; None: the whole vocabulary) and return it.
+
+    It then proposes only those tokens: :func:`plain_step` gives -inf elsewhere and
+    :func:`plain_columns` computes the head's rows of those tokens only. Held as the buffers
+    ``draft_ids`` / ``column_of_token`` (as in :class:`TandemSmall`), outside the model's weights;
+    :func:`save_plain_drafter` writes them to ``draft_vocab.json``.
+    """
+    ids, column = _draft_index(check_draft_vocab(draft_vocab, model.config.vocab_size), model.config.vocab_size)
+    device = model.get_input_embeddings().weight.device
+    model.register_buffer("draft_ids", None if ids is None else ids.to(device), persistent=False)
+    model.register_buffer("column_of_token", None if column is None else column.to(device), persistent=False)
+    return model
+
+
+def plain_columns(model: PreTrainedModel, input_ids: Tensor) -> Tensor:
+    """Training-mode logits of a plain drafter over its columns: ``(B, N, len(draft_ids))`` with a
+    draft vocabulary (only those rows of the head are computed: it costs N rows instead of V),
+    ``(B, N, V)`` without one."""
+    ids = draft_ids(model)
+    if ids is None:
+        return model(input_ids=input_ids).logits
+    hidden = model.model(input_ids=input_ids).last_hidden_state  # (B, N, d_S)
+    return torch.nn.functional.linear(hidden, model.get_output_embeddings().weight[ids])
+
+
+def plain_router_score(model: PreTrainedModel, router: Router, logits: Tensor) -> Tensor:
+    """The router score ``(B, t)`` of a plain drafter's logits ``(B, t, V)``: over the draft
+    vocabulary's columns and their embeddings when it has one (as :meth:`TandemSmall.step`)."""
+    embed = model.get_input_embeddings().weight
+    ids = draft_ids(model)
+    return router(logits, embed) if ids is None else router(logits[..., ids], embed[ids])
+
+
+def save_plain_drafter(model: PreTrainedModel, folder: str | Path) -> None:
+    """``model.save_pretrained(folder)`` plus its draft vocabulary as ``draft_vocab.json``
+    (``{"draft_vocab": [ids]}``; a stale one is removed when the drafter has none)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    ids = draft_ids(model)
+    path = folder / DRAFT_VOCAB_FILE
+    if ids is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(json.dumps({"draft_vocab": ids.tolist()}))
+
+
+def load_plain_drafter(folder: str | Path) -> PreTrainedModel:
+    """A plain drafter folder (a Hugging Face causal LM, plus ``draft_vocab.json`` when it has a
+    draft vocabulary) as an eval-mode float32 model; a TrainingError for a damaged vocabulary file."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise TrainingError(f"{folder} is not a drafter folder (no config.json); train one with `tandem train`")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    vocab = read_draft_vocab(folder, model.config.vocab_size, TrainingError)
+    return set_draft_vocab(model, vocab).eval()
 
 
 # --------------------------------------------------------------------------- creation
@@ -466,11 +550,7 @@ class TandemSmall(nn.Module):
         self._windows = _sliding_windows(small.config)
         # A draft vocabulary's token id per logit column, and each token id's column (-1: a token
         # the drafter never proposes); None without one. Derived from the config, not saved.
-        ids = column = None
-        if config.draft_vocab:
-            ids = torch.tensor(config.draft_vocab, dtype=torch.long)
-            column = torch.full((config.vocab_size,), -1, dtype=torch.long)
-            column[ids] = torch.arange(len(ids))
+        ids, column = _draft_index(config.draft_vocab, config.vocab_size)
         self.register_buffer("draft_ids", ids, persistent=False)
         self.register_buffer("column_of_token", column, persistent=False)
 
@@ -601,10 +681,16 @@ class TandemSmall(nn.Module):
 
 def drafter_logits(model: TandemSmall | PreTrainedModel, input_ids: Tensor, reps: list[Tensor],
                    starts: Tensor) -> Tensor:
-    """Training-mode logits ``(B, N, V)`` of a tandem M_S (block mask from ``starts``) or a plain LM."""
+    """Training-mode logits ``(B, N, V)`` of a tandem M_S (block mask from ``starts``) or a plain LM
+    (-inf outside a draft vocabulary)."""
     if isinstance(model, TandemSmall):
         return model.forward_train(input_ids, reps, starts)
-    return model(input_ids=input_ids).logits
+    logits = plain_columns(model, input_ids)
+    ids = draft_ids(model)
+    if ids is None:
+        return logits
+    full = logits.new_full((*logits.shape[:-1], model.config.vocab_size), float("-inf"))
+    return full.index_copy(-1, ids, logits)
 
 
 def create_lm_config(arch: str, vocab_size: int, num_layers: int, hidden_size: int, num_heads: int,

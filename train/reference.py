@@ -26,7 +26,14 @@ from transformers import PreTrainedModel
 from tandem._core import BundleDefaults, GenerateOptions
 from tandem.errors import InvalidArgumentError
 from tandem.manifest import DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_BLOCK_LENGTH, DEFAULT_ROUTER_THRESHOLD
-from tandem.train.model import KV, TandemSmall, empty_past, large_step, plain_step
+from tandem.train.model import (
+    KV,
+    TandemSmall,
+    empty_past,
+    large_step,
+    plain_router_score,
+    plain_step,
+)
 from tandem.train.sampling import (
     SamplingParams,
     accept_greedy,
@@ -178,7 +185,7 @@ def drafter_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple
     else:
         logits, state.drafter_past = plain_step(models.drafter, _ids(tokens), state.drafter_past)
         router = getattr(models.drafter, "router", None)
-        score = None if router is None else router(logits, models.drafter.get_input_embeddings().weight)
+        score = None if router is None else plain_router_score(models.drafter, router, logits)
     return logits[0, -1], None if score is None else float(score[0, -1])
 
 
@@ -315,8 +322,8 @@ def generate_reference(
     (None: M_L's max positions).
 
     ``tandem``: the tandem M_S (modes tandem, speed). ``drafter``: a plain HF causal LM (mode
-    vanilla); for adaptive vanilla it carries a ``router`` attribute (a
-    :class:`tandem.train.router.Router`). ``generator`` drives every random draw when sampling.
+    vanilla; :func:`tandem.train.model.load_plain_drafter` gives it its draft vocabulary, if any);
+    for adaptive vanilla it carries a ``router`` attribute (a :class:`tandem.train.router.Router`). ``generator`` drives every random draw when sampling.
     """
     config = options.resolve(EXPORT_DEFAULTS)  # InvalidArgumentError for an option out of range
     models = Models(  # a model the mode does not use is ignored

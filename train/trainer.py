@@ -47,8 +47,11 @@ from tandem.train.model import (
     TandemSmall,
     block_starts,
     check_pair,
+    draft_ids,
     empty_past,
     large_step,
+    plain_columns,
+    save_plain_drafter,
     variable_block_starts,
 )
 from tandem.train.reps import RepsReader
@@ -244,10 +247,10 @@ class Trainer:
             self.teacher_head = self.large.get_output_embeddings().weight
         self.router = model.router if isinstance(model, TandemSmall) else router
         self.corpus = corpus
-        # a draft vocabulary's columns (token id per logit column, column per token id); None: all V
-        tandem = isinstance(model, TandemSmall)
-        self.columns: Tensor | None = self.model.draft_ids if tandem else None
-        self.to_column: Tensor | None = self.model.column_of_token if tandem else None
+        # a draft vocabulary's columns (token id per logit column, column per token id); None: all V.
+        # The tandem M_S and a plain drafter (tandem.train.model.set_draft_vocab) hold them alike.
+        self.columns: Tensor | None = draft_ids(self.model)
+        self.to_column: Tensor | None = getattr(self.model, "column_of_token", None)
         self.out_dir = Path(out_dir)
         self.step = 0
         self.tokens_per_second: float | None = None  # of the last train() call
@@ -327,7 +330,7 @@ class Trainer:
     def _forward_logits(self, inputs: Tensor, reps: list[Tensor], starts: Tensor) -> Tensor:
         if isinstance(self.model, TandemSmall):
             return self.model.forward_columns(inputs, reps, starts)
-        return self.model(input_ids=inputs).logits
+        return plain_columns(self.model, inputs)
 
     def drafter_logits(self, batch: Batch, generator: torch.Generator, synced: bool = False) -> Tensor:
         """M_S logits ``(B, N, C)`` over its columns (the draft vocabulary, or all V). ``synced``: through
@@ -360,6 +363,12 @@ class Trainer:
     def _tandem_config_json(self) -> str | None:
         return self.model.config.to_json() if isinstance(self.model, TandemSmall) else None
 
+    def _plain_draft_vocab(self) -> list[int] | None:
+        """A plain drafter's draft vocabulary (the tandem M_S's is in its config)."""
+        if isinstance(self.model, TandemSmall) or self.columns is None:
+            return None
+        return self.columns.tolist()
+
     def save_checkpoint(self) -> None:
         """Write the checkpoint (rank 0; the other ranks wait for it)."""
         if self.dist.is_main:
@@ -372,6 +381,7 @@ class Trainer:
             "step": self.step,
             "config": asdict(self.config),
             "tandem_config": self._tandem_config_json(),
+            "draft_vocab": self._plain_draft_vocab(),
             "model": self._trained_state(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -411,6 +421,9 @@ class Trainer:
         if state.get("tandem_config", tandem_config) != tandem_config:  # absent in older checkpoints
             raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment, M_L or "
                                 "router; use the same --layer-assignment and M_L, another --out, or --no-resume")
+        if state.get("draft_vocab") != self._plain_draft_vocab():  # absent in older checkpoints: none
+            raise TrainingError(f"{self.checkpoint_path} holds a plain drafter of another draft vocabulary; use the "
+                                "same --draft-vocab and training data, another --out, or --no-resume")
         self._load_trained_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -513,7 +526,10 @@ class Trainer:
         return self.out_dir
 
     def _write_model(self, tokenizer_folder: str | Path | None, summary: dict | None) -> None:
-        self.model.save_pretrained(self.out_dir)
+        if isinstance(self.model, TandemSmall):
+            self.model.save_pretrained(self.out_dir)
+        else:  # + draft_vocab.json when it has a draft vocabulary
+            save_plain_drafter(self.model, self.out_dir)
         if self.router is not None and not isinstance(self.model, TandemSmall):
             self.router.save(self.out_dir)
         if tokenizer_folder is not None:
