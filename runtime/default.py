@@ -261,7 +261,8 @@ def restore_drafter(committed: Path, large: Path, out: Path) -> Path:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    """Bytes of a folder's files, training state (`*.pt`) left out."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix not in _NEVER_COMMITTED_SUFFIXES)
 
 
 def install_drafters(tandem_src: str | Path, plain_src: str | Path | None = None, *, large: str | Path | None = None,
@@ -298,7 +299,7 @@ def install_drafters(tandem_src: str | Path, plain_src: str | Path | None = None
                 if _sha256(path) != _sha256(src / path.name):
                     raise BundleError(f"{src}: restoring {path.name} does not give the trained file back")
             stripped = ", ".join(record["tensors"]) or "nothing"
-            log(f"{role}: {_folder_bytes(out) / 1e6:.1f} MB committed (of {_folder_bytes(src) / 1e6:.1f} MB; "
+            log(f"{role}: {_folder_bytes(out) / 1e6:.1f} MB committed (trained folder: {_folder_bytes(src) / 1e6:.1f} MB; "
                 f"shared with M_L and stripped: {stripped}; M_L's files: {', '.join(record['files']) or 'none'})")
             staged[role] = out
         total = sum(_folder_bytes(p) for p in staged.values()) / 1e6

