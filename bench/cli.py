@@ -69,7 +69,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
             "outputs: --out/results.json, results.md, speedup.png, acceptance.png"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
+                   help="bundle folder (default: the default model, built locally on first use)")
     p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS,
                    help="JSON list of prompts: strings, {\"name\", \"prompt\"} (raw text) or {\"name\", \"chat\"} "
                    "(a user message formatted with the bundle's chat template) (default: bench/prompts.json)")
@@ -93,8 +93,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-reps", type=int, default=50, help="timed calls per graph for c and v")
     p.add_argument("--peers", type=_choices((*PEERS, "none")), default=None,
                    help="peers to run: hf,ortgenai or none (default: both; none with --quick)")
-    p.add_argument("--hf-large", type=Path, help="Hugging Face folder of M_L (default bundle: tandem/models/default/large)")
-    p.add_argument("--hf-draft", type=Path, help="Hugging Face folder of the plain drafter (default: .../plain)")
+    p.add_argument("--hf-large", type=Path, help="Hugging Face folder of M_L (default bundle: converted from its GGUF into the cache, "
+                        "`python -m tandem.runtime.default --hf-folder large`)")
+    p.add_argument("--hf-draft", type=Path, help="Hugging Face folder of the plain drafter (default bundle: its committed plain drafter, "
+                        "restored; none when it has none)")
     p.add_argument("--peers-python", help="interpreter of the venv with onnxruntime-genai "
                                           "(default: $TANDEM_PEERS_PYTHON or <repo>/.venv-peers/bin/python)")
     p.add_argument("--peer-block-length", type=int,
@@ -174,7 +176,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from tandem.bench import machine, peers, report, sweep
     from tandem.bench.costs import measure_costs
     from tandem.runtime import load
-    from tandem.runtime.default import weights_dir
+    from tandem.runtime.default import hf_folder
 
     _check(args)
     if args.quick:
@@ -255,8 +257,10 @@ def run_bench(args: argparse.Namespace) -> int:
     peer_results: dict[str, Any] = {}
     if peer_names:
         # absolute: the peers run in their own working folders
-        large_dir = args.hf_large.resolve() if args.hf_large else (weights_dir() / "large" if is_default else None)
-        draft_dir = args.hf_draft.resolve() if args.hf_draft else (weights_dir() / "plain" if is_default else None)
+        # the default model: M_L converted from its GGUF, the committed plain drafter restored (in the cache)
+        large_dir = args.hf_large.resolve() if args.hf_large else (hf_folder("large") if is_default else None)
+        draft_dir = args.hf_draft.resolve() if args.hf_draft else (
+            hf_folder("plain") if is_default and "vanilla" in model.modes else None)
         log(f"peers: {', '.join(peer_names)} (γ = {peer_block}, ortgenai at {peer_precision})")
         peer_results = peers.run_peers(
             peer_names, large=large_dir, draft=draft_dir, prompts=prompts, max_new_tokens=args.max_new_tokens,

@@ -99,7 +99,7 @@ def run_peers(names: list[str], *, large: Path | None, draft: Path | None, promp
         if large is None or draft is None or not (large / "config.json").is_file() or not (draft / "config.json").is_file():
             out[name] = {"systems": {}, "errors": {"setup": (
                 "no Hugging Face folders for this bundle's M_L and plain drafter (pass --hf-large and "
-                "--hf-draft; the default bundle uses tandem/models/default/{large,plain})")}}
+                "--hf-draft; the default bundle's come from `python -m tandem.runtime.default --hf-folder large|plain`)")}}
             continue
         request = {"large": str(large), "draft": str(draft), "prompts": prompts, "max_new_tokens": max_new_tokens,
                    "repeats": repeats, "threads": threads}

@@ -1,6 +1,6 @@
 """A bounded load test of `tandem serve`: concurrent streaming clients on loopback.
 
-    python -m tandem.bench.serve_load                         # the default pair, 16 clients x 20 requests
+    python -m tandem.bench.serve_load                         # the default model, 16 clients x 20 requests
     python -m tandem.bench.serve_load BUNDLE --clients 4 --requests 5 --max-tokens 16
 
 Starts `tandem serve` in a subprocess on a free loopback port, then:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "traffic goes to 127.0.0.1 only; the run is bounded by --clients x --requests and --timeout"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
+                   help="bundle folder (default: the default model, built locally on first use)")
     p.add_argument("--clients", type=int, default=16, help="concurrent streaming clients (default: 16)")
     p.add_argument("--requests", type=int, default=20, help="requests per client, back to back (default: 20)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per answer, EOS ignored (default: 32)")

@@ -4,7 +4,7 @@ on the same text: the whole standard library of the running interpreter.
     python -m tandem.bench.tokenizer_speed                       # every family, whole stdlib
     python -m tandem.bench.tokenizer_speed --files 200 --repeats 1 --out /tmp/tok   # quick
 
-Tokenizers: the default bundle's (byte-level BPE, 2048 tokens) and one per family trained here
+Tokenizers: the tiny test-fixture pair's (`tiny`: byte-level BPE, 2048 tokens) and one per family trained here
 with `tokenizers` (tandem.bench.tokenizer_families). Both sides run through their Python
 bindings, one `encode(text)` call per file, Hugging Face with TOKENIZERS_PARALLELISM=false and
 RAYON_NUM_THREADS=1 (a single `encode` is single-threaded anyway). Per tokenizer and system:
@@ -35,7 +35,8 @@ from tandem.bench.report import pyplot  # noqa: E402
 from tandem.bench.tokenizer_families import FAMILIES, build_families, read_texts, stdlib_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TOKENIZER = REPO / "tandem/models/default/large/tokenizer.json"
+# the tiny test-fixture pair's tokenizer (byte-level BPE, 2048 tokens, trained on the standard library)
+TINY_TOKENIZER = REPO / "tests/fixtures/tiny/large/tokenizer.json"
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: bench/results/<timestamp>-tokenizer)")
-    parser.add_argument("--families", default="default," + ",".join(FAMILIES),
-                        help="comma-separated: default (the default bundle's) and trained families "
+    parser.add_argument("--families", default="tiny," + ",".join(FAMILIES),
+                        help="comma-separated: tiny (the test-fixture pair's, tests/fixtures/tiny) and trained families "
                              f"({', '.join(FAMILIES)}); default: all")
     parser.add_argument("--files", type=int, default=0, help="use the first N stdlib files (0: all)")
     parser.add_argument("--repeats", type=int, default=3, help="warm passes per system (default 3)")
@@ -159,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-idle", type=float, default=60.0, help="wait at most this many seconds for it")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.families.split(",") if n.strip()]
-    unknown = [n for n in names if n != "default" and n not in FAMILIES]
+    unknown = [n for n in names if n != "tiny" and n not in FAMILIES]
     if unknown or not names:
-        parser.error(f"unknown families {unknown}: choose from default, {', '.join(FAMILIES)}")
+        parser.error(f"unknown families {unknown}: choose from tiny, {', '.join(FAMILIES)}")
     if args.repeats < 0 or args.files < 0:
         parser.error("--repeats and --files must be >= 0")
     out = args.out or REPO / "bench/results" / f"{datetime.now():%Y%m%d-%H%M%S}-tokenizer"
@@ -174,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     print(f"corpus: {len(texts)} files, {megabytes:.1f} MB", file=sys.stderr)
     paths: dict[str, Path] = {}
-    trained = [n for n in names if n != "default"]
+    trained = [n for n in names if n != "tiny"]
     scratch = tempfile.TemporaryDirectory(prefix="tandem-tokenizers-")
     if trained:
         print("training the families' tokenizers ...", file=sys.stderr)
         built = build_families(Path(scratch.name))
         paths.update({n: built[n] for n in trained})
-    if "default" in names:
-        paths = {"default": DEFAULT_TOKENIZER, **paths}
+    if "tiny" in names:
+        paths = {"tiny": TINY_TOKENIZER, **paths}
 
     idle = wait_for_idle(args.max_load, args.wait_idle, log=lambda m: print(m, file=sys.stderr))
     start_load = loadavg()

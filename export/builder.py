@@ -77,9 +77,11 @@ def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.nd
     if len(weights) == 1:
         weight = weights[0]
     else:
-        import torch
+        from tandem.export.quantize import optional_torch
 
-        weight = torch.cat([torch.from_numpy(w) for w in weights]).numpy()
+        torch = optional_torch()
+        weight = (torch.cat([torch.from_numpy(w) for w in weights]).numpy() if torch is not None
+                  else np.concatenate(weights))
     if not any(f"{p}.bias" in names for p in parts):
         return weight, None
     bias = np.concatenate([ckpt.tensors.get(f"{p}.bias") if f"{p}.bias" in names
@@ -88,9 +90,13 @@ def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def _transposed(weight: np.ndarray) -> np.ndarray:
-    """weight.T as a contiguous array (torch's transposing copy is parallel and blocked)."""
-    import torch
+    """weight.T as a contiguous array (torch's transposing copy is parallel and blocked; the
+    same bytes from numpy without torch)."""
+    from tandem.export.quantize import optional_torch
 
+    torch = optional_torch()
+    if torch is None:
+        return np.ascontiguousarray(weight.T)
     return torch.from_numpy(weight).T.contiguous().numpy()
 
 

@@ -378,8 +378,9 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
     for role, spec in graphs.items():
         hashes[role] = _sha256(tmp / spec.file)
         hashes[role + ".data"] = data_hashes[role]  # hashed while written
-    import torch
+    from tandem.export.quantize import optional_torch
 
+    torch = optional_torch()
     manifest = Manifest(
         graphs=graphs,
         vocab_size=vocab,
@@ -395,7 +396,8 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
         router_threshold=router_threshold,
         precision=precision,
         build={"accuracy_level": accuracy_level if precision in ("int4", "int8") else None,
-               "builder": "tandem.export.builder", "torch": torch.__version__},
+               "builder": "tandem.export.builder",
+               "torch": torch.__version__ if torch is not None else None},
         provenance={
             role: {"source": c.source, "hash": _folder_hash(Path(c.source)) if c.source else ""}
             for role, c in ckpts.items()

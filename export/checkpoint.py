@@ -184,16 +184,13 @@ class Checkpoint:
     @staticmethod
     def from_folder(folder: str | Path, role: str = "M_L") -> Checkpoint:
         """A Hugging Face model folder; its tandem / router files when present."""
-        from transformers import AutoConfig
+        from tandem.export.config import load_config  # transformers' AutoConfig when installed
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise ExportError(f"{folder} is not a Hugging Face model folder (no config.json); "
                               f"pass the folder that holds the {role}'s config.json and weights")
-        try:
-            config = AutoConfig.from_pretrained(folder)
-        except (ValueError, OSError, KeyError) as exc:
-            raise ExportError(f"cannot read {folder / 'config.json'}: {exc}") from exc
+        config = load_config(folder)
         ckpt = Checkpoint(config, SafetensorsSource(_safetensors_files(folder)), str(folder))
         ckpt.trained_block_length = _trained_block_length(folder)
         extra_files = []

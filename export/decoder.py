@@ -120,11 +120,33 @@ def rope_tables(config: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
     every static RoPE scaling matches). The angles are float32 products as in Hugging Face;
     cos and sin are rounded from float64, so the tables are the same on every machine."""
     prefix = SUPPORTED[config.model_type]
-    module = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
-    rotary = getattr(module, f"{prefix}RotaryEmbedding")(config)
-    inv_freq = rotary.inv_freq.float().numpy()
+    try:
+        module = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+    except ImportError:  # no transformers / torch (the runtime install): the same formula in numpy
+        inv_freq, scale = _numpy_inv_freq(config)
+    else:
+        rotary = getattr(module, f"{prefix}RotaryEmbedding")(config)
+        inv_freq, scale = rotary.inv_freq.float().numpy(), float(rotary.attention_scaling)
     angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]  # float32, as HF
-    scale = float(rotary.attention_scaling)
     cos = (np.cos(angles.astype(np.float64)) * scale).astype(np.float32)
     sin = (np.sin(angles.astype(np.float64)) * scale).astype(np.float32)
     return cos, sin
+
+
+def _numpy_inv_freq(config: Any) -> tuple[np.ndarray, float]:
+    """Hugging Face's default / linear RoPE inverse frequencies in float32 numpy, and the
+    attention scaling (1). torch's vectorized pow rounds differently in the last bits (up to 2
+    ulp), so tables built without torch can differ from the ones built with it by that much."""
+    kind = rope_type(config)
+    if kind not in ("default", "linear"):
+        raise ExportError(f"RoPE scaling {kind!r}: building its tables needs transformers and torch "
+                          "(pip install 'tandem-runtime[torch]')")
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))))
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+    if kind == "linear":
+        inv_freq = (inv_freq / np.float32(params["factor"])).astype(np.float32)
+    return inv_freq, 1.0

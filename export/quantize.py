@@ -14,6 +14,8 @@ weights a graph holds (`dequantize_blocks`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tandem.errors import ExportError
@@ -47,6 +49,17 @@ def activation_dtype(precision: str) -> str:
     return "float16" if precision == "fp16" else "float32"
 
 
+def optional_torch() -> Any:
+    """The torch module, or None where it is not installed: the graph builder then copies and
+    transposes with numpy (the same bytes, one thread), so the runtime install can build
+    graphs without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric block quantization of a linear weight in Hugging Face's `[N, K]` layout
     (y = x @ weight.T) for MatMulNBits.
@@ -55,15 +68,19 @@ def quantize_blocks(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
     a multiple of 32 with zeros). Rows are independent: quantizing row blocks of a weight
     gives the row blocks of its quantization.
     """
-    import torch
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     n, k = weight.shape
     blocks = -(-k // BLOCK_SIZE)
-    weight_kn = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).T  # ORT reads [K, N]
-    if blocks * BLOCK_SIZE != k:
-        weight_kn = torch.nn.functional.pad(weight_kn, (0, 0, 0, blocks * BLOCK_SIZE - k))
-    weight_kn = weight_kn.contiguous().numpy()  # torch's transposing copy is parallel and blocked
+    torch = optional_torch()
+    if torch is not None:
+        weight_kn = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).T  # ORT reads [K, N]
+        if blocks * BLOCK_SIZE != k:
+            weight_kn = torch.nn.functional.pad(weight_kn, (0, 0, 0, blocks * BLOCK_SIZE - k))
+        weight_kn = weight_kn.contiguous().numpy()  # torch's transposing copy is parallel and blocked
+    else:  # the same bytes without torch
+        weight_kn = np.zeros((blocks * BLOCK_SIZE, n), dtype=np.float32)
+        weight_kn[:k] = np.asarray(weight, dtype=np.float32).T
     packed = np.zeros((n, blocks, BLOCK_SIZE * bits // 8), dtype=np.uint8)
     scales = np.zeros((n, blocks), dtype=np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # unused when symmetric

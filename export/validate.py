@@ -26,7 +26,6 @@ import numpy as np
 from tandem.errors import ExportError
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.feeds import CaseInputs, graph_feeds, random_inputs
-from tandem.export.reference import Reference
 from tandem.manifest import GraphSpec
 
 FP32_TOLERANCE = 1e-4  # max|Δ| / max(1, max|ref|)
@@ -218,6 +217,8 @@ def validate_graph(path: Path, spec: GraphSpec, ckpt: Checkpoint, role: str, *, 
     use_text = text is not None and len(text) >= chosen[longest].t and chosen[longest].P == 0
     cases = [case_inputs(spec, case, seed=i, ids=text if use_text and i == longest else None)
              for i, case in enumerate(chosen)]
+    from tandem.export.reference import Reference  # torch: only validation needs it
+
     variants = ("fp32",) if precision == "fp32" else ("fp32", precision)
     reference = Reference(ckpt, variants, context_length=context_length)
     want = reference.run(role, cases, spec.rep_layers)

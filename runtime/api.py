@@ -306,7 +306,8 @@ class TandemModel:
 
 def load(bundle: str | os.PathLike[str] | None = None, device: str = "cpu", threads: int = 0,
          drafter_threads: int = 1) -> TandemModel:
-    """Load a bundle folder (default: the embedded default bundle, shipped with the package)."""
+    """Load a bundle folder (default: the default model, SmolLM2-135M-Instruct with its committed drafters,
+    built locally on first use: see `tandem.runtime.default`)."""
     if bundle is None:
         _check_threads(threads, drafter_threads)
         from tandem.runtime.default import default_bundle

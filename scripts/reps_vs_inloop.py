@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Does training from precomputed M_L representations match training with M_L in the loop?
 
-On the embedded default M_L (a trained 4M-parameter Llama) and the CPython standard-library
-corpus of ``scripts/train_default.py``, one tandem M_S configuration is trained for the same
+On the tiny test-fixture M_L (a trained 4M-parameter Llama, tests/fixtures/tiny) and the CPython standard-library
+corpus of ``scripts/train_tiny.py``, one tandem M_S configuration is trained for the same
 steps, batch, schedule and seeds three ways:
 
 - ``in-loop``: M_L runs at every step on random windows of the training stream;
@@ -30,13 +30,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-import train_default as td  # noqa: E402
+import train_tiny as td  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stdlib", type=Path, default=td.DEFAULT_STDLIB, help="CPython 3.11 Lib folder")
-    p.add_argument("--large", type=Path, default=REPO / "tandem/models/default/large", help="trained M_L folder")
+    p.add_argument("--large", type=Path, default=REPO / "tests/fixtures/tiny/large", help="trained M_L folder (default: the tiny pair's)")
     p.add_argument("--work", type=Path, default=REPO / "build/reps_vs_inloop")
     p.add_argument("--report", type=Path, default=REPO / "docs/results/reps_vs_inloop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -153,7 +153,7 @@ def render(record: dict) -> str:
     lines = [
         "# Training from precomputed M_L representations vs M_L in the loop",
         "",
-        f"Written by `{record['command']}`. M_L: the embedded default M_L (trained, 4M parameters); "
+        f"Written by `{record['command']}`. M_L: the tiny test-fixture M_L (trained, 4M parameters); "
         f"M_S: {args['layers']} layer(s) of width {args['hidden']} reading M_L layer {args['layer_assignment']}, "
         f"Tandem-CE then Tandem-Distil, γ = {args['block_length']} (variable boundaries), {args['steps']} steps "
         f"of {args['batch_size']} × {args['seq_len']} tokens, seeds {args['seeds']}. All three ways sample from the "

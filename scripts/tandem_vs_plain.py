@@ -2,7 +2,7 @@
 """Does a Tandem M_S beat a plain M_S of the same size? (issue 3's real training run)
 
 A tiny pair trained from scratch on one 2-core CPU, on the same CPython standard-library
-corpus, file list and held-out rule as the default pair (``scripts/train_default.py``):
+corpus, file list and held-out rule as the tiny pair (``scripts/train_tiny.py``):
 
 1. byte-level BPE tokenizer (training files only);
 2. M_L: Llama, plain next-token CE;
@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train_default as td  # noqa: E402  (the corpus, split and training helpers of the default pair)
+import train_tiny as td  # noqa: E402  (the corpus, split and training helpers of the tiny pair)
 
 REPO = td.REPO
 
@@ -115,7 +115,7 @@ def render_markdown(record: dict) -> str:
         "",
         "## Setup",
         "",
-        f"- Data: the CPython {record['python_version']} standard-library `*.py` files of the default pair "
+        f"- Data: the CPython {record['python_version']} standard-library `*.py` files of the tiny pair "
         f"({record['n_files']} files), held-out split by content hash ({record['n_heldout']} files, "
         f"{record['heldout_tokens']:,} tokens; {record['train_tokens']:,} training tokens).",
         f"- Tokenizer: byte-level BPE, vocab {record['vocab']}, trained on the training files only.",

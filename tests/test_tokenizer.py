@@ -21,14 +21,14 @@ from tandem import BundleError, InvalidArgumentError, Tokenizer
 from tandem.bench.tokenizer_families import FAMILIES, HARD_CASES, build_families, stdlib_sample
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "tandem/models/default/large/tokenizer.json"
-ALL = (*FAMILIES, "default")
+TINY = ROOT / "tests/fixtures/tiny/large/tokenizer.json"  # the tiny test-fixture pair's
+ALL = (*FAMILIES, "tiny")
 
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = build_families(tmp_path_factory.mktemp("tokenizers"))
-    paths["default"] = DEFAULT
+    paths["tiny"] = TINY
     return paths
 
 
@@ -370,13 +370,13 @@ def test_speed_benchmark_writes_results(tmp_path):
     """The encode-speed benchmark (bench/tokenizer_speed.py) on a few files: tables, identical ids."""
     from tandem.bench.tokenizer_speed import main
 
-    assert main(["--files", "4", "--repeats", "1", "--families", "default", "--out", str(tmp_path),
+    assert main(["--files", "4", "--repeats", "1", "--families", "tiny", "--out", str(tmp_path),
                  "--wait-idle", "0"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     (row,) = results["rows"]
     assert row["identical_files"] == row["files"] == 4
     assert row["tokens"] > 0 and len(row["hf_warm_s"]) == len(row["tandem_warm_s"]) == 1
-    assert "| default |" in (tmp_path / "results.md").read_text()
+    assert "| tiny |" in (tmp_path / "results.md").read_text()
     with pytest.raises(SystemExit):
         main(["--families", "nope"])
 
