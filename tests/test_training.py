@@ -192,6 +192,9 @@ def test_plain_draft_vocabulary_trains_on_its_columns(corpus, tmp_path):
     plain.save()
     assert not (tmp_path / "plain" / DRAFT_VOCAB_FILE).exists()
     assert load_plain_drafter(tmp_path / "plain").draft_ids is None
+    for bad, match in (([7], "at least 2"), ([0, large.config.vocab_size], "must lie in")):  # never saved
+        with pytest.raises(TrainingError, match=match):
+            set_draft_vocab(loaded, bad)
 
 
 @pytest.mark.parametrize(("text", "match"), [

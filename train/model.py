@@ -445,6 +445,8 @@ def check_draft_vocab(vocab: list[int] | None, vocab_size: int) -> list[int] | N
     ids = sorted({int(i) for i in vocab})
     if ids[0] < 0 or ids[-1] >= vocab_size:
         raise TrainingError(f"draft vocabulary ids must lie in 0..{vocab_size - 1}")
+    if len(ids) < 2:  # the bundle reader refuses fewer (a drafter that can propose one token only)
+        raise TrainingError(f"a draft vocabulary needs at least 2 token ids, got {ids}")
     return ids
 
 

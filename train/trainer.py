@@ -3,7 +3,8 @@
 Modes (``TrainConfig.mode``):
 - ``tandem``: a :class:`TandemSmall` reads the frozen M_L's representations through the
   training-mode block mask (CONTRACTS.md); loss Tandem-CE, then Tandem-Distil by default.
-- ``plain``: an ordinary HF M_S with the same data and steps; Distil by default.
+- ``plain``: an ordinary HF M_S with the same data and steps; Distil by default (a draft
+  vocabulary, ``tandem.train.model.set_draft_vocab``, restricts it as the tandem M_S's).
 - ``lm``: pretrain a from-scratch HF model with plain next-token CE (no M_L).
 
 Distil = ``0.5 * CE(data) + 0.5 * CE(M_L soft labels)``. Checkpoints hold model, optimizer,
