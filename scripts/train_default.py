@@ -432,6 +432,22 @@ absolute times are noisy; the interleaving keeps the ratio fair):
 # --------------------------------------------------------------------------- main
 
 
+def refresh_sizes(card: str, out: Path, record: dict) -> str:
+    """The card's and the record's parameter counts and folder sizes after the routers changed
+    (the tandem M_S's count includes its routers, the plain M_S's does not, as in the full run)."""
+    from tandem.train.model import TandemSmall
+
+    old_params, old_sizes = dict(record["params"]), dict(record["sizes_mb"])
+    record["params"]["tandem"] = params(TandemSmall.from_pretrained(out / "tandem"))
+    for key in ("large", "tandem", "plain"):
+        record["sizes_mb"][key] = folder_mb(out / key)
+    record["sizes_mb"]["total"] = sum(record["sizes_mb"][k] for k in ("large", "tandem", "plain"))
+    for key in ("tandem", "plain"):
+        card = card.replace(f"| {old_params[key]:,} | {old_sizes[key]:.2f} MB |",
+                            f"| {record['params'][key]:,} | {record['sizes_mb'][key]:.2f} MB |")
+    return card.replace(f"Total committed: {old_sizes['total']:.2f} MB", f"Total committed: {record['sizes_mb']['total']:.2f} MB")
+
+
 def refit_shipped_routers(a: argparse.Namespace) -> int:
     """`tandem fit-router` on the shipped tandem/ and plain/ (M_L in the loop, the training split
     of the pinned file list); train_default.json and MODEL_CARD.md get the new figures."""
@@ -461,9 +477,13 @@ def refit_shipped_routers(a: argparse.Namespace) -> int:
         record[key]["router_refit_s"] = time.perf_counter() - t
         record[key]["config"]["router_batches"] = batches
     record["routers_refit"] = ".venv/bin/python scripts/train_default.py --refit-routers"
-    (out / "train_default.json").write_text(json.dumps(record, indent=2, default=str))
     how, figures = router_card_lines(batches, fits["tandem"], fits["plain"])
-    card = (out / "MODEL_CARD.md").read_text()
+    card = refresh_sizes((out / "MODEL_CARD.md").read_text(), out, record)
+    (out / "train_default.json").write_text(json.dumps(record, indent=2, default=str))
+    minutes = sum(record[k]["router_refit_s"] for k in ("tandem", "plain")) / 60
+    how += ("\nThe routers were refit after training with `.venv/bin/python scripts/train_default.py --refit-routers`\n"
+            f"(`tandem fit-router` on the same training split; {minutes:.1f} min for both drafters on the shared CPU); "
+            "the M_S\nweights are those of the run above.")
     card = re.sub(r"^Routers: fitted after training.*?\.\n(?=\n|\|)", how + "\n", card, count=1, flags=re.M | re.S)
     card = re.sub(r"^Router(s on their fitting data| mean absolute error on its fitting data):.*?\.\n", figures + "\n",
                   card, count=1, flags=re.M | re.S)
