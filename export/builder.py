@@ -24,8 +24,9 @@ present output; GroupQueryAttention writes the new rows at `total - n .. total -
   the same cache (positions `P..P+m-1`, then `P+m..P+m+t-1`); only the token rows go on
   through o_proj and the MLP.
 - **plain_drafter** (plain M_S) is the same decoder without memory.
-Both drafters may output `router_score [1, rows]`, the adaptive block-length router, and both
-may have a reduced draft vocabulary (`draft_vocab`): their logits are then those tokens' columns.
+Both drafters may output the adaptive block-length routers' scores, `router_score_greedy` and
+`router_score_sampled` (`[1, rows]` each; both or neither).
+Both may have a reduced draft vocabulary (`draft_vocab`): their logits are then those tokens' columns.
 
 Weights are read one tensor at a time from a `Checkpoint` and written to the graph's
 external data file at once, so peak memory stays near the largest tensor (the embedding).
@@ -182,7 +183,8 @@ def _spec(ckpt: Checkpoint, role: str, path: Path, options: BuildOptions, rep_la
         path.name, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
         hidden_size=shape.hidden_size, vocab_size=shape.vocab_size, num_heads=shape.num_heads,
         precision=options.precision, kv_dtype=activation_dtype(options.precision),
-        router_score="router_score" if router else "",
+        router_score_greedy="router_score_greedy" if router else "",
+        router_score_sampled="router_score_sampled" if router else "",
         kv_scratch_rows=1 if role in ("large", "plain_drafter") else 0,
     )
     if role == "large":
@@ -391,7 +393,7 @@ class _Decoder(_Graph):
         return self.to_float(logits, "logits.cast")
 
     def outputs(self, logits: str) -> None:
-        """Declare the graph's outputs: logits, present K/V, representations, router score."""
+        """Declare the graph's outputs: logits, present K/V, representations, router scores."""
         w, spec, shape = self.w, self.spec, self.shape
         w.output(logits, spec.logits, "float32", [1, "logit_rows", spec.logits_size])
         kv_shape: list[int | str] = [1, shape.num_kv_heads, "buffer_length", shape.head_dim]
@@ -400,16 +402,18 @@ class _Decoder(_Graph):
             w.output(v, v, self.act, kv_shape)
         for layer, name in zip(spec.rep_layers, spec.reps, strict=True):
             w.output(self.to_float(self.reps[layer], f"{name}.cast"), name, "float32", [1, "tokens", shape.hidden_size])
-        if spec.router_score:
-            w.output(_router(w, self.ckpt, logits, self.embed_rows, self, spec.draft_vocab), spec.router_score,
-                     "float32", [1, "logit_rows"])
+        if spec.router_score_greedy:
+            greedy, sampled = _router(w, self.ckpt, logits, self.embed_rows, self, spec.draft_vocab)
+            w.output(greedy, spec.router_score_greedy, "float32", [1, "logit_rows"])
+            w.output(sampled, spec.router_score_sampled, "float32", [1, "logit_rows"])
 
 
 def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[[str, str, int], str], g: _Graph,
-            draft_vocab: list[int]) -> str:
-    """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> score `[1, r]`:
-    sigmoid(MLP([entropy, top-k probs, top-k embeddings averaged by probability])). With a draft
-    vocabulary the logits' columns are its tokens: top-k columns map to token ids."""
+            draft_vocab: list[int]) -> tuple[str, str]:
+    """`tandem.train.router.Router` over float32 logits `[1, r, V]` -> the greedy and the sampled
+    scores `[1, r]` each: sigmoid(MLP_kind([entropy, top-k probs, top-k embeddings averaged by
+    probability])), the features computed once. With a draft vocabulary the logits' columns are
+    its tokens: top-k columns map to token ids."""
     k = int(ckpt.router_config["top_k"])
     logp = w.op("LogSoftmax", [logits], name="router.log_softmax", axis=-1)
     probs = w.op("Exp", [logp], name="router.probs")
@@ -428,11 +432,16 @@ def _router(w: GraphWriter, ckpt: Checkpoint, logits: str, embed_rows: Callable[
     mean = w.op("ReduceSum", [weighted, w.const("router.axis_k", [-2])], name="router.mean_embedding", keepdims=0)
     features = w.op("Concat", [entropy, top_p, mean], name="router.features", axis=-1)
     extras = ckpt.extras
-    hidden = w.op("Add", [w.op("MatMul", [features, w.weight("router.w1", extras.get("router.mlp.0.weight").T.copy())],
-                               name="router.fc1"), w.weight("router.b1", extras.get("router.mlp.0.bias"))],
-                  name="router.fc1_bias")
-    hidden = w.op("Gelu", [hidden], name="router.gelu")
-    out = w.op("Add", [w.op("MatMul", [hidden, w.weight("router.w2", extras.get("router.mlp.2.weight").T.copy())],
-                            name="router.fc2"), w.weight("router.b2", extras.get("router.mlp.2.bias"))],
-               name="router.fc2_bias")
-    return w.op("Squeeze", [w.op("Sigmoid", [out], name="router.sigmoid"), axis_last], name="router.score")
+
+    def head(kind: str) -> str:
+        p = f"router.{kind}"
+        hidden = w.op("Add", [w.op("MatMul", [features, w.weight(f"{p}.w1", extras.get(f"{p}.0.weight").T.copy())],
+                                   name=f"{p}.fc1"), w.weight(f"{p}.b1", extras.get(f"{p}.0.bias"))],
+                      name=f"{p}.fc1_bias")
+        hidden = w.op("Gelu", [hidden], name=f"{p}.gelu")
+        out = w.op("Add", [w.op("MatMul", [hidden, w.weight(f"{p}.w2", extras.get(f"{p}.2.weight").T.copy())],
+                                name=f"{p}.fc2"), w.weight(f"{p}.b2", extras.get(f"{p}.2.bias"))],
+                   name=f"{p}.fc2_bias")
+        return w.op("Squeeze", [w.op("Sigmoid", [out], name=f"{p}.sigmoid"), axis_last], name=f"{p}.score")
+
+    return head("greedy"), head("sampled")

@@ -400,6 +400,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
                "torch": torch.__version__ if torch is not None else None},
         provenance={
             role: {"source": c.source, "hash": _folder_hash(Path(c.source)) if c.source else ""}
+            | ({"router_sampled_temperature": c.router_config["sampled_temperature"]} if c.router_config else {})
             for role, c in ckpts.items()
         } | {"graphs": hashes},
         validation=validation,

@@ -161,8 +161,9 @@ def _safetensors_files(folder: Path) -> list[Path]:
 class Checkpoint:
     """One decoder's Hugging Face config, its tensors, and (tandem M_S, plain drafter) extras.
 
-    `extras` holds the tandem projections (`projections.{j}.weight`) and router weights
-    (`router.mlp.{0,2}.{weight,bias}`); `tandem_config` / `router_config` their settings.
+    `extras` holds the tandem projections (`projections.{j}.weight`) and the two routers' weights
+    (`router.{greedy,sampled}.{0,2}.{weight,bias}`); `tandem_config` / `router_config` their
+    settings (train/router.py: the router layout; an older single router is refused).
     `draft_vocab`: a drafter's reduced draft vocabulary (ascending token ids; empty: all), from
     the tandem config or a plain drafter's `draft_vocab.json`.
     """
@@ -200,7 +201,7 @@ class Checkpoint:
                 raise ExportError(f"{folder} has {TANDEM_CONFIG_FILE} but no {TANDEM_WEIGHTS_FILE}; "
                                   "re-save the tandem M_S")
             extra_files.append(folder / TANDEM_WEIGHTS_FILE)
-            ckpt.router_config = ckpt.tandem_config.get("router")
+            ckpt.router_config = _router_config(ckpt.tandem_config.get("router"), folder, role)
             ckpt.draft_vocab = [int(i) for i in ckpt.tandem_config.get("draft_vocab") or []]
         else:
             ckpt.draft_vocab = read_draft_vocab(folder, int(config.vocab_size)) or []
@@ -208,7 +209,7 @@ class Checkpoint:
             if not (folder / ROUTER_WEIGHTS_FILE).is_file():
                 raise ExportError(f"{folder} has {ROUTER_CONFIG_FILE} but no {ROUTER_WEIGHTS_FILE}; "
                                   "re-save the drafter or delete the router config")
-            ckpt.router_config = json.loads((folder / ROUTER_CONFIG_FILE).read_text())
+            ckpt.router_config = _router_config(json.loads((folder / ROUTER_CONFIG_FILE).read_text()), folder, role)
             extra_files.append(folder / ROUTER_WEIGHTS_FILE)
         if extra_files:
             extras = SafetensorsSource(extra_files)
@@ -249,6 +250,21 @@ class Checkpoint:
         if isinstance(source, str | Path):
             return Checkpoint.from_folder(source, role)
         return Checkpoint.from_module(source)
+
+
+def _router_config(values: dict[str, Any] | None, folder: Path, role: str) -> dict[str, Any] | None:
+    """A drafter folder's router settings; an older single router (one score for both decoding
+    modes) is refused with the command that refits the routers in place."""
+    from tandem.train.router import ROUTER_LAYOUT
+
+    if not values:
+        return None
+    if values.get("layout", 1) != ROUTER_LAYOUT:
+        raise ExportError(
+            f"the {role} in {folder} has an older single router (layout {values.get('layout', 1)}); bundles now "
+            "carry a greedy and a sampled router. Refit them in place, then export again: `tandem fit-router "
+            f"--drafter {folder} --large M_L --data FILES` (or --reps FOLDER)")
+    return values
 
 
 def _trained_block_length(folder: Path) -> int:

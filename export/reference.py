@@ -28,6 +28,7 @@ from tandem.export.decoder import (
 )
 from tandem.export.feeds import CaseInputs
 from tandem.export.quantize import NBITS, stored_weight
+from tandem.train.router import ROUTER_KINDS
 
 HEAD_ROWS = 8192  # vocabulary rows of the LM head converted at a time
 
@@ -47,7 +48,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class Reference:
     """`run(role, cases)` -> per case and per weight variant, the outputs of the graph `role`
     by manifest name: `logits`, `present.{i}.key|value` (past + new rows), `rep.{l}`,
-    `router_score`.
+    `router_score_greedy`, `router_score_sampled`.
 
     `variants` names the weight variants: "fp32" (as stored in the checkpoint) and/or a
     graph precision (int4, int8, fp16: the weights that graph computes with).
@@ -155,7 +156,9 @@ class Reference:
                 full = torch.cat(logits[c][v], dim=-1)
                 out[c][v]["logits"] = full.numpy()
                 if router is not None:
-                    out[c][v]["router_score"] = router(full, table).numpy()
+                    scores = router(full, table).numpy()  # [1, rows, 2]: ROUTER_KINDS order
+                    for i, kind in enumerate(ROUTER_KINDS):
+                        out[c][v][f"router_score_{kind}"] = scores[..., i]
         return out
 
     def _embedding(self, rows: np.ndarray, variant: str) -> np.ndarray:
@@ -208,7 +211,7 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 def _router(ckpt: Checkpoint) -> torch.nn.Module:
     from tandem.train.router import Router, RouterConfig
 
-    router = Router(RouterConfig(**ckpt.router_config))
+    router = Router(RouterConfig.from_dict(ckpt.router_config))
     router.load_state_dict({k.removeprefix("router."): torch.from_numpy(ckpt.extras.get(k))
                             for k in ckpt.extras.names() if k.startswith("router.")})
     return router.eval()

@@ -2,7 +2,7 @@
 on the same short cases, and judge the difference by the graph's precision.
 
 - fp32 graphs must match the reference within `max|Δ| ≤ 1e-4 · max(1, max|ref|)` for every
-  output (logits, present K/V, representations, router score), so a model whose logits run
+  output (logits, present K/V, representations, router scores), so a model whose logits run
   to ±30 gets a tolerance of 3e-3 there.
 - int8 / int4 graphs: the same graph with its MatMulNBits computing in float32 must match the
   reference computed with the same (dequantized) weights within that tolerance: an exact
@@ -105,7 +105,8 @@ def run_graph(path: Path, spec: GraphSpec, cases: list[CaseInputs], threads: int
     names = [o.name for o in session.get_outputs()]
     rename = {p: f"present.{i}.key" for i, p in enumerate(spec.present_keys)}
     rename.update({p: f"present.{i}.value" for i, p in enumerate(spec.present_values)})
-    rename.update({spec.logits: "logits", spec.router_score: "router_score"})
+    rename.update({spec.logits: "logits", spec.router_score_greedy: "router_score_greedy",
+                   spec.router_score_sampled: "router_score_sampled"})
     results = []
     for inputs in cases:
         feeds = graph_feeds(spec, inputs)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     record["reps"]["tokens"] = spec["total_windows"] * spec["seq_len"]
     record["reps"]["storage_mb"] = sum(f.stat().st_size for f in reps.glob("*.npy")) / 1e6
     summary = json.loads((drafter / "training_summary.json").read_text())
-    record["train"] = {k: summary.get(k) for k in ("final_loss", "router_mean_abs_error", "training_tokens_per_second",
+    record["train"] = {k: summary.get(k) for k in ("final_loss", "router", "training_tokens_per_second",
                                                    "steps_done")}
     record["bundle_files_mb"] = {f.name: f.stat().st_size / 1e6 for f in sorted(bundle.iterdir()) if f.is_file()}
 

@@ -9,14 +9,16 @@ One script, CPU only, deterministic seeds:
    held-out split by file content hash (``tandem.train.data.heldout_score``, 5 %);
 2. byte-level BPE tokenizer (HF ``tokenizers``) trained on the training files only;
 3. M_L: Llama from scratch (plain next-token CE);
-4. tandem M_S: 1 layer, Tandem-CE then Tandem-Distil, variable block boundaries, + router;
-5. plain M_S: same size, Distil only (vanilla speculative decoding baseline), + router;
+4. tandem M_S: 1 layer, Tandem-CE then Tandem-Distil, variable block boundaries, + routers;
+5. plain M_S: same size, Distil only (vanilla speculative decoding baseline), + routers
+   (greedy and sampled, train/router.py);
 6. fp16 safetensors HF folders ``{large,tandem,plain}/`` in ``--out``;
 7. ``tandem eval`` on the held-out split, ``c`` measured with PyTorch single-token steps,
    and ``MODEL_CARD.md`` written from the measured numbers.
 
     .venv/bin/python scripts/train_tiny.py                 # full run (~45-60 min on 2 cores)
     .venv/bin/python scripts/train_tiny.py --quick --out /tmp/td-quick   # smoke run (~2 min)
+    .venv/bin/python scripts/train_tiny.py --refit-routers  # only refit the tiny pair's routers
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--eval-block-lengths", type=int, nargs="+", help="γ values for tandem eval (default: --block-length)")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--refit-routers", action="store_true",
+                   help="only refit the routers of --out's tandem/ and plain/ (`tandem fit-router` on the same "
+                        "training split) and update train_default.json and MODEL_CARD.md")
     args = p.parse_args()
     if args.quick:
         args.vocab, args.seq_len, args.batch_size = 512, 128, 4
@@ -214,7 +219,7 @@ def train_one(name: str, model: Any, large: Any, corpus: Any, config: Any, work:
         losses, train_s = saved["losses"][: config.steps - len(losses)] + losses, saved["train_s"] + train_s
     record.write_text(json.dumps({"losses": losses, "train_s": train_s}))
     t = time.perf_counter()
-    router_error = trainer.fit_router()
+    fit = trainer.fit_router()
     router_s = time.perf_counter() - t
     tail = losses[-20:] if losses else []
     ce_steps = sum(trainer.loss_kind(s) == "ce" for s in range(config.steps))
@@ -224,7 +229,7 @@ def train_one(name: str, model: Any, large: Any, corpus: Any, config: Any, work:
         "final_loss_mean20": sum(tail) / len(tail) if tail else None,
         "ce_steps": ce_steps, "distil_steps": config.steps - ce_steps,
         "tokens_seen": config.steps * config.batch_size * config.seq_len * config.grad_accum,
-        "train_s": train_s, "router_s": router_s, "router_mae": router_error,
+        "train_s": train_s, "router_s": router_s, "router_fit": fit.as_dict() if fit else None,
         "config": asdict(config),
     }
 
@@ -292,6 +297,21 @@ def run_eval(out: Path, files: list[Path], block_length: int, windows: int, seq_
 # --------------------------------------------------------------------------- card
 
 
+def router_card_lines(batches: int, tandem_fit: dict, plain_fit: dict) -> tuple[str, str]:
+    """The card's two lines on the routers: how they were fitted, and what the fit gave."""
+    how = (f"Routers: fitted after training on {batches} training batches: the greedy one on the event "
+           f"\"M_S's argmax is M_L's\" (BCE), the sampled one on 1 − TV(M_S, M_L) at T = "
+           f"{tandem_fit['sampled_temperature']:g} (train/router.py).")
+
+    def figures(fit: dict) -> str:
+        return (f"greedy BCE {fit['greedy_bce']:.3f} (constant {fit['greedy_bce_constant']:.3f}, the sampled "
+                f"router's scores {fit['greedy_bce_sampled_head']:.3f}; accept rate {fit['greedy_accept_rate']:.3f}), "
+                f"sampled mean |error| {fit['sampled_mean_abs_error']:.4f} "
+                f"(constant {fit['sampled_mean_abs_error_constant']:.4f})")
+
+    return how, f"Routers on their fitting data: tandem {figures(tandem_fit)}; plain {figures(plain_fit)}."
+
+
 def write_card(out: Path, a: argparse.Namespace, info: dict) -> None:
     L, T, P = info["large"], info["tandem"], info["plain"]
     c = info["c"]
@@ -301,6 +321,7 @@ def write_card(out: Path, a: argparse.Namespace, info: dict) -> None:
         return (f"| {r['name']} | {r['steps']} | {r['tokens_seen']:,} | {r['ce_steps']} CE + {r['distil_steps']} Distil "
                 f"| {r['final_loss_mean20']:.3f} | {r['train_s'] / 60:.1f} min |")
 
+    router_how, router_figures = router_card_lines(T["config"]["router_batches"], T["router_fit"], P["router_fit"])
     eval_blocks = "\n\n".join(f"Block length γ = {g} (`tandem eval --block-length {g} --max-windows "
                               f"{a.eval_windows} --seq-len {a.seq_len}`):\n\n```\n{t}\n```"
                               for g, t in info["eval_tables"].items())
@@ -340,8 +361,8 @@ Reproduce (CPU, deterministic seeds; {info['total_min']:.0f} min wall on this ma
 | folder | role | architecture | parameters | fp16 size |
 | --- | --- | --- | --- | --- |
 | `large/` | M_L | Llama, {a.large_layers} layers, width {a.large_hidden}, {a.large_heads} heads / {a.large_kv_heads} KV heads (GQA), MLP {a.large_intermediate}, context {a.seq_len}, untied embeddings | {info['params']['large']:,} | {sizes['large']:.2f} MB |
-| `tandem/` | tandem M_S (Tandem-Distil) | Llama, {a.small_layers} layer, width {a.small_hidden}, {a.small_heads} heads, MLP {a.small_intermediate}; `W_T` {a.large_hidden}→{a.small_hidden} reading `x^({info['layer_map']})` (`proportional` = last layer here); router | {info['params']['tandem']:,} | {sizes['tandem']:.2f} MB |
-| `plain/` | plain M_S (Distil) | same as the tandem M_S without `W_T`; router in `router.safetensors` | {info['params']['plain']:,} | {sizes['plain']:.2f} MB |
+| `tandem/` | tandem M_S (Tandem-Distil) | Llama, {a.small_layers} layer, width {a.small_hidden}, {a.small_heads} heads, MLP {a.small_intermediate}; `W_T` {a.large_hidden}→{a.small_hidden} reading `x^({info['layer_map']})` (`proportional` = last layer here); routers | {info['params']['tandem']:,} | {sizes['tandem']:.2f} MB |
+| `plain/` | plain M_S (Distil) | same as the tandem M_S without `W_T`; routers in `router.safetensors` | {info['params']['plain']:,} | {sizes['plain']:.2f} MB |
 
 Total committed: {sizes['total']:.2f} MB (weights stored fp16; load them as fp32, e.g.
 `AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)`, which `TandemSmall.from_pretrained`,
@@ -356,7 +377,7 @@ Each M_S: lr {a.small_lr}, warmup {a.small_warmup}, batch {a.small_batch_size} �
 Tandem M_S: Tandem-CE for the first half of the steps, then Tandem-Distil (0.5·CE(data) + 0.5·CE(M_L)),
 block length γ = {a.block_length} with variable block boundaries (random offset per sequence).
 Plain M_S: Distil for all steps, same data, batch and steps.
-Routers: fitted after training on {T['config']['router_batches']} training batches (target 1 − TV(M_S, M_L)).
+{router_how}
 
 | model | steps | tokens seen | loss schedule | final loss (mean of last 20 steps) | wall |
 | --- | --- | --- | --- | --- | --- |
@@ -366,7 +387,7 @@ Routers: fitted after training on {T['config']['router_batches']} training batch
 
 M_L's loss is next-token CE (nats); the M_S losses in their Distil phase are 0.5·CE + 0.5·soft CE
 against M_L, so they are not directly comparable with M_L's.
-Router mean absolute error on its fitting data: tandem {T['router_mae']:.4f}, plain {P['router_mae']:.4f}.
+{router_figures}
 Stage wall times (s): {', '.join(f'{k} {v:.0f}' for k, v in info['times'].items())}.
 
 ## Held-out evaluation (`tandem eval`)
@@ -405,8 +426,8 @@ absolute times are noisy; the interleaving keeps the ratio fair):
 
 `large/`: `config.json`, `generation_config.json`, `model.safetensors` (fp16), `tokenizer.json`,
 `tokenizer_config.json`, `training_summary.json`. `tandem/`: the M_S HF folder plus
-`tandem_config.json` and `tandem.safetensors` (`W_T` + router, fp16). `plain/`: HF folder plus
-`router_config.json` and `router.safetensors` (fp16). `train_default.json`: every number above.
+`tandem_config.json` and `tandem.safetensors` (`W_T` + routers, fp16). `plain/`: HF folder plus
+`router_config.json` and `router.safetensors` (the two routers, fp16). `train_default.json`: every number above.
 """
     (out / "MODEL_CARD.md").write_text(text)
 
@@ -414,8 +435,71 @@ absolute times are noisy; the interleaving keeps the ratio fair):
 # --------------------------------------------------------------------------- main
 
 
+def refresh_sizes(card: str, out: Path, record: dict) -> str:
+    """The card's and the record's parameter counts and folder sizes after the routers changed
+    (the tandem M_S's count includes its routers, the plain M_S's does not, as in the full run)."""
+    from tandem.train.model import TandemSmall
+
+    old_params, old_sizes = dict(record["params"]), dict(record["sizes_mb"])
+    record["params"]["tandem"] = params(TandemSmall.from_pretrained(out / "tandem"))
+    for key in ("large", "tandem", "plain"):
+        record["sizes_mb"][key] = folder_mb(out / key)
+    record["sizes_mb"]["total"] = sum(record["sizes_mb"][k] for k in ("large", "tandem", "plain"))
+    for key in ("tandem", "plain"):
+        card = card.replace(f"| {old_params[key]:,} | {old_sizes[key]:.2f} MB |",
+                            f"| {record['params'][key]:,} | {record['sizes_mb'][key]:.2f} MB |")
+    return card.replace(f"Total committed: {old_sizes['total']:.2f} MB", f"Total committed: {record['sizes_mb']['total']:.2f} MB")
+
+
+def refit_shipped_routers(a: argparse.Namespace) -> int:
+    """`tandem fit-router` on the shipped tandem/ and plain/ (M_L in the loop, the training split
+    of the pinned file list); train_default.json and MODEL_CARD.md get the new figures."""
+    import re
+
+    import torch
+
+    from tandem.train.refit import RefitSettings, refit_routers
+
+    torch.set_num_threads(a.threads)
+    out = a.out.resolve()
+    files = build_file_list(a.stdlib, a.quick)
+    train_files, heldout_files, _ = split_files(files)
+    if write_file_list(files, heldout_files, a.stdlib, a.work / "data_files.txt") != \
+            hashlib.sha256((out / "data_files.txt").read_bytes()).hexdigest():
+        raise SystemExit(f"the files under {a.stdlib} differ from {out / 'data_files.txt'}; pass --stdlib")
+    record = json.loads((out / "train_default.json").read_text())
+    batches = 2 if a.quick else 8
+    fits = {}
+    for key in ("tandem", "plain"):
+        t = time.perf_counter()
+        fit = refit_routers(out / key, out / "large", data=[str(f) for f in files], heldout_fraction=HELDOUT_FRACTION,
+                            settings=RefitSettings(router_batches=batches, device="cpu"))
+        fits[key] = fit.as_dict()
+        record[key].pop("router_mae", None)
+        record[key]["router_fit"] = fits[key]
+        record[key]["router_refit_s"] = time.perf_counter() - t
+        record[key]["config"]["router_batches"] = batches
+    record["routers_refit"] = ".venv/bin/python scripts/train_default.py --refit-routers"
+    how, figures = router_card_lines(batches, fits["tandem"], fits["plain"])
+    card = refresh_sizes((out / "MODEL_CARD.md").read_text(), out, record)
+    (out / "train_default.json").write_text(json.dumps(record, indent=2, default=str))
+    minutes = sum(record[k]["router_refit_s"] for k in ("tandem", "plain")) / 60
+    how += ("\nThe routers were refit after training with `.venv/bin/python scripts/train_default.py --refit-routers`\n"
+            f"(`tandem fit-router` on the same training split; {minutes:.1f} min for both drafters on the shared CPU); "
+            "the M_S\nweights are those of the run above.")
+    card = re.sub(r"^Routers: fitted after training.*?\.\n(?=\n|\|)", how + "\n", card, count=1, flags=re.M | re.S)
+    card = re.sub(r"^Router(s on their fitting data| mean absolute error on its fitting data):.*?\.\n", figures + "\n",
+                  card, count=1, flags=re.M | re.S)
+    (out / "MODEL_CARD.md").write_text(card)
+    print(how + "\n" + figures)
+    return 0
+
+
 def main() -> int:
     a = parse_args()
+    if a.refit_routers:
+        a.work.mkdir(parents=True, exist_ok=True)
+        return refit_shipped_routers(a)
     import torch
 
     torch.set_num_threads(a.threads)
@@ -467,7 +551,7 @@ def main() -> int:
     T = clock.run("train tandem M_S", train_one, "tandem M_S (Tandem-Distil)", tandem, large, corpus,
                   cfg("tandem", a.small_steps, a.small_lr, a.small_batch_size, a.small_warmup, loss="ce-then-distil", block_length=a.block_length,
                       variable_boundaries=True), work / "tandem")
-    T["trainer"].save(tok_dir, {"final_loss": T["final_loss"], "router_mean_abs_error": T["router_mae"]})
+    T["trainer"].save(tok_dir, {"final_loss": T["final_loss"], "router": T["router_fit"]})
     save_fp16(T["trainer"].model, out / "tandem", tok_files + [work / "tandem/training_summary.json"])
 
     # 5. plain M_S (Distil) + router
@@ -475,7 +559,7 @@ def main() -> int:
     P = clock.run("train plain M_S", train_one, "plain M_S (Distil)", plain, large, corpus,
                   cfg("plain", a.small_steps, a.small_lr, a.small_batch_size, a.small_warmup, loss="distil"), work / "plain",
                   router=Router(RouterConfig(embed_dim=a.small_hidden)))
-    P["trainer"].save(tok_dir, {"final_loss": P["final_loss"], "router_mean_abs_error": P["router_mae"]})
+    P["trainer"].save(tok_dir, {"final_loss": P["final_loss"], "router": P["router_fit"]})
     save_fp16(P["trainer"].model, out / "plain", tok_files + [work / "plain/training_summary.json"])
     P["trainer"].router.half().save(out / "plain")
 

@@ -268,17 +268,25 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_export(sub)
     command = next((a for a in argv if not a.startswith("-")), None)
-    # train/reps/eval import torch: register their full parsers only when asked for
-    if command in ("train", "reps", "eval"):
-        from tandem.train.cli import add_eval_parser, add_reps_parser, add_train_parser
+    # train/reps/eval/fit-router import torch: register their full parsers only when asked for
+    if command in ("train", "reps", "eval", "fit-router"):
+        from tandem.train.cli import (
+            add_eval_parser,
+            add_fit_router_parser,
+            add_reps_parser,
+            add_train_parser,
+        )
 
         add_train_parser(sub)
         add_reps_parser(sub)
         add_eval_parser(sub)
+        add_fit_router_parser(sub)
     else:
         sub.add_parser("train", help="train a tandem M_S, a plain M_S, or a from-scratch LM (needs torch)")
         sub.add_parser("reps", help="precompute M_L's representations for training (needs torch)")
         sub.add_parser("eval", help="held-out accuracy and agreement with M_L (needs torch)")
+        sub.add_parser("fit-router", help="refit the adaptive block-length routers of a trained drafter "
+                                          "(needs torch)")
     try:
         from tandem.bench.cli import add_bench_parser
     except ImportError:

@@ -31,14 +31,18 @@ from typing import Any
 
 FORMAT = "tandem-bundle"
 # 3: graph roles tandem_drafter / plain_drafter (were small / draft), every key required.
+# 4: a drafter's two router outputs, router_score_greedy and router_score_sampled (was one
+#    router_score for both decoding modes).
 # The C++ reader's kManifestFormatVersion must be the same (tested).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_NAME = "tandem.json"
 GRAPH_ROLES = ("large", "tandem_drafter", "plain_drafter")
 GRAPH_FILES = {role: f"{role}.onnx" for role in GRAPH_ROLES}
 
 # The exporter's defaults (`tandem export`): the bundle's default γ when the tandem drafter's
-# training does not say, the longest γ a request may ask for, and the default router τ. Every
+# training does not say, the longest γ a request may ask for, and the default router τ (one for
+# both routers: each score estimates the same quantity, the probability that M_L accepts the
+# next draft under the request's verification, so one τ is one trade-off; docs/METHOD.md). Every
 # bundle carries its values; the runtime reads them from the bundle and has none of its own.
 DEFAULT_BLOCK_LENGTH = 4
 DEFAULT_MAX_BLOCK_LENGTH = 16
@@ -55,8 +59,12 @@ class GraphSpec:
     role ``large``: also outputs ``reps`` (one per entry of ``rep_layers``, `[1, t, hidden_size]`
     float32).
     role ``tandem_drafter``: also inputs ``memory`` (one per entry of ``memory_layers``,
-    `[1, m, memory_size]` float32, placed before the tokens); optional ``router_score [1, rows]``.
-    role ``plain_drafter``: optional ``router_score``.
+    `[1, m, memory_size]` float32, placed before the tokens); optional router outputs.
+    role ``plain_drafter``: optional router outputs.
+    Router outputs (drafters; both or neither): ``router_score_greedy`` and
+    ``router_score_sampled``, ``[1, rows]`` float32 each, the two routers' scores for the logits
+    rows (train/router.py); the runtime reads the greedy one when decoding greedily, the sampled
+    one when sampling.
     """
 
     file: str
@@ -82,7 +90,8 @@ class GraphSpec:
     memory_layers: list[int] = field(default_factory=list)
     memory: list[str] = field(default_factory=list)
     memory_size: int = 0
-    router_score: str = ""
+    router_score_greedy: str = ""  # "" (both): no routers
+    router_score_sampled: str = ""
     kv_dtype: str = "float32"  # float32 | float16
     precision: str = "fp32"
     # Rows the graph writes into the KV buffers after a call's own rows, as scratch (the

@@ -42,8 +42,9 @@ def hf_outputs(role: str, model: nn.Module, inputs: CaseInputs, rep_layers: list
     if vocab is not None:  # the graph outputs the draft vocabulary's columns only
         logits = logits[..., vocab]
     out["logits"] = logits[:, start:].numpy()
-    if score is not None:
-        out["router_score"] = score[:, start:].numpy()
+    if score is not None:  # [1, t, 2]: the greedy and the sampled routers (ROUTER_KINDS order)
+        out["router_score_greedy"] = score[:, start:, 0].numpy()
+        out["router_score_sampled"] = score[:, start:, 1].numpy()
     for i, (k, v) in enumerate(present):
         out[f"present.{i}.key"], out[f"present.{i}.value"] = k.numpy(), v.numpy()
     return out

@@ -136,9 +136,12 @@ def test_graph_shape(exported: Exported):
         layers = spec.num_layers
         assert ops.count("GroupQueryAttention") == layers
         assert ops.count("SkipSimplifiedLayerNormalization") == (2 * layers if role != "tandem_drafter" else layers + 1)
+        routed = bool(spec.router_score_greedy)
         assert ops.count("MatMul") == 4 * layers + 1 + (layers if role == "tandem_drafter" else 0) + (
-            2 if spec.router_score else 0)  # qkv, o, gate_up, down per layer; head; W_T; router MLP
-        assert ops.count("Concat") == (layers if role == "tandem_drafter" else 0) + (1 if spec.router_score else 0)
+            4 if routed else 0)  # qkv, o, gate_up, down per layer; head; W_T; two router MLPs
+        # the routers' features are computed once for both heads
+        assert ops.count("Concat") == (layers if role == "tandem_drafter" else 0) + (1 if routed else 0)
+        assert ops.count("TopK") == (1 if routed else 0)
         if role == "large":
             assert len(ops) <= 14 * layers + 12
         inputs = {i.name for i in graph.input}

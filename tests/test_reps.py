@@ -256,8 +256,12 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
                  "--layers", "1", "--shared-head", "--draft-vocab", "60", "--layer-assignment", "2",
                  "--steps", "8", "--batch-size", "4", "--seq-len", str(SEQ), "--out", str(drafter),
                  "--router-batches", "2", "--router-steps", "10"]) == 0
+    # the routers refit from the same shards (top-k teacher, draft vocabulary), for another temperature
+    assert main(["fit-router", "--drafter", str(drafter), "--large", str(setup["large"]), "--reps", str(reps),
+                 "--router-temperature", "0.8", "--router-batches", "2", "--router-steps", "10"]) == 0
     config = json.loads((drafter / "tandem_config.json").read_text())
     assert len(config["draft_vocab"]) == 60 and 0 in config["draft_vocab"]
+    assert config["router"]["sampled_temperature"] == 0.8
     bundle = tmp_path / "bundle"
     assert main(["export", "--large", str(setup["large"]), "--tandem", str(drafter), "--out", str(bundle),
                  "--precision", "int4", "--context-length", "128"]) == 0
@@ -271,6 +275,8 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
             warnings.simplefilter("error")  # no warning up to the trained γ
             got = model.generate(prompt, mode="speed", block_length=block, max_new_tokens=24, ignore_eos=True)
         assert got.ids == want, block
+    assert model.generate(prompt, mode="speed", block_length="auto", max_block_length=2, max_new_tokens=24,
+                          ignore_eos=True).ids == want
     with pytest.warns(UntrainedBlockLengthWarning, match="trained at"):
         got = model.generate(prompt, mode="speed", block_length=3, max_new_tokens=24, ignore_eos=True)
     assert got.ids == want

@@ -129,7 +129,7 @@ def test_step_without_memory_is_the_plain_model(arch, kv_heads, tie):
         ref, ref_present = plain_step(tandem.small, ids, empty_past(tandem.small.config))
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
     torch.testing.assert_close(present[1][0], ref_present[1][0], atol=ATOL, rtol=0)
-    assert score.shape == (1, 6) and ((score > 0) & (score < 1)).all()
+    assert score.shape == (1, 6, 2) and ((score > 0) & (score < 1)).all()  # greedy, sampled
 
 
 @pytest.mark.parametrize("arch,kv_heads,tie", ARCH_CASES[:2] + ARCH_CASES[3:])
@@ -149,7 +149,7 @@ def test_step_cached_equals_from_scratch(arch, kv_heads, tie):
                                            [x[:, mem_at:mem_at + m] for x in memory], past)
             logits.append(out)
             mem_at, tok_at = mem_at + m, tok_at + t
-        assert past[0][0].shape[2] == 6 + 5 and score.shape == (1, 1)
+        assert past[0][0].shape[2] == 6 + 5 and score.shape == (1, 1, 2)
         # from scratch: the same sequence, fed as m-row memory steps + token steps at the same positions
         scratch = empty_past(tandem.small.config)
         mem_at, tok_at = 0, 0

@@ -116,7 +116,9 @@ def test_plain_and_lm_modes(corpus, tmp_path):
     router = Router(RouterConfig(embed_dim=32))
     trainer = Trainer(small, large, corpus, tiny_config(mode="plain"), tmp_path / "plain", router)
     losses = trainer.train(progress=False)
-    assert trainer.fit_router() < 0.5 and len(losses) == 6
+    fit = trainer.fit_router()
+    assert fit.pairs == 2 * 4 * 12 and 0.0 <= fit.greedy_accept_rate <= 1.0 and fit.sampled_mean_abs_error < 0.5
+    assert len(losses) == 6
     trainer.save()
     assert Router.load(tmp_path / "plain") is not None
     lm = Trainer(tiny_large("llama"), None, corpus, tiny_config(mode="lm"), tmp_path / "lm")
@@ -230,18 +232,26 @@ def test_a_damaged_draft_vocabulary_file_is_refused(tmp_path, text, match):
     assert Checkpoint.from_folder(folder, "plain M_S").draft_vocab == [0, 5, 9]
 
 
-def test_router_targets_and_fit():
+def test_router_heads_and_fit():
+    """Two heads over one feature vector; each fits its own target (better than a constant)."""
     torch.manual_seed(0)
     router = Router(RouterConfig(embed_dim=8, top_k=3, hidden_size=16))
-    logits = torch.randn(2, 5, 20)
+    logits = torch.randn(2, 5, 20) * 3
     embed = torch.randn(20, 8)
     feats = router.features(logits, embed)
     assert feats.shape == (2, 5, 1 + 3 + 8)
-    assert router(logits, embed).shape == (2, 5)
+    scores = router(logits, embed)
+    assert scores.shape == (2, 5, 2)
+    assert torch.allclose(scores[..., 0], router.score(logits, embed, "greedy"))
+    assert torch.allclose(scores[..., 1], router.score(logits, embed, "sampled"))
     assert total_variation(logits, logits).abs().max() < 1e-6
-    targets = torch.sigmoid(feats[..., 0] - feats[..., 0].mean()).flatten()  # learnable from entropy
-    error = fit_router(router, feats.flatten(0, 1), targets, steps=200, lr=1e-2)
-    assert error < 0.1
+    entropy = feats[..., 0].flatten()
+    greedy = (entropy < entropy.median()).float()  # a 0/1 event decided by the entropy
+    sampled = torch.sigmoid(entropy.mean() - entropy)  # a probability falling with the entropy
+    fit = fit_router(router, feats.flatten(0, 1), greedy, sampled, steps=300, lr=1e-2)
+    assert fit.pairs == 10 and fit.greedy_accept_rate == pytest.approx(greedy.mean().item())
+    assert fit.greedy_bce < 0.5 * fit.greedy_bce_constant
+    assert fit.sampled_mean_abs_error < 0.5 * fit.sampled_mean_abs_error_constant
 
 
 def test_heldout_split_is_deterministic_by_content(tmp_path):

@@ -54,7 +54,7 @@ from tandem.train.reps import (
     precompute,
     torch_precision,
 )
-from tandem.train.router import Router, RouterConfig
+from tandem.train.router import Router, RouterConfig, describe_fit
 from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
 
 DEFAULT_HIDDEN = 256
@@ -228,12 +228,12 @@ def run_train(args: argparse.Namespace) -> int:
     model, router = _build_model(args, large, tokenizer, stream)
     trainer = Trainer(model, large, corpus, config, args.out, router, reps=reps)
     losses = trainer.train(resume=not args.no_resume)
-    router_error = trainer.fit_router()
-    summary = {"final_loss": losses[-1] if losses else None, "router_mean_abs_error": router_error,
+    fit = trainer.fit_router(progress=True)
+    summary = {"final_loss": losses[-1] if losses else None, "router": fit.as_dict() if fit else None,
                "training_tokens_per_second": trainer.tokens_per_second}
     out = trainer.save(tokenizer_folder, summary)
-    say(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}, "
-          f"router error {router_error})")
+    say(f"saved {config.mode} model to {out} (final loss {summary['final_loss']}"
+        f"{'; ' + describe_fit(fit) if fit else ''})")
     return 0
 
 
@@ -319,4 +319,56 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json:
         write_results(results, args.json)
+    return 0
+
+
+def add_fit_router_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``fit-router``: refit the greedy and sampled routers of a trained drafter in place."""
+    parser = subparsers.add_parser(
+        "fit-router", help="refit the adaptive block-length routers of a trained drafter (minutes)",
+        description="Log (M_S, M_L) pairs on training data and fit the drafter's two routers: the greedy one "
+                    "(target: M_S's argmax is M_L's) and the sampled one (target: the acceptance probability "
+                    "1 - TV at --router-temperature). Only the router files of --drafter are rewritten "
+                    "(tandem: tandem_config.json and tandem.safetensors; plain: router_config.json and "
+                    "router.safetensors); the M_S weights stay. Use it to add routers to a drafter trained "
+                    "with --no-router, to update a folder with an older single router, or to fit the sampled "
+                    "router for another temperature. Re-export the bundle afterwards.")
+    parser.add_argument("--drafter", type=Path, required=True, help="the drafter folder (--out of `tandem train`)")
+    parser.add_argument("--large", type=Path, required=True, help="M_L folder (Hugging Face model)")
+    parser.add_argument("--reps", type=Path, metavar="FOLDER",
+                        help="log the pairs from M_L representations precomputed by `tandem reps` (M_L not run; "
+                             "needs a teacher: --distil topk or hidden)")
+    parser.add_argument("--data", nargs="+", help="or: text/code files or folders (M_L in the loop; training split)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.05,
+                        help="--data: share of files held out, as in `tandem train` (default 0.05)")
+    parser.add_argument("--router-temperature", type=float, default=1.0,
+                        help="sampling temperature T the sampled router is fitted for (default 1)")
+    parser.add_argument("--router-batches", type=int, help=f"batches logged (default {TrainConfig.router_batches})")
+    parser.add_argument("--router-steps", type=int, help=f"fitting steps per router (default {TrainConfig.router_steps})")
+    parser.add_argument("--block-length", type=int,
+                        help="γ of the block mask the tandem pairs are logged under (default: the drafter's training)")
+    boundaries = parser.add_mutually_exclusive_group()
+    boundaries.add_argument("--variable-boundaries", dest="variable_boundaries", action="store_true", default=None,
+                            help="blocks of lengths drawn from 1..γ (default: as the drafter was trained)")
+    boundaries.add_argument("--fixed-boundaries", dest="variable_boundaries", action="store_false",
+                            help="blocks of exactly γ")
+    parser.add_argument("--seq-len", type=int, help="tokens per window (default: the drafter's training)")
+    parser.add_argument("--batch-size", type=int, help="windows per batch (default: the drafter's training)")
+    parser.add_argument("--seed", type=int, help="default: the drafter's training seed")
+    parser.add_argument("--top-k", type=int, help="router features: top-k tokens (default: the old router's, else 4)")
+    parser.add_argument("--hidden-size", type=int, help="router MLP width (default: the old router's, else 64)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.set_defaults(func=run_fit_router)
+    return parser
+
+
+def run_fit_router(args: argparse.Namespace) -> int:
+    from tandem.train.refit import RefitSettings, refit_routers
+
+    settings = RefitSettings(**{name: getattr(args, name) for name in (
+        "router_temperature", "router_batches", "router_steps", "block_length", "variable_boundaries", "seq_len",
+        "batch_size", "seed", "top_k", "hidden_size", "device")})
+    fit = refit_routers(args.drafter, args.large, data=args.data, reps=args.reps,
+                        heldout_fraction=args.heldout_fraction, settings=settings)
+    print(f"{describe_fit(fit)}; wrote the routers into {args.drafter} (re-export its bundle)")
     return 0

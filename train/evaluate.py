@@ -33,10 +33,11 @@ LARGE_NAME = "M_L"
 
 def load_drafter(folder: str | Path) -> TandemSmall | PreTrainedModel:
     """A tandem M_S when ``folder`` has ``tandem_config.json``, else a plain HF causal LM (with its
-    draft vocabulary when the folder has ``draft_vocab.json``)."""
+    draft vocabulary when the folder has ``draft_vocab.json``); without routers: the evaluation
+    does not use them, so a folder with an older router loads too."""
     folder = Path(folder)
     if (folder / TANDEM_CONFIG_FILE).exists():
-        return TandemSmall.from_pretrained(folder)
+        return TandemSmall.from_pretrained(folder, drop_router=True)
     return load_plain_drafter(folder)
 
 

@@ -376,10 +376,15 @@ class TandemConfig:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> TandemConfig:
+    def from_json(cls, text: str, where: str = TANDEM_CONFIG_FILE, drop_router: bool = False) -> TandemConfig:
+        """The config written by :meth:`to_json`. An older single router raises
+        :class:`tandem.train.router.OldRouterError` unless ``drop_router`` (then, as any router
+        with ``drop_router``, it is left out: ``router`` is None)."""
         values = json.loads(text)
         router = values.pop("router", None)
-        return cls(**values, router=RouterConfig(**router) if router else None)
+        if drop_router or not router:
+            return cls(**values, router=None)
+        return cls(**values, router=RouterConfig.from_dict(router, f'{where} ("router")'))
 
 
 def create_tandem(
@@ -609,7 +614,8 @@ class TandemSmall(nn.Module):
 
         input_ids ``(1, t)`` (``t = 0``: memory only); memory: ``(1, m, d_L)`` per ``large_layers`` entry; past: ``(k, v)``
         ``(1, h_kv, P, dh)`` per layer. Returns logits ``(1, t, V)`` (-inf outside a draft vocabulary), present
-        ``(1, h_kv, P+m+t, dh)`` and the router score ``(1, t)`` (None without a router).
+        ``(1, h_kv, P+m+t, dh)`` and the router scores ``(1, t, 2)`` (greedy, sampled; None without
+        routers).
         """
         past_len = past[0][0].shape[2]
         m, t = memory[0].shape[1], input_ids.shape[1]
@@ -652,17 +658,31 @@ class TandemSmall(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         """M_S as an HF folder, plus ``tandem_config.json`` and ``tandem.safetensors``."""
-        folder = Path(folder)
         self.small.save_pretrained(folder)
-        (folder / TANDEM_CONFIG_FILE).write_text(self.config.to_json())
+        self.save_tandem_files(folder)
+
+    def save_tandem_files(self, folder: str | Path) -> None:
+        """Write ``tandem_config.json`` and ``tandem.safetensors`` (``W_T`` and the routers), each
+        replaced atomically; alone, after refitting the routers of a saved M_S (whose HF weights
+        stay as they are)."""
+        folder = Path(folder)
         tensors = {f"projections.{j}.weight": p.weight for j, p in enumerate(self.projections)}
         if self.router is not None:
             tensors.update({f"router.{k}": v for k, v in self.router.state_dict().items()})
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, folder / TANDEM_WEIGHTS_FILE)
+        weights = folder / TANDEM_WEIGHTS_FILE
+        tmp = weights.with_suffix(".safetensors.tmp")
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp)
+        tmp.replace(weights)
+        config = folder / TANDEM_CONFIG_FILE
+        tmp = config.with_suffix(".json.tmp")
+        tmp.write_text(self.config.to_json())
+        tmp.replace(config)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> TandemSmall:
-        """Load a folder written by :meth:`save_pretrained`."""
+    def from_pretrained(cls, folder: str | Path, drop_router: bool = False) -> TandemSmall:
+        """Load a folder written by :meth:`save_pretrained`. Its routers must be of the current
+        layout (:class:`tandem.train.router.OldRouterError` otherwise); ``drop_router`` loads the
+        drafter without them (to refit them, or where they are not used)."""
         folder = Path(folder)
         missing = [name for name in ("config.json", TANDEM_CONFIG_FILE, TANDEM_WEIGHTS_FILE)
                    if not (folder / name).exists()]
@@ -673,8 +693,13 @@ class TandemSmall(nn.Module):
             )
         check_supported(AutoConfig.from_pretrained(folder), "M_S")
         small = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        model = cls(small, TandemConfig.from_json((folder / TANDEM_CONFIG_FILE).read_text()))
-        extra = model.load_state_dict(load_file(folder / TANDEM_WEIGHTS_FILE), strict=False)
+        config = TandemConfig.from_json((folder / TANDEM_CONFIG_FILE).read_text(), str(folder / TANDEM_CONFIG_FILE),
+                                        drop_router=drop_router)
+        model = cls(small, config)
+        tensors = load_file(folder / TANDEM_WEIGHTS_FILE)
+        if drop_router:
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("router.")}
+        extra = model.load_state_dict(tensors, strict=False)
         wrong = [k for k in extra.missing_keys if not k.startswith("small.")] + extra.unexpected_keys
         if wrong:
             raise TrainingError(f"{folder / TANDEM_WEIGHTS_FILE} does not match its config: {wrong}")

@@ -12,7 +12,8 @@ literally and favour clarity over speed. One round of every mode is :func:`decod
 
 Modes: ``large`` (γ_mode = 0), ``tandem`` (standalone Tandem, γ_mode = γ-1, every draft
 accepted), ``speed`` (tandem drafter, lossless) and ``vanilla`` (plain HF drafter, lossless).
-``adaptive`` (speed/vanilla) drafts up to ``max_block_length`` and stops early on the router.
+``adaptive`` (speed/vanilla) drafts up to ``max_block_length`` and stops early on the router of
+the decoding mode (greedy or sampled).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tandem.train.model import (
     plain_router_score,
     plain_step,
 )
+from tandem.train.router import ROUTER_KINDS, router_kind
 from tandem.train.sampling import (
     SamplingParams,
     accept_greedy,
@@ -174,19 +176,21 @@ def prefill(models: Models, prompt: list[int], config: GenerateOptions, context_
     return state
 
 
-def drafter_step(models: Models, state: DecodeState, tokens: list[int]) -> tuple[Tensor, float | None]:
+def drafter_step(models: Models, state: DecodeState, tokens: list[int],
+                 router: str = "greedy") -> tuple[Tensor, float | None]:
     """One drafter call on ``tokens`` (tandem: after the pending memory rows, which it consumes).
-    Returns M_S logits ``[V]`` at the last token and the router score there (None: no router)."""
+    Returns M_S logits ``[V]`` at the last token and the score of the ``router`` (``greedy`` or
+    ``sampled``, ``ROUTER_KINDS``) there (None: no routers)."""
     state.result.drafter_calls += 1
     if models.tandem is not None:
-        logits, state.drafter_past, score = models.tandem.step(
+        logits, state.drafter_past, scores = models.tandem.step(
             _ids(tokens), state.pending_memory, state.drafter_past)
         state.pending_memory = [r[:, :0] for r in state.pending_memory]  # now in the cache
     else:
         logits, state.drafter_past = plain_step(models.drafter, _ids(tokens), state.drafter_past)
-        router = getattr(models.drafter, "router", None)
-        score = None if router is None else plain_router_score(models.drafter, router, logits)
-    return logits[0, -1], None if score is None else float(score[0, -1])
+        routers = getattr(models.drafter, "router", None)
+        scores = None if routers is None else plain_router_score(models.drafter, routers, logits)
+    return logits[0, -1], None if scores is None else float(scores[0, -1, ROUTER_KINDS.index(router)])
 
 
 def draft(models: Models, state: DecodeState, config: GenerateOptions, g: int,
@@ -195,13 +199,15 @@ def draft(models: Models, state: DecodeState, config: GenerateOptions, g: int,
 
     Step 1 feeds every token the drafter has not seen (tandem: just ``t``, after the pending
     memory), step k feeds ``d_{k-1}``. Adaptive: at step ``k > min_block_length`` a router
-    score ``< τ`` ends the round before ``d_k`` is drafted (that M_S call is spent).
+    score ``< τ`` ends the round before ``d_k`` is drafted (that M_S call is spent); the router is
+    the decoding mode's: the sampled one when sampling, else the greedy one.
     """
     drafts: list[int] = []
     q_logits: list[Tensor] = []
     feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.drafter_len:]
+    router = router_kind(config.do_sample)
     for k in range(1, g + 1):
-        logits, score = drafter_step(models, state, feed)
+        logits, score = drafter_step(models, state, feed, router)
         if config.adaptive and k > config.min_block_length and score < config.router_threshold:
             break
         drafts.append(choose(logits, config, generator))
@@ -285,7 +291,7 @@ def _check_inputs(models: Models, prompt_ids: list[int], config: GenerateOptions
                 "both must share M_L's tokenizer")
     if config.adaptive and not models.has_router():
         raise InvalidArgumentError(
-            "adaptive block length needs a router on the drafter (create_tandem(..., router=True), "
+            "adaptive block length needs routers on the drafter (create_tandem(..., router=True), "
             "or set drafter.router = Router.load(folder) for a plain drafter); or set adaptive=False")
     max_positions = models.large.config.max_position_embeddings
     context_length = max_positions if context_length is None else context_length

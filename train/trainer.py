@@ -10,7 +10,9 @@ Modes (``TrainConfig.mode``):
 Distil = ``0.5 * CE(data) + 0.5 * CE(M_L soft labels)``. Checkpoints hold model, optimizer,
 schedule, step and every RNG, so a resumed run continues exactly as an uninterrupted one
 (frozen parameters, M_L's shared embedding and head, are not stored: they come from M_L).
-After training, a router (if any) is fitted on (M_S, M_L) pairs logged on training data.
+After training, the routers (if any) are fitted on (M_S, M_L) pairs logged on training data:
+the greedy one on the event "M_S's argmax is M_L's", the sampled one on the acceptance
+probability ``1 - TV`` at ``router_temperature`` (train/router.py); :func:`router_targets`.
 
 M_L's side of a batch comes from one of two sources: M_L itself, run in the loop on random
 windows of the corpus, or a reps folder (``tandem reps``) whose shards hold its
@@ -56,7 +58,7 @@ from tandem.train.model import (
     variable_block_starts,
 )
 from tandem.train.reps import RepsReader
-from tandem.train.router import Router, fit_router
+from tandem.train.router import Router, RouterFit, check_temperature, fit_router
 
 MODES = ("tandem", "plain", "lm")
 LOSSES = ("ce", "distil", "ce-then-distil")
@@ -84,8 +86,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     block_length: int = 2  # γ of the training-mode mask
     variable_boundaries: bool = False  # every block's length drawn from 1..block_length
-    router_batches: int = 16  # training batches logged to fit the router
+    router_batches: int = 16  # training batches logged to fit the routers
     router_steps: int = 300
+    router_temperature: float = 1.0  # T of the sampled router's target: the sampling temperature it serves
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 200  # steps; a checkpoint is also written when a run stops
@@ -104,6 +107,7 @@ class TrainConfig:
             raise TrainingError("steps, batch size, sequence length, grad accumulation and block length must be ≥ 1")
         if not 0.0 <= self.ce_fraction <= 1.0:
             raise TrainingError(f"ce fraction {self.ce_fraction} must lie in [0, 1]")
+        check_temperature(self.router_temperature)
 
 
 @dataclass
@@ -114,17 +118,45 @@ class Teacher:
     logits: Tensor | None = None
     top_ids: Tensor | None = None
     top_logp: Tensor | None = None
+    vocab_size: int = 0  # V (a top-k teacher at a temperature below 1 bounds its unseen tail with it)
 
-    def on_columns(self, columns: Tensor | None, to_column: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """M_L's probabilities over the drafter's logit columns: dense ``(B, N, C)`` and None, or
-        sparse ``(B, N, k)`` with the column of each (-1: outside the draft vocabulary).
+    def on_columns(self, columns: Tensor | None, to_column: Tensor | None,
+                   temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
+        """M_L's probabilities at ``temperature`` over the drafter's logit columns: dense ``(B, N, C)``
+        and None, or sparse ``(B, N, k)`` with the column of each (-1: outside the draft vocabulary).
         ``columns``: token id per column (None: all ids); ``to_column``: column per token id."""
         if self.logits is not None:
-            p = torch.softmax(self.logits.float(), dim=-1)
+            p = torch.softmax(self.logits.float() / temperature, dim=-1)
             return (p if columns is None else p[..., columns.to(p.device)]), None
         assert self.top_ids is not None and self.top_logp is not None
         cols = self.top_ids if to_column is None else to_column.to(self.top_ids.device)[self.top_ids]
-        return self.top_logp.float().exp(), cols
+        return self.top_probs(temperature), cols
+
+    def top_probs(self, temperature: float = 1.0) -> Tensor:
+        """A top-k teacher's probabilities ``(B, N, k)`` at ``temperature``: exact at 1; otherwise
+        ``p_v^a / Z`` (``a = 1/T``) with ``Z`` an upper bound of the normaliser, so a lower bound of
+        each: the unseen tail (mass ``r``, each token at most ``p_k``, ``V - k`` tokens) adds at most
+        ``p_k^(a-1)·r`` (``a ≥ 1``) or ``(V-k)^(1-a)·r^a`` (``a < 1``, Hölder) to ``Z``."""
+        logp = self.top_logp.float()
+        if temperature == 1.0:
+            return logp.exp()
+        a = 1.0 / temperature
+        scaled = torch.exp(a * logp)  # (B, N, k)
+        rest = (1.0 - logp.exp().sum(-1, keepdim=True)).clamp(min=0.0)
+        if a >= 1.0:
+            tail = torch.exp((a - 1.0) * logp[..., -1:]) * rest
+        else:
+            if self.vocab_size < logp.shape[-1]:
+                raise TrainingError("a top-k teacher at a temperature above 1 needs the vocabulary size")
+            tail = (self.vocab_size - logp.shape[-1]) ** (1.0 - a) * rest.pow(a)  # 0 when k covers V
+        return scaled / (scaled.sum(-1, keepdim=True) + tail)
+
+    def argmax_ids(self) -> Tensor:
+        """M_L's argmax token id per position ``(B, N)`` (first maximum; a top-k teacher's first id)."""
+        if self.logits is not None:
+            return self.logits.argmax(-1)
+        assert self.top_ids is not None
+        return self.top_ids[..., 0]
 
     def soft_ce(self, logq: Tensor, columns: Tensor | None, to_column: Tensor | None) -> Tensor:
         """``-Σ_v p_v log q_v`` per position, averaged; ``logq (B, N, C)`` over the drafter's columns."""
@@ -134,10 +166,12 @@ class Teacher:
         valid = cols >= 0
         return -(p * logq.gather(-1, cols.clamp(min=0)) * valid).sum(-1).mean()
 
-    def overlap(self, q: Tensor, columns: Tensor | None, to_column: Tensor | None) -> Tensor:
-        """``Σ_v min(p_v, q_v) = 1 - TV(p, q)`` per position ``(B, N)``: a sampled draft's acceptance
-        probability (a lower bound with a top-k teacher)."""
-        p, cols = self.on_columns(columns, to_column)
+    def overlap(self, q: Tensor, columns: Tensor | None, to_column: Tensor | None,
+                temperature: float = 1.0) -> Tensor:
+        """``Σ_v min(p_v, q_v) = 1 - TV(p, q)`` per position ``(B, N)``, ``p`` M_L's distribution at
+        ``temperature`` and ``q (B, N, C)`` the drafter's over its columns (at the same temperature):
+        a sampled draft's acceptance probability (a lower bound with a top-k teacher)."""
+        p, cols = self.on_columns(columns, to_column, temperature)
         if cols is None:
             return torch.minimum(p, q).sum(-1)
         return (torch.minimum(p, q.gather(-1, cols.clamp(min=0))) * (cols >= 0)).sum(-1)
@@ -164,6 +198,19 @@ def hard_loss(logits: Tensor, targets: Tensor, to_column: Tensor | None = None,
         return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1)
     return F.cross_entropy(logits.flatten(0, 1).float(), cols.flatten(), ignore_index=-1,
                            reduction="sum") / denominator
+
+
+def router_targets(logits: Tensor, teacher: Teacher, columns: Tensor | None, to_column: Tensor | None,
+                   temperature: float) -> tuple[Tensor, Tensor]:
+    """The routers' targets at each position ``(B, N)`` from the drafter's logits ``(B, N, C)`` over
+    its columns (token id per column: ``columns``; None: all V): greedy, 1.0 where its argmax is
+    M_L's argmax token, else 0.0 (a draft vocabulary without M_L's argmax is never accepted);
+    sampled, ``Σ_v min(p_L,T(v), q_S,T(v))`` with both distributions at ``temperature``."""
+    best = logits.argmax(-1)  # (B, N) columns
+    drafted = best if columns is None else columns.to(best.device)[best]
+    greedy = (drafted == teacher.argmax_ids().to(best.device)).float()
+    q = torch.softmax(logits.float() / temperature, dim=-1)
+    return greedy, teacher.overlap(q, columns, to_column, temperature)
 
 
 @dataclass
@@ -311,7 +358,8 @@ class Trainer:
                 with torch.no_grad():
                     teacher = Teacher(logits=F.linear(got.hidden.to(self.device), self.teacher_head))
             elif got.top_ids is not None:
-                teacher = Teacher(top_ids=got.top_ids.to(self.device), top_logp=got.top_logp.to(self.device))
+                teacher = Teacher(top_ids=got.top_ids.to(self.device), top_logp=got.top_logp.to(self.device),
+                                  vocab_size=self.reps.spec.vocab_size)
             return Batch(windows[:, :-1], windows[:, 1:], [r.to(self.device) for r in got.reps], teacher, rows)
         return self.live_batch(sample_windows(self.corpus.train, cfg.batch_size, n + 1, generator), need_teacher,
                                rows)
@@ -370,6 +418,16 @@ class Trainer:
             return None
         return self.columns.tolist()
 
+    @staticmethod
+    def _without_router(tandem_config: str | None) -> dict | None:
+        """A tandem config's settings but its router's: the routers are fitted after training, so
+        a checkpoint resumes whatever routers (or router layout) the model now carries."""
+        if tandem_config is None:
+            return None
+        values = json.loads(tandem_config)
+        values.pop("router", None)
+        return values
+
     def save_checkpoint(self) -> None:
         """Write the checkpoint (rank 0; the other ranks wait for it)."""
         if self.dist.is_main:
@@ -396,15 +454,18 @@ class Trainer:
         tmp.replace(self.checkpoint_path)
 
     def _trained_state(self) -> dict[str, Tensor]:
-        """The model's state without frozen parameters (M_L's shared embedding and head)."""
+        """The model's state without frozen parameters (M_L's shared embedding and head) and
+        without the routers (fitted after training, not trained by the steps)."""
         frozen = {p.data_ptr() for p in self.model.parameters() if not p.requires_grad}
-        return {k: v for k, v in self.model.state_dict().items() if v.data_ptr() not in frozen}
+        return {k: v for k, v in self.model.state_dict().items()
+                if v.data_ptr() not in frozen and not k.startswith("router.")}
 
     def _load_trained_state(self, state: dict[str, Tensor]) -> None:
+        state = {k: v for k, v in state.items() if not k.startswith("router.")}  # older checkpoints held them
         result = self.model.load_state_dict(state, strict=False)
         frozen = {p.data_ptr() for p in self.model.parameters() if not p.requires_grad}
         own = self.model.state_dict()
-        missing = [k for k in result.missing_keys if own[k].data_ptr() not in frozen]
+        missing = [k for k in result.missing_keys if own[k].data_ptr() not in frozen and not k.startswith("router.")]
         if missing or result.unexpected_keys:
             raise TrainingError(f"{self.checkpoint_path} does not match this model (missing {missing[:3]}, "
                                 f"unexpected {result.unexpected_keys[:3]}); use another --out or --no-resume")
@@ -412,14 +473,15 @@ class Trainer:
     def load_checkpoint(self) -> None:
         # on the CPU: RNG states must stay CPU tensors; load_state_dict copies onto the model's device
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        saved = {k: v for k, v in state["config"].items() if k not in ("device", "checkpoint_every")}
+        saved = {k: v for k, v in state["config"].items()
+                 if k not in ("device", "checkpoint_every") and not k.startswith("router_")}  # not training
         current = {k: v for k, v in asdict(self.config).items() if k in saved}
         if saved != current:
             changed = sorted(k for k in saved if saved[k] != current[k])
             raise TrainingError(f"{self.checkpoint_path} was written with other settings ({', '.join(changed)}); "
                                 "use the same settings, another --out, or --no-resume")
-        tandem_config = self._tandem_config_json()
-        if state.get("tandem_config", tandem_config) != tandem_config:  # absent in older checkpoints
+        tandem_config = self._without_router(self._tandem_config_json())
+        if self._without_router(state.get("tandem_config", self._tandem_config_json())) != tandem_config:
             raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment, M_L or "
                                 "router; use the same --layer-assignment and M_L, another --out, or --no-resume")
         if state.get("draft_vocab") != self._plain_draft_vocab():  # absent in older checkpoints: none
@@ -483,35 +545,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ router and output
 
-    def fit_router(self) -> float | None:
-        """Fit the router on (M_S, M_L) pairs from training batches; returns its mean abs error."""
+    def fit_router(self, progress: bool = False) -> RouterFit | None:
+        """Fit both routers on (M_S, M_L) pairs from ``router_batches`` training batches (the
+        sampled one at ``router_temperature``, recorded in the router's config); returns what the
+        fit gave, or None without routers (or without M_L)."""
         if self.router is None or (self.large is None and self.reps is None):
             return None
+        self.router.config.sampled_temperature = self.config.router_temperature  # on every rank
         if self.dist.enabled:  # rank 0 fits it on whole batches; every rank gets its weights
-            error = self._fit_router() if self.dist.is_main else None
+            fit = self._fit_router(progress) if self.dist.is_main else None
             self.dist.broadcast_module(self.router)
-            return self.dist.broadcast_object(error)
-        return self._fit_router()
+            return self.dist.broadcast_object(fit)
+        return self._fit_router(progress)
 
-    def _fit_router(self) -> float:
+    def _fit_router(self, progress: bool) -> RouterFit:
         cfg = self.config
+        if self.reps is not None and self.reps.spec.distil == "none":
+            raise TrainingError(f"{self.reps.folder} stores no M_L distribution (written with --distil none), which "
+                                "the routers' targets need; fit them with --data (M_L in the loop) or rerun "
+                                "`tandem reps --distil topk`")
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         embed = self.model_small.get_input_embeddings().weight.detach()
         if self.columns is not None:
             embed = embed[self.columns]
-        features, targets = [], []
+        features, greedy, sampled = [], [], []
         with torch.no_grad():
-            for _ in range(cfg.router_batches):
+            for _ in tqdm(range(cfg.router_batches), desc="router pairs", disable=not progress):
                 batch = self.next_batch(generator, need_teacher=True)
                 logits = self.drafter_logits(batch, generator).float()
                 features.append(self.router.features(logits, embed).flatten(0, 1).float().cpu())
-                overlap = batch.teacher.overlap(torch.softmax(logits, -1), self.columns, self.to_column)
-                targets.append(overlap.flatten().cpu())
+                g, p = router_targets(logits, batch.teacher, self.columns, self.to_column, cfg.router_temperature)
+                greedy.append(g.flatten().cpu())
+                sampled.append(p.flatten().cpu())
         self.router.cpu()
-        error = fit_router(self.router, torch.cat(features), torch.cat(targets), steps=cfg.router_steps,
-                           seed=cfg.seed)
+        fit = fit_router(self.router, torch.cat(features), torch.cat(greedy), torch.cat(sampled),
+                         steps=cfg.router_steps, seed=cfg.seed)
         self.router.to(self.device)
-        return error
+        return fit
 
     @property
     def model_small(self) -> PreTrainedModel:

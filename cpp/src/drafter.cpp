@@ -6,12 +6,12 @@
 
 namespace tandem::detail {
 
-Drafter::Drafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats)
-    : kv_(graph, capacity), graph_(graph), stats_(stats) {
+Drafter::Drafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats, bool sampled_router)
+    : kv_(graph, capacity), graph_(graph), stats_(stats), sampled_router_(sampled_router) {
   const auto& vocab = graph.spec().draft_vocab;
   logits_.assign(static_cast<size_t>(vocab_size), vocab.empty() ? 0.0f : -std::numeric_limits<float>::infinity());
   vocab_logits_.assign(vocab.size(), 0.0f);
-  if (!graph.spec().router_score.empty()) router_.assign(1, 0.0f);
+  if (graph.spec().has_router()) router_.assign(1, 0.0f);
 }
 
 void Drafter::Run(const int64_t* ids, int64_t n, int64_t memory_rows) {
@@ -24,6 +24,7 @@ void Drafter::Run(const int64_t* ids, int64_t n, int64_t memory_rows) {
   const auto& vocab = graph_.spec().draft_vocab;
   a.logits = vocab.empty() ? logits_.data() : vocab_logits_.data();
   a.router = router_.empty() ? nullptr : router_.data();
+  a.sampled_router = sampled_router_;
   const double t = RunGraph(graph_, kv_, a);
   for (size_t i = 0; i < vocab.size(); ++i) logits_[static_cast<size_t>(vocab[i])] = vocab_logits_[i];
   stats_.ort_time += t;
@@ -34,8 +35,9 @@ void Drafter::Run(const int64_t* ids, int64_t n, int64_t memory_rows) {
 // ---- tandem drafter -------------------------------------------------------------------
 
 TandemDrafter::TandemDrafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats,
-                             std::vector<int> memory_source, size_t reps_outputs, int64_t hidden_size)
-    : Drafter(graph, capacity, vocab_size, stats), memory_source_(std::move(memory_source)), hidden_size_(hidden_size) {
+                             bool sampled_router, std::vector<int> memory_source, size_t reps_outputs,
+                             int64_t hidden_size)
+    : Drafter(graph, capacity, vocab_size, stats, sampled_router), memory_source_(std::move(memory_source)), hidden_size_(hidden_size) {
   for (size_t i = 0; i < reps_outputs; ++i)
     reps_.emplace_back(static_cast<size_t>((capacity + 1) * hidden_size), 0.0f);
 }

@@ -2,7 +2,8 @@
 // never asks which drafter it has. A round drafts with FirstStep and then Step per further
 // draft; M_L verifies the block; Rewind keeps what is still true (docs/CONTRACTS.md
 // "Decoding modes"). Every call leaves the logits of its last token in logits() and, for a
-// drafter with a router, its score in router_score().
+// drafter with routers, the score of the decoding mode's router (greedy or sampled, chosen at
+// construction) in router_score().
 //
 // TandemDrafter reads M_L's representations as memory rows (modes tandem, speed);
 // PlainDrafter reads tokens only (mode vanilla).
@@ -22,8 +23,9 @@ inline constexpr int64_t kPrefillChunk = 256;
 
 class Drafter {
  public:
-  // `capacity`: the longest sequence of the request; `stats`: the request's counters.
-  Drafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats);
+  // `capacity`: the longest sequence of the request; `stats`: the request's counters;
+  // `sampled_router`: read the sampled router's score (sampling), else the greedy router's.
+  Drafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats, bool sampled_router);
   virtual ~Drafter() = default;
   Drafter(const Drafter&) = delete;
   Drafter& operator=(const Drafter&) = delete;
@@ -61,7 +63,8 @@ class Drafter {
   std::vector<float> logits_;        // [V]; a reduced draft vocabulary's columns are scattered
                                      // here, the other entries stay -inf (never proposed)
   std::vector<float> vocab_logits_;  // [N]: the logits of a reduced draft vocabulary
-  std::vector<float> router_;        // [1], or empty without a router
+  std::vector<float> router_;        // [1], or empty without routers
+  bool sampled_router_;
 };
 
 // The tandem drafter: its attention reads M_L's representations of every position M_L has
@@ -72,7 +75,7 @@ class TandemDrafter final : public Drafter {
  public:
   // `memory_source[i]`: the M_L reps output that memory input i reads; M_L has `reps_outputs`
   // reps outputs of width `hidden_size`.
-  TandemDrafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats,
+  TandemDrafter(const Graph& graph, int64_t capacity, int64_t vocab_size, Stats& stats, bool sampled_router,
                 std::vector<int> memory_source, size_t reps_outputs, int64_t hidden_size);
 
   std::vector<float*> MemorySink(int64_t offset) override;

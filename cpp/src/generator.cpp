@@ -148,7 +148,8 @@ struct Generator::State {
 
   // The drafter proposes up to `most` tokens after t into block[1..]; returns how many.
   // Adaptive: at step k > min_block_length a router score below τ ends the draft before d_k
-  // (that drafter call is spent).
+  // (that drafter call is spent). The router is the decoding mode's: the drafter reads the
+  // sampled router's score when sampling, the greedy router's otherwise (Generator's constructor).
   int Draft(int most) {
     block.assign(1, seq.back());
     for (int k = 1; k <= most; ++k) {
@@ -232,7 +233,8 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   if (o.mode == Mode::kVanilla && !model->has_plain_drafter())
     Invalid("mode vanilla needs a plain drafter, but the bundle has none (export it with --plain)");
   if (o.adaptive && !model->has_router(o.mode))
-    Invalid("adaptive block length needs a router, and this bundle's drafter has none");
+    Invalid("adaptive block length needs routers, and this bundle's drafter has none (refit them with "
+            "`tandem fit-router` and re-export)");
 
   // The longest sequence this request can reach; every buffer is sized to it, never to more
   // than the bundle's context.
@@ -241,12 +243,16 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   State& s = *state_;
   const Model::Impl& impl = s.m;
   for (int64_t id : (o.eos_token_ids.empty() ? man.eos_token_ids : o.eos_token_ids)) s.eos.insert(id);
+  // greedy decoding reads the greedy router (M_S's argmax is M_L's?), sampling the sampled one
+  // (the acceptance probability 1 - TV at the temperature it was fitted for)
+  const bool sampled_router = o.do_sample;
   if (o.mode == Mode::kTandem || o.mode == Mode::kSpeed)
     s.drafter = std::make_unique<detail::TandemDrafter>(*impl.tandem_drafter, capacity, man.vocab_size, s.stats,
-                                                        impl.memory_source, man.large.reps.size(),
-                                                        man.large.hidden_size);
+                                                        sampled_router, impl.memory_source,
+                                                        man.large.reps.size(), man.large.hidden_size);
   else if (o.mode == Mode::kVanilla)
-    s.drafter = std::make_unique<detail::PlainDrafter>(*impl.plain_drafter, capacity, man.vocab_size, s.stats);
+    s.drafter = std::make_unique<detail::PlainDrafter>(*impl.plain_drafter, capacity, man.vocab_size, s.stats,
+                                                       sampled_router);
   s.seq.reserve(static_cast<size_t>(capacity));
   s.seq = prompt;
   // no reallocation while generating: a reader refused too late never sees freed memory

@@ -102,7 +102,9 @@ void Graph::CheckIo() const {
     declared_in.insert(n);
   }
   for (const std::string& n : spec_.reps) expect(outputs, n, F32, {1, -1, spec_.hidden_size}, "output");
-  if (!spec_.router_score.empty()) expect(outputs, spec_.router_score, F32, {1, -1}, "output");
+  if (spec_.has_router())
+    for (const std::string* n : {&spec_.router_score_greedy, &spec_.router_score_sampled})
+      expect(outputs, *n, F32, {1, -1}, "output");
   for (const auto& [name, _] : inputs)
     if (!declared_in.count(name))
       throw Error(ErrorCode::kBundle, where + " has an input \"" + name + "\" that tandem.json does not declare");
@@ -125,7 +127,8 @@ double RunGraph(const Graph& graph, KvCache& cache, const RunArgs& a) {
   binding.BindOutput(s.logits.c_str(), Tensor<float>(a.logits, {1, rows, s.logits_size()}));
   for (size_t i = 0; i < a.reps.size(); ++i)
     binding.BindOutput(s.reps[i].c_str(), Tensor<float>(a.reps[i], {1, a.num_ids, s.hidden_size}));
-  if (!s.router_score.empty() && a.router) binding.BindOutput(s.router_score.c_str(), Tensor<float>(a.router, {1, rows}));
+  if (s.has_router() && a.router)
+    binding.BindOutput(s.router_score(a.sampled_router).c_str(), Tensor<float>(a.router, {1, rows}));
   auto t0 = std::chrono::steady_clock::now();
   try {
     graph.session().Run(Ort::RunOptions{nullptr}, binding);

@@ -42,7 +42,8 @@ struct RunArgs {
   int64_t logits_from = 0;           // logits rows are ids [logits_from, t)
   float* logits = nullptr;           // [1, t - logits_from, V] out
   std::vector<float*> reps;          // large: one [1, t, d_L] per reps output
-  float* router = nullptr;           // [1, t - logits_from] out, or nullptr to skip
+  float* router = nullptr;           // [1, t - logits_from] out, or nullptr to skip: the score of
+  bool sampled_router = false;       // the sampled router (true) or the greedy one (false)
 };
 
 // CPU memory info, and a tensor over caller-owned memory of `shape` (no copy).

@@ -37,7 +37,8 @@ constexpr Key kGraphKeys[] = {
     {"vocab_size", true}, {"num_heads", false}, {"input_ids", true}, {"logits", true}, {"seqlens_k", true},
     {"total_sequence_length", true}, {"logits_from", true}, {"past_keys", true}, {"past_values", true},
     {"present_keys", true}, {"present_values", true}, {"rep_layers", true}, {"reps", true},
-    {"memory_layers", true}, {"memory", true}, {"memory_size", true}, {"router_score", true},
+    {"memory_layers", true}, {"memory", true}, {"memory_size", true}, {"router_score_greedy", true},
+    {"router_score_sampled", true},
     {"kv_dtype", true}, {"precision", true}, {"kv_scratch_rows", true}, {"draft_vocab", true},
     {"trained_block_length", true}};
 
@@ -136,7 +137,8 @@ GraphSpec ReadGraph(const json& g, const std::string& role, const fs::path& fold
   s.memory_layers = r.Get<std::vector<int>>("memory_layers");
   s.memory = r.Get<std::vector<std::string>>("memory");
   s.memory_size = r.Get<int>("memory_size");
-  s.router_score = r.Get<std::string>("router_score");
+  s.router_score_greedy = r.Get<std::string>("router_score_greedy");
+  s.router_score_sampled = r.Get<std::string>("router_score_sampled");
   s.kv_dtype = r.Get<std::string>("kv_dtype");
   s.precision = r.Get<std::string>("precision");
   s.kv_scratch_rows = r.Get<int>("kv_scratch_rows");
@@ -167,6 +169,14 @@ GraphSpec ReadGraph(const json& g, const std::string& role, const fs::path& fold
     for (size_t i = 0; i < s.draft_vocab.size(); ++i)
       if (s.draft_vocab[i] < 0 || s.draft_vocab[i] >= s.vocab_size || (i > 0 && s.draft_vocab[i] <= s.draft_vocab[i - 1]))
         Fail(where, "draft_vocab must hold ascending token ids inside the vocabulary");
+  }
+  if (s.router_score_greedy.empty() != s.router_score_sampled.empty())
+    Fail(where, "router_score_greedy and router_score_sampled must both name an output or both be empty");
+  if (s.has_router()) {
+    if (role == "large") Fail(where, "M_L's graph has no routers");
+    if (s.router_score_greedy == s.router_score_sampled || s.router_score_greedy == s.logits ||
+        s.router_score_sampled == s.logits)
+      Fail(where, "router_score_greedy, router_score_sampled and logits must be three different outputs");
   }
   if (role == "tandem_drafter" && s.memory.empty()) Fail(where, "a tandem drafter's graph needs memory inputs");
   if (role != "tandem_drafter" && !s.memory.empty()) Fail(where, "only the tandem drafter's graph takes memory inputs");

@@ -116,7 +116,7 @@ uint64_t Model::shared_weight_bytes() const { return impl_->shared ? impl_->shar
 bool Model::has_plain_drafter() const { return impl_->plain_drafter != nullptr; }
 bool Model::has_router(Mode mode) const {
   const Graph* g = mode == Mode::kVanilla ? impl_->plain_drafter.get() : impl_->tandem_drafter.get();
-  return g && !g->spec().router_score.empty();
+  return g && g->spec().has_router();
 }
 const std::vector<int64_t>& Model::eos_token_ids() const { return impl_->manifest.eos_token_ids; }
 const std::string& Model::tokenizer_path() const { return impl_->manifest.tokenizer; }

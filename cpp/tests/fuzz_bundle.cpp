@@ -50,7 +50,9 @@ const char* const kNastyJson[] = {
     "-1", "0", "1", "2", "4096", "65536", "2147483647", "2147483648", "-2147483649",
     "9223372036854775807", "18446744073709551616", "1e308", "-1e308", "1.5", "NaN",
     "null", "true", "\"\"", "\"../x\"", "\"/etc/passwd\"", "[]", "{}", "[1,2,3]",
-    "\"\\u0000\"", "\"\xff\xfe\"", "\"large.onnx\"", "\"float16\"", "\"bfloat16\""};
+    "\"\\u0000\"", "\"\xff\xfe\"", "\"large.onnx\"", "\"float16\"", "\"bfloat16\"",
+    // output names a graph has: a router score named after another output, or the other router
+    "\"logits\"", "\"router_score_greedy\"", "\"router_score_sampled\"", "\"present.0.key\""};
 
 // The end of the JSON value starting at `begin` (a string, number, literal, array or object):
 // the position of the ',' or closing bracket that ends it, or text.size().
@@ -297,6 +299,18 @@ int main(int argc, char** argv) {
         g.max_new_tokens = 3;
         g.mode = tandem::Mode::kLarge;
         tandem::Generator(model, {1, 2, 3}, g).Run();
+        // the drafters with their routers: adaptive drafting reads the greedy router's score
+        // output when greedy, the sampled router's when sampling
+        for (const tandem::Mode mode : {tandem::Mode::kSpeed, tandem::Mode::kVanilla}) {
+          if (!model->has_router(mode)) continue;
+          for (const bool sample : {false, true}) {
+            g.mode = mode;
+            g.adaptive = true;
+            g.max_block_length = 2;
+            g.do_sample = sample;
+            tandem::Generator(model, {1, 2, 3}, g).Run();
+          }
+        }
       }
     } catch (const tandem::Error&) {
       ++refused;

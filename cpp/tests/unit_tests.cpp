@@ -12,6 +12,7 @@
 #include <iostream>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "check.hpp"
@@ -96,23 +97,27 @@ void TestManifest() {
   CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "not valid JSON");
   WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 99})");
   CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 99");
-  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 3, "graphs": {}})");
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 4, "graphs": {}})");
   CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "graphs.large is missing");
-  auto graph = [](const std::string& file) {
+  auto graph = [](const std::string& file, const std::string& greedy = "", const std::string& sampled = "") {
     return std::string(R"({"file": ")") + file + R"(", "num_layers": 1, "num_kv_heads": 1, "head_dim": 4,
       "hidden_size": 4, "vocab_size": 8, "num_heads": 1, "input_ids": "input_ids", "logits": "logits",
       "seqlens_k": "s", "total_sequence_length": "t", "logits_from": "f", "past_keys": ["pk"],
       "past_values": ["pv"], "present_keys": ["k"], "present_values": ["v"], "rep_layers": [], "reps": [],
-      "memory_layers": [], "memory": [], "memory_size": 0, "router_score": "", "kv_dtype": "float32",
+      "memory_layers": [], "memory": [], "memory_size": 0, "router_score_greedy": ")" + greedy +
+           R"(", "router_score_sampled": ")" + sampled + R"(", "kv_dtype": "float32",
       "precision": "fp32", "kv_scratch_rows": 1, "draft_vocab": [], "trained_block_length": 0})";
   };
-  auto manifest = [&](const std::string& file, const std::string& extra = R"("precision": "fp32")") {
-    return R"({"format": "tandem-bundle", "format_version": 3, "vocab_size": 8, "context_length": 16,
+  auto manifest = [&](const std::string& file, const std::string& extra = R"("precision": "fp32")",
+                      const std::string& drafter = "") {
+    return R"({"format": "tandem-bundle", "format_version": 4, "vocab_size": 8, "context_length": 16,
       "eos_token_ids": [2], "bos_token_id": null, "pad_token_id": 0, "tokenizer": "", "chat_template": "",
       "special_tokens": {"eos_token": "</s>"}, "default_block_length": 2, "max_block_length": 4,
       "router_threshold": 0.5, "build": {}, "provenance": {}, "validation": {}, )" + extra +
-           R"(, "graphs": {"large": )" + graph(file) + "}}";
+           R"(, "graphs": {"large": )" + graph(file) + drafter + "}}";
   };
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 3, "graphs": {}})");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "format_version 3 is not supported");
   WriteFile(dir / "tandem.json", manifest("../outside.onnx"));
   WriteFile(dir.parent_path() / "outside.onnx", "x");
   CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "outside the bundle");
@@ -125,6 +130,23 @@ void TestManifest() {
   CHECK(m.large.num_layers == 1 && m.vocab_size == 8 && m.context_length == 16 && m.default_block_length == 2);
   CHECK(!m.bos_token_id && m.pad_token_id == 0 && m.special_tokens.at("eos_token") == "</s>");
   CHECK(m.router_threshold == 0.5f && m.graphs().size() == 1 && !m.tandem_drafter);
+  // the routers: a drafter has both score outputs or neither, three distinct outputs; M_L none
+  WriteFile(dir / "tandem.json", manifest("large.onnx", R"("precision": "fp32")",
+                                          R"(, "plain_drafter": )" + graph("large.onnx", "rg", "rs")));
+  m = ReadManifest(dir.string());
+  CHECK(m.plain_drafter && m.plain_drafter->has_router() && m.plain_drafter->router_score(false) == "rg" &&
+        m.plain_drafter->router_score(true) == "rs" && !m.large.has_router());
+  const std::pair<std::string, std::string> bad_routers[] = {{"rg", ""}, {"", "rs"}, {"r", "r"}, {"logits", "rs"}};
+  for (const auto& [greedy, sampled] : bad_routers) {
+    WriteFile(dir / "tandem.json", manifest("large.onnx", R"("precision": "fp32")",
+                                            R"(, "plain_drafter": )" + graph("large.onnx", greedy, sampled)));
+    CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "router");
+  }
+  WriteFile(dir / "tandem.json", R"({"format": "tandem-bundle", "format_version": 4, "vocab_size": 8,
+      "context_length": 16, "eos_token_ids": [], "bos_token_id": null, "pad_token_id": null, "tokenizer": "",
+      "chat_template": "", "special_tokens": {}, "default_block_length": 2, "max_block_length": 4,
+      "router_threshold": 0.5, "precision": "fp32", "graphs": {"large": )" + graph("large.onnx", "rg", "rs") + "}}");
+  CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "M_L's graph has no routers");
   // every key the reader reads is required: the exporter writes them all (no defaults here)
   WriteFile(dir / "tandem.json", manifest("large.onnx", R"("unused": 1)"));
   CheckThrows([&] { ReadManifest(dir.string()); }, ErrorCode::kBundle, "missing key \"precision\"");

@@ -17,7 +17,7 @@ namespace tandem {
 
 // The format this runtime reads (tandem.json "format_version"); another is refused with
 // "re-export the bundle".
-inline constexpr int kManifestFormatVersion = 3;
+inline constexpr int kManifestFormatVersion = 4;
 
 // One ONNX graph of a bundle: its file, dims and I/O names (docs/CONTRACTS.md "Graphs").
 struct GraphSpec {
@@ -36,7 +36,9 @@ struct GraphSpec {
   std::vector<int> memory_layers;    // tandem drafter: M_L layer index of each memory input
   std::vector<std::string> memory;
   int memory_size = 0;
-  std::string router_score;          // "" when the graph has no router
+  // Drafters: the routers' score outputs ([1, rows] float32 each), both or neither ("": no
+  // routers). The loop reads the greedy one when decoding greedily, the sampled one when sampling.
+  std::string router_score_greedy, router_score_sampled;
   std::string kv_dtype;              // the KV buffers' element type: "float32" | "float16"
   std::string precision;             // the weights: "fp32" | "fp16" | "int8" | "int4"
   int kv_scratch_rows = 0;           // rows the graph writes past a call's rows (buffer room only)
@@ -44,6 +46,9 @@ struct GraphSpec {
   int trained_block_length = 0;      // drafters: the γ the drafter was trained at; 0: unknown
 
   bool kv_fp16() const { return kv_dtype == "float16"; }
+  bool has_router() const { return !router_score_greedy.empty(); }
+  // The router score output a decoding mode reads: the sampled router's when sampling.
+  const std::string& router_score(bool do_sample) const { return do_sample ? router_score_sampled : router_score_greedy; }
   int64_t logits_size() const { return draft_vocab.empty() ? vocab_size : static_cast<int64_t>(draft_vocab.size()); }
 };
 
