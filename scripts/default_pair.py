@@ -11,14 +11,15 @@ skipped when its output exists (delete the folder under ``--work`` to redo one):
 2. ``select``: one short tandem run per candidate M_L layer (``--candidate-layers``), scored by
    agreement with M_L on the **valid** split; the best layer is used from then on. Then γ: the
    selected drafter is exported and ``tandem bench`` runs on valid-split prompts at each
-   ``--candidate-gammas``; the fastest γ is the one the final drafters train at (and the bundle's
-   default).
+   ``--candidate-gammas`` (reported). The drafters train with block lengths drawn from 1..γ_max,
+   the largest candidate, which the manifest records as the trained γ and default.
 3. ``train``: a tandem and a plain drafter per seed (``--seeds``), same size (1 layer at M_L's
    width, M_L's embedding and LM head shared and frozen, the same draft vocabulary size), same
    steps, batch, windows and teacher (M_L's top-k from the reps).
 4. ``eval``: ``tandem eval`` on the **held-out** split at the chosen γ: accuracy, TV to M_L,
    agreement per seed; mean and standard deviation over seeds.
-5. ``bundle`` + ``bench``: the seed-0 pair exported (int4) and benchmarked on held-out chat and
+5. ``bench``: the seed-0 pair committed as the default drafters, the default bundle built from
+   them and benchmarked on held-out chat and
    code prompts (bench/prompts_chat.json) greedy and sampled, every mode, one run.
 
     .venv/bin/python scripts/default_pair.py --large build/smollm2 --work build/default_pair
@@ -46,16 +47,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="a chat_data.py folder (default: WORK/data)")
     p.add_argument("--max-prompts", type=int, default=1400)
     p.add_argument("--store-layers", default="8,15,22,26,30")
-    p.add_argument("--candidate-layers", default="15,22,26")
+    p.add_argument("--candidate-layers", default="15,26")
     p.add_argument("--candidate-gammas", default="2,3,4")
-    p.add_argument("--select-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--select-steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--draft-vocab", type=int, default=8192)
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0", help="training seeds of the final drafters, comma-separated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--bench-out", type=Path, default=REPO / "bench/results/default-smollm2",
+                   help="where the default bundle's benchmark is written")
     return p.parse_args(argv)
 
 
@@ -87,6 +90,18 @@ def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma:
             "--json", out]
 
 
+def data_summary(data: Path) -> dict:
+    """What the data folder holds: prompts per split and kind (from the answered records), reps."""
+    splits = {}
+    for split in ("train", "valid", "heldout"):
+        rows = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
+        splits[split] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
+                         "code": sum(r["kind"] == "code" for r in rows)}
+    spec = json.loads((data / "reps" / "reps.json").read_text())
+    return {"splits": splits, "reps": {"tokens": spec["total_windows"] * spec["seq_len"], "layers": spec["layers"],
+                                       "engine": spec["engine"]}}
+
+
 def summarize(results: list[dict]) -> dict:
     """Mean and sd over seeds, per drafter kind (model names are KIND-sSEED)."""
     kinds: dict[str, list[dict]] = {}
@@ -109,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     data = (a.data or work / "data").resolve()
     record: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "seconds": {}}
 
-    if not (data / "data.json").is_file():
+    if not (data / "reps" / "reps.json").is_file():
         record["seconds"]["data"] = run([sys.executable, REPO / "scripts/chat_data.py", "--large", a.large, "--out", data,
                                          "--max-prompts", a.max_prompts, "--reps-layers", a.store_layers,
                                          "--seq-len", a.seq_len, "--threads", a.threads], work / "logs/data.log")
-    record["data"] = json.loads((data / "data.json").read_text())
+    record["data"] = data_summary(data)
 
     # -- select the layer on the valid split ---------------------------------------------
     gammas = [int(g) for g in a.candidate_gammas.split(",")]
@@ -147,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             work / "logs/select-bench.log")
     rows = json.loads((gamma_bench / "results.json").read_text())["rows"]
     speed = {int(r["block_length"]): r["speedup"] for r in rows if r.get("mode") == "speed" and r.get("block_length")}
-    gamma = max(speed, key=lambda g: speed[g])
-    record["select_gamma"] = {"speedup_vs_large": speed, "chosen": gamma,
+    record["select_gamma"] = {"speedup_vs_large": speed, "fastest": max(speed, key=lambda g: speed[g]),
                               "by": "greedy speed/large on valid-split prompts"}
+    # The drafters train with block lengths drawn from 1..γ_max (variable boundaries), so every γ up
+    # to γ_max is one they were trained at; the manifest records γ_max as the trained γ and default.
+    gamma = max(gammas)
 
     # -- the drafters ---------------------------------------------------------------------
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -157,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for mode in ("tandem", "plain"):
             folder = work / f"{mode}-s{seed}"
+            same = select / f"tandem-l{layer}"
+            if mode == "tandem" and seed == 0 and a.steps == a.select_steps and gamma == max(gammas):
+                folder = same  # the selection run is this run (same data, steps, γ, seed)
             if not (folder / "training_summary.json").is_file():
                 record["seconds"][f"train-{mode}-s{seed}"] = run(
                     train_cmd(a, data, mode, folder, layer, gamma, a.steps, seed), work / f"logs/train-{mode}-s{seed}.log")
@@ -169,14 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     record["heldout"] = json.loads(heldout.read_text())
     record["heldout_summary"] = summarize(record["heldout"])
 
-    bundle, bench = work / "bundle", work / "bench"
+    # the committed drafters are these folders (`python -m tandem.runtime.default --install-drafters`); the
+    # default bundle is built from them and M_L's GGUF, exactly what `tandem.load()` uses
+    bench = a.bench_out
     if not (bench / "results.json").is_file():
-        run([*TANDEM, "export", "--large", a.large, "--tandem", drafters[f"tandem-s{seeds[0]}"],
-             "--plain", drafters[f"plain-s{seeds[0]}"], "--out", bundle, "--precision", "int4"], work / "logs/export.log")
-        run([*TANDEM, "bench", bundle, "--prompts", REPO / "bench/prompts_chat.json",
+        run([sys.executable, "-m", "tandem.runtime.default", "--install-drafters", drafters[f"tandem-s{seeds[0]}"],
+             drafters[f"plain-s{seeds[0]}"], "--large", a.large], work / "logs/install.log")
+        run([*TANDEM, "bench", "--prompts", REPO / "bench/prompts_chat.json",
              "--modes", "speed,vanilla,adaptive", "--block-lengths", ",".join(str(g) for g in gammas),
              "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", "1",
-             "--threads", a.threads, "--out", bench, "--peers", "none"], work / "logs/bench.log")
+             "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
     record["bench"] = json.loads((bench / "results.json").read_text())
     a.report.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))
@@ -197,23 +219,35 @@ def render(r: dict) -> str:
               + f" → **{r['select_layer']['chosen']}**",
               "- γ (valid greedy speed/large): " + ", ".join(
                   f"{k}: {v:.2f}" for k, v in r["select_gamma"]["speedup_vs_large"].items())
-              + f" → **{r['select_gamma']['chosen']}**", "",
+              + f" (fastest: {r['select_gamma']['fastest']}; drafters train at γ_max = "
+              f"{max(int(g) for g in r['args']['candidate_gammas'].split(','))} with block lengths drawn from 1..γ_max)",
+              "",
               "## Held-out evaluation (mean ± sd over seeds)", "",
               "| drafter | accuracy | TV to M_L | agreement with M_L |", "| --- | --- | --- | --- |"]
     for kind, m in r["heldout_summary"].items():
-        lines.append(f"| {kind} | " + " | ".join(f"{m[k]['mean']:.3f} ± {m[k]['sd']:.3f}" for k in (
-            "accuracy", "tv_to_large", "agreement_with_large")) + " |")
+        seeds = len(m["accuracy"]["values"])
+        lines.append(f"| {kind} ({seeds} seed{'s' if seeds > 1 else ''}) | " + " | ".join(
+            f"{m[k]['mean']:.3f}" + (f" ± {m[k]['sd']:.3f}" if seeds > 1 else "")
+            for k in ("accuracy", "tv_to_large", "agreement_with_large")) + " |")
     large = next(x for x in r["heldout"] if x["model"] == "M_L")
     lines += ["", f"M_L's own held-out accuracy: {large['accuracy']:.3f} ({large['tokens']} tokens).", "",
               "## Benchmark (held-out prompts, bench/prompts_chat.json, one run)", ""]
-    bench_md = Path(r["args"]["work"]) / "bench" / "results.md"
+    bench_md = Path(r["args"]["bench_out"]) / "results.md"
     if bench_md.is_file():
-        lines.append(f"See `{bench_md}` for every column; summary:")
+        lines.append(f"See `{bench_md.relative_to(REPO) if bench_md.is_relative_to(REPO) else bench_md}` for every "
+                     "column; summary:")
     lines += ["", "| config | tok/s | vs large | α |", "| --- | --- | --- | --- |"]
     for row in r["bench"]["rows"]:
         alpha = row.get("alpha")
         lines.append(f"| {row['label']} | {row['tokens_per_second'] or 0:.1f} | {row['speedup'] or 0:.2f} | "
                      f"{'–' if alpha is None else f'{alpha:.2f}'} |")
+    gamma_bench = json.loads((Path(r["args"]["work"]) / "select" / "bench" / "results.json").read_text())
+    load = gamma_bench.get("idle", {}).get("load_at_start", ["?"])[0]
+    lines += ["", "## Notes", "",
+              f"- The γ bench on valid prompts started at a 1-min load of {load} on 2 cores; its ratios are "
+              "from one run.",
+              "- Greedy: every `speed`, `vanilla` and adaptive generation equals `large` token for token "
+              "(column `greedy == large` of the bench table)."]
     return "\n".join(lines) + "\n"
 
 
