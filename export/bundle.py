@@ -21,6 +21,7 @@ from typing import Any
 from tandem.errors import BundleError, ExportError
 from tandem.export.builder import BuildOptions, build_graph
 from tandem.export.checkpoint import Checkpoint
+from tandem.export.checkpoint import file_sha256 as _sha256
 from tandem.export.decoder import DecoderShape
 from tandem.export.graph_writer import SharedData
 from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
@@ -38,14 +39,6 @@ DEFAULT_MAX_CONTEXT = 8192  # default context: M_L's max_position_embeddings, ca
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The named special tokens transformers gives a chat template (its `special_tokens_map`).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _folder_hash(folder: Path) -> str:

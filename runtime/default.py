@@ -48,6 +48,7 @@ from typing import Any
 
 import tandem
 from tandem.errors import BundleError, ExportError, TandemError
+from tandem.export.checkpoint import file_sha256 as _sha256
 
 # tandem/models/default: in the source tree and in an installed wheel
 DEFAULT_DIR = Path(tandem.__file__).resolve().parent / "models" / "default"
@@ -150,14 +151,6 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], byte
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- committing drafters: strip what M_L already has, and put it back ----------------------

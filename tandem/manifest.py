@@ -47,6 +47,9 @@ GRAPH_FILES = {role: f"{role}.onnx" for role in GRAPH_ROLES}
 DEFAULT_BLOCK_LENGTH = 4
 DEFAULT_MAX_BLOCK_LENGTH = 16
 DEFAULT_ROUTER_THRESHOLD = 0.8
+# the drafter folders' router layout: 2 = a greedy and a sampled router (1, no "layout" key: one
+# router for both decoding modes, refused); read by the exporter without torch
+ROUTER_LAYOUT = 2
 
 
 @dataclass

@@ -307,7 +307,7 @@ def test_cli_reps_train_plain_export_vanilla_equals_large(setup: dict, tmp_path:
     assert main(["export", "--large", str(setup["large"]), "--plain", str(drafter), "--out", str(bundle),
                  "--precision", "int4", "--context-length", "128"]) == 0
     spec = read_manifest(str(bundle)).graphs["plain_drafter"]
-    assert spec.draft_vocab == vocab and spec.logits_size == 60 and spec.router_score
+    assert spec.draft_vocab == vocab and spec.logits_size == 60 and spec.router_score_greedy and spec.router_score_sampled
     model = load(bundle, threads=1)
     prompt = TextTokenizer.load(setup["large"]).tokenizer.encode("def f0_3(x):\n    return").ids
     want = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True).ids

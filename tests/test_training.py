@@ -172,7 +172,8 @@ def test_plain_draft_vocabulary_trains_on_its_columns(corpus, tmp_path):
     with torch.no_grad():
         after = trainer.compute_loss(trainer.live_batch(windows, True), "distil").item()
     assert after < before - 0.1, (before, after)
-    assert trainer.fit_router() < 0.5
+    fit = trainer.fit_router()
+    assert fit.pairs > 0 and 0 <= fit.greedy_bce < 1.0 and fit.sampled_mean_abs_error < 0.5  # routers fit over the columns
     trainer.save()
     assert json.loads((tmp_path / "plain" / DRAFT_VOCAB_FILE).read_text()) == {"draft_vocab": vocab}
     loaded = load_plain_drafter(tmp_path / "plain")

@@ -45,11 +45,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tandem.errors import TrainingError
+from tandem.manifest import ROUTER_LAYOUT
 
 ROUTER_CONFIG_FILE = "router_config.json"
 ROUTER_WEIGHTS_FILE = "router.safetensors"
 ROUTER_KINDS = ("greedy", "sampled")  # the heads, in the order of Router.forward's last axis
-ROUTER_LAYOUT = 2  # 1 (no "layout" key): one router for both modes
 REFIT_HINT = ("refit its routers in place: `tandem fit-router --drafter FOLDER --large M_L --data FILES` "
               "(or --reps FOLDER), which takes minutes")
 
