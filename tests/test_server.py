@@ -516,7 +516,10 @@ def test_tandem_serve_command(pair):
     """The real command: loopback by default, the key from TANDEM_API_KEY, stops on SIGINT."""
     env = dict(os.environ, TANDEM_API_KEY="k3y")
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "serve", str(pair.bundle), "--port", "0",
-                             "--threads", "1", "--no-access-log"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--threads", "1", "--no-access-log"], stderr=subprocess.PIPE, text=True, env=env,
+                            # as from a terminal: a shell without job control starts background jobs
+                            # (`make test &`) with SIGINT ignored, and the server would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = None
         for line in proc.stderr:
