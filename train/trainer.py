@@ -472,8 +472,7 @@ class Trainer:
         tandem_config = self._without_router(self._tandem_config_json())
         if self._without_router(state.get("tandem_config", self._tandem_config_json())) != tandem_config:
             raise TrainingError(f"{self.checkpoint_path} holds a tandem M_S of another layer assignment, M_L or "
-                                "draft vocabulary; use the same --layer-assignment and M_L, another --out, or "
-                                "--no-resume")
+                                "router; use the same --layer-assignment and M_L, another --out, or --no-resume")
         self._load_trained_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
