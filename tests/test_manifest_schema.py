@@ -14,6 +14,7 @@ import pytest
 from tandem import _core
 from tandem.errors import BundleError
 from tandem.manifest import FORMAT_VERSION, GRAPH_ROLES, GraphSpec, Manifest
+from tandem.runtime import load
 
 READER = _core.manifest_keys()  # {"bundle": {key: read}, "graph": {key: read}}
 
@@ -73,6 +74,46 @@ def test_bundles_of_another_format_are_refused_with_re_export(bundle):
     (bundle / "tandem.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match=f"format_version 2 is not supported .*reads {FORMAT_VERSION}.*re-export"):
         _core.read_manifest(str(bundle))
+
+
+def test_format_3_single_router_bundles_are_refused(bundle):
+    """Format 3 had one `router_score` per drafter for both decoding modes: refused, re-export."""
+    data = json.loads((bundle / "tandem.json").read_text())
+    data["format_version"] = 3
+    for spec in data["graphs"].values():
+        spec["router_score"] = spec.pop("router_score_greedy")
+        del spec["router_score_sampled"]
+    (bundle / "tandem.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format_version 3 is not supported.*re-export"):
+        _core.read_manifest(str(bundle))
+
+
+@pytest.mark.parametrize(("greedy", "sampled", "match"), [
+    ("router_score_greedy", "", "both name an output or both be empty"),
+    ("", "router_score_sampled", "both name an output or both be empty"),
+    ("router_score_greedy", "router_score_greedy", "three different outputs"),
+    ("logits", "router_score_sampled", "three different outputs"),
+])
+def test_router_outputs_come_in_pairs(bundle, greedy, sampled, match):
+    data = json.loads((bundle / "tandem.json").read_text())
+    spec = data["graphs"]["plain_drafter"]
+    assert (spec["router_score_greedy"], spec["router_score_sampled"]) == ("router_score_greedy",
+                                                                           "router_score_sampled")
+    spec["router_score_greedy"], spec["router_score_sampled"] = greedy, sampled
+    (bundle / "tandem.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=f"graphs.plain_drafter: .*{match}"):
+        _core.read_manifest(str(bundle))
+
+
+def test_swapped_router_names_load(bundle):
+    """The names are data: a bundle whose graph outputs are named otherwise loads when the
+    manifest names them (here: the two swapped, which the loop then reads swapped)."""
+    data = json.loads((bundle / "tandem.json").read_text())
+    spec = data["graphs"]["tandem_drafter"]
+    spec["router_score_greedy"], spec["router_score_sampled"] = spec["router_score_sampled"], spec["router_score_greedy"]
+    (bundle / "tandem.json").write_text(json.dumps(data))
+    read = load(bundle, threads=1).manifest.graphs["tandem_drafter"]  # the graph's outputs checked too
+    assert (read.router_score_greedy, read.router_score_sampled) == ("router_score_sampled", "router_score_greedy")
 
 
 def test_read_manifest_gives_python_what_it_needs(pair):

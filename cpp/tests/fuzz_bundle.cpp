@@ -261,7 +261,7 @@ int main(int argc, char** argv) {
   std::sort(graphs.begin(), graphs.end());
   const bool has_tokenizer = fs::is_regular_file(seed_dir / "tokenizer.json");
   const fs::path dir = work / "case";
-  long loaded = 0, refused = 0, c_refused = 0, tok_loaded = 0, tok_refused = 0;
+  long loaded = 0, refused = 0, c_refused = 0, tok_loaded = 0, tok_refused = 0, routed = 0;
   for (long it = 0; it < iterations; ++it) {
     fs::remove_all(dir);
     fs::create_directories(dir);
@@ -309,6 +309,7 @@ int main(int argc, char** argv) {
             g.max_block_length = 2;
             g.do_sample = sample;
             tandem::Generator(model, {1, 2, 3}, g).Run();
+            ++routed;
           }
         }
       }
@@ -327,6 +328,7 @@ int main(int argc, char** argv) {
   }
   fs::remove_all(dir);
   std::cout << iterations << " inputs: " << loaded << " loaded, " << refused << " refused (C API: " << c_refused
-            << " refused); tokenizer.json: " << tok_loaded << " loaded, " << tok_refused << " refused\n";
+            << " refused); tokenizer.json: " << tok_loaded << " loaded, " << tok_refused << " refused; "
+            << routed << " adaptive runs\n";
   return 0;
 }
