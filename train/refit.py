@@ -27,7 +27,13 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tandem.errors import TrainingError
 from tandem.train.data import Corpus, TextTokenizer
-from tandem.train.model import TANDEM_CONFIG_FILE, TANDEM_WEIGHTS_FILE, LargeParts, TandemSmall
+from tandem.train.model import (
+    TANDEM_CONFIG_FILE,
+    TANDEM_WEIGHTS_FILE,
+    LargeParts,
+    TandemSmall,
+    load_plain_drafter,
+)
 from tandem.train.reps import RepsReader
 from tandem.train.router import (
     ROUTER_CONFIG_FILE,
@@ -134,7 +140,7 @@ def refit_routers(drafter: str | Path, large: str | Path, *, data: list[str] | N
         model = TandemSmall.from_pretrained(folder, drop_router=True)
         small = model.small
     else:
-        model = small = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = small = load_plain_drafter(folder)  # with its draft vocabulary: the routers score its columns
     shape = _old_router_shape(folder, tandem)
     for name in ("top_k", "hidden_size"):
         if getattr(settings, name) is not None:
