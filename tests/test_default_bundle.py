@@ -99,20 +99,16 @@ def test_default_model_loads_without_torch(default_bundle):
 
 
 @needs_gguf
-def test_a_second_build_is_identical_and_validates(default_bundle, tmp_path):
+def test_a_second_build_is_identical(default_bundle, tmp_path):
     """The one test that builds the default model (about half a minute): a second build from the
-    same inputs, this time validated against the PyTorch reference, gives the same graphs,
-    weights, tokenizer and chat template byte for byte, and the same manifest apart from the
-    validation figures."""
-    pytest.importorskip("torch")
-    fresh = default.build(tmp_path / "b", validate=True, progress=False)
-    want, got = _digests(default_bundle), _digests(fresh)
-    assert want.keys() == got.keys()
-    assert {k for k in want if want[k] != got[k]} <= {"tandem.json"}
-    first, second = (json.loads((b / "tandem.json").read_text()) for b in (default_bundle, fresh))
-    assert first.pop("validation") == {} and set(second.pop("validation")) == {f"{r}_drafter" for r in
-                                                                               default.drafter_dirs()} | {"large"}
-    assert first == second
+    same inputs into another folder gives the same files byte for byte, manifest included (its
+    provenance names the inputs, not the scratch folders). The graphs' validation against the
+    PyTorch reference runs in tests/test_smollm2.py (M_L at int4 with the committed drafter)."""
+    fresh = default.build(tmp_path / "b", progress=False)
+    assert _digests(fresh) == _digests(default_bundle)
+    manifest = json.loads((fresh / "tandem.json").read_text())
+    assert manifest["validation"] == {}
+    assert set(manifest["graphs"]) == {"large"} | {f"{role}_drafter" for role in default.drafter_dirs()}
 
 
 def _hide_module(monkeypatch, hidden: str) -> None:

@@ -126,12 +126,19 @@ def test_quantized_export_of_a_trained_model_validates(smollm2: Path, tmp_path: 
     """Validation never false-alarms on a trained 30-layer model: int8 activation rounding
     drifts far (relative error 0.1-0.35 by the last layer on random inputs) while the graph's
     float32-compute twin matches the same-weights reference exactly; the quality figures come
-    from a text sample. The C++ loop then decodes losslessly with M_L as its own drafter."""
+    from a text sample. The C++ loop then decodes losslessly with M_L as its own drafter, and at
+    int4 with the default model's committed tandem drafter (shared head, draft vocabulary)."""
     from tandem.export.bundle import export_bundle
-    from tandem.runtime import load
+    from tandem.runtime import default, load
 
-    manifest = export_bundle(smollm2, tmp_path / "b", plain=smollm2, precision=precision, context_length=128,
-                             progress=None)
+    # int4, the default model's precision: with the committed tandem drafter too (restored)
+    tandem = default.hf_folder("tandem", progress=False) if precision == "int4" and not os.environ.get(
+        "TANDEM_SMOLLM2") else None
+    manifest = export_bundle(smollm2, tmp_path / "b", plain=smollm2, tandem=tandem, precision=precision,
+                             context_length=128, progress=None)
+    if tandem is not None:
+        drafter = manifest.validation["tandem_drafter"]
+        assert drafter["max_rel_diff_float_compute_vs_same_weights"] <= 1e-4, drafter
     figures = manifest.validation["large"]
     assert figures["quality_text"] is True
     assert figures["max_rel_diff_float_compute_vs_same_weights"] <= 1e-4
@@ -141,6 +148,11 @@ def test_quantized_export_of_a_trained_model_validates(smollm2: Path, tmp_path: 
     base = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True)
     got = model.generate(prompt, mode="vanilla", block_length=4, max_new_tokens=24, ignore_eos=True)
     assert got.ids == base.ids and got.stats["acceptance_rate"] == 1.0
+    if tandem is not None:
+        for block_length in (4, "auto"):
+            speed = model.generate(prompt, mode="speed", block_length=block_length, max_block_length=4,
+                                   max_new_tokens=24, ignore_eos=True)
+            assert speed.ids == base.ids, block_length
     assert len(base.text.split()) >= 8  # decoded words
 
 
