@@ -325,3 +325,33 @@ def test_checkpoints_resume_whatever_the_routers(tmp_path):
     torch.save(state, trainer.checkpoint_path)
     resumed = build()
     assert len(resumed.train(progress=False)) == 1 and resumed.step == 3
+
+
+def test_fit_router_scores_a_plain_drafters_draft_vocabulary(tmp_path, monkeypatch):
+    """A plain drafter with a draft vocabulary: `tandem fit-router` fits its routers on features of
+    the vocabulary's columns, the ones its exported graph scores (not the whole vocabulary)."""
+    large_dir = tiny_large_folder(tmp_path / "large", "llama", num_layers=2)
+    data = tiny_corpus(tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_train_parser(sub)
+    add_fit_router_parser(sub)
+    folder = tmp_path / "plain"
+    args = parser.parse_args(["train", "--mode", "plain", "--out", str(folder), "--large", str(large_dir),
+                              "--data", str(data), "--steps", "2", "--batch-size", "2", "--seq-len", "8",
+                              "--layers", "1", "--hidden", "32", "--warmup-steps", "1", "--block-length", "3",
+                              "--device", "cpu", "--no-router", "--min-heldout-tokens", "0", "--draft-vocab", "40"])
+    assert args.func(args) == 0
+    vocab = json.loads((folder / "draft_vocab.json").read_text())["draft_vocab"]
+    widths = []
+    features = Router.features
+
+    def spy(self, logits, embed_weight):
+        widths.append((logits.shape[-1], embed_weight.shape[0]))
+        return features(self, logits, embed_weight)
+
+    monkeypatch.setattr(Router, "features", spy)
+    args = parser.parse_args(["fit-router", "--drafter", str(folder), "--large", str(large_dir), "--data", str(data),
+                              "--router-batches", "2", "--router-steps", "5"])
+    assert args.func(args) == 0
+    assert widths and set(widths) == {(len(vocab), len(vocab))}
