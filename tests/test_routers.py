@@ -229,22 +229,32 @@ def _make_old_layout(folder: Path, tandem: bool) -> None:
         save_file(mlp, folder / "router.safetensors")
 
 
-def test_fit_router_refits_a_trained_drafter_in_place(tmp_path):
-    """`tandem fit-router` on drafters trained without routers and on folders with an older
-    single router: only the router files change, the temperature is recorded, the folders then
-    load, export (both scores) and decode adaptively, losslessly."""
-    large_dir = tiny_large_folder(tmp_path / "large", "llama", num_layers=2)
-    data = tiny_corpus(tmp_path / "data")
+def _cli(tmp_path: Path) -> tuple[argparse.ArgumentParser, Path, Path]:
+    """`tandem train` / `tandem fit-router` parsers, a tiny M_L folder and a tiny corpus."""
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     add_train_parser(sub)
     add_fit_router_parser(sub)
+    return parser, tiny_large_folder(tmp_path / "large", "llama", num_layers=2), tiny_corpus(tmp_path / "data")
+
+
+def _train_without_router(parser: argparse.ArgumentParser, mode: str, out: Path, large_dir: Path, data: Path,
+                          *extra: str) -> None:
+    """A 2-step drafter of `mode` trained without routers into `out` (γ = 3)."""
+    args = parser.parse_args(["train", "--mode", mode, "--out", str(out), "--large", str(large_dir),
+                              "--data", str(data), "--steps", "2", "--batch-size", "2", "--seq-len", "8",
+                              "--layers", "1", "--hidden", "32", "--warmup-steps", "1", "--block-length", "3",
+                              "--device", "cpu", "--no-router", "--min-heldout-tokens", "0", *extra])
+    assert args.func(args) == 0
+
+
+def test_fit_router_refits_a_trained_drafter_in_place(tmp_path):
+    """`tandem fit-router` on drafters trained without routers and on folders with an older
+    single router: only the router files change, the temperature is recorded, the folders then
+    load, export (both scores) and decode adaptively, losslessly."""
+    parser, large_dir, data = _cli(tmp_path)
     for mode in ("tandem", "plain"):
-        args = parser.parse_args(["train", "--mode", mode, "--out", str(tmp_path / mode), "--large", str(large_dir),
-                                  "--data", str(data), "--steps", "2", "--batch-size", "2", "--seq-len", "8",
-                                  "--layers", "1", "--hidden", "32", "--warmup-steps", "1", "--block-length", "3",
-                                  "--device", "cpu", "--no-router", "--min-heldout-tokens", "0"])
-        assert args.func(args) == 0
+        _train_without_router(parser, mode, tmp_path / mode, large_dir, data)
     tandem_dir, plain_dir = tmp_path / "tandem", tmp_path / "plain"
     assert TandemSmall.from_pretrained(tandem_dir).router is None and Router.load(plain_dir) is None
 
@@ -330,18 +340,9 @@ def test_checkpoints_resume_whatever_the_routers(tmp_path):
 def test_fit_router_scores_a_plain_drafters_draft_vocabulary(tmp_path, monkeypatch):
     """A plain drafter with a draft vocabulary: `tandem fit-router` fits its routers on features of
     the vocabulary's columns, the ones its exported graph scores (not the whole vocabulary)."""
-    large_dir = tiny_large_folder(tmp_path / "large", "llama", num_layers=2)
-    data = tiny_corpus(tmp_path / "data")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_train_parser(sub)
-    add_fit_router_parser(sub)
+    parser, large_dir, data = _cli(tmp_path)
     folder = tmp_path / "plain"
-    args = parser.parse_args(["train", "--mode", "plain", "--out", str(folder), "--large", str(large_dir),
-                              "--data", str(data), "--steps", "2", "--batch-size", "2", "--seq-len", "8",
-                              "--layers", "1", "--hidden", "32", "--warmup-steps", "1", "--block-length", "3",
-                              "--device", "cpu", "--no-router", "--min-heldout-tokens", "0", "--draft-vocab", "40"])
-    assert args.func(args) == 0
+    _train_without_router(parser, "plain", folder, large_dir, data, "--draft-vocab", "40")
     vocab = json.loads((folder / "draft_vocab.json").read_text())["draft_vocab"]
     widths = []
     features = Router.features
