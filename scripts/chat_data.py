@@ -4,7 +4,7 @@
 A drafter is judged on what M_L writes, so it learns best from M_L's own answers. This script
 builds code and chat prompts with nothing but the Python standard library and a list of topics
 in this file, splits them three ways, and lets M_L answer each one greedily through its chat
-template (Hugging Face ``generate``, batched, float32 on the CPU).
+template (Hugging Face ``generate``, batched, bfloat16 by default (``--dtype``) on the CPU).
 
 - code prompts: a stdlib function's name, signature and docstring ("Write a Python function
   ..."), or its source ("Explain what this function does", "Write tests for it");
@@ -20,7 +20,7 @@ held-out prompt never shares its subject with a training prompt:
 With ``--reps-layers``, the training split's M_L representations are kept from the generation
 itself (``output_hidden_states``: every token's hidden states are computed while answering, so
 no second pass over the data is needed) and written as a `tandem reps` folder ``OUT/reps``
-(engine ``torch-generate``, float32 M_L): conversations are concatenated in order into one
+(engine ``torch-generate``, M_L at ``--dtype``): conversations are concatenated in order into one
 stream, cut into windows of ``--seq-len`` + 1 tokens; the teacher is M_L's top-k next-token
 log-probabilities from the final hidden state. ``tandem train --reps OUT/reps`` reads it.
 
@@ -163,6 +163,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="M_L's precision while answering (bfloat16: about 2x faster on a CPU with AVX512-BF16 "
+                        "or AMX; the answers are M_L's greedy ones at that precision)")
     p.add_argument("--reps-layers", help="M_L layers to keep for the training split, comma-separated "
                    "(0 = embeddings .. L = final norm); none by default")
     p.add_argument("--seq-len", type=int, default=256, help="reps window length")
@@ -173,11 +176,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class RepsWriter:
     """Collects conversations (token ids + per-token M_L layers) and writes `tandem reps` shards."""
 
-    def __init__(self, out: Path, large: Path, layers: list[int], seq_len: int, top_k: int, head: Any) -> None:
+    def __init__(self, out: Path, large: Path, layers: list[int], seq_len: int, top_k: int, head: Any,
+                 precision: str) -> None:
         import numpy as np
 
         self.np = np
-        self.out, self.large, self.layers, self.seq_len, self.top_k, self.head = out, large, layers, seq_len, top_k, head
+        self.out, self.large, self.layers, self.seq_len, self.top_k = out, large, layers, seq_len, top_k
+        self.head, self.precision = head.float(), precision
         self.tokens: list[int] = []
         self.reps: dict[int, list] = {layer: [] for layer in layers}
         self.top_ids: list = []
@@ -190,7 +195,7 @@ class RepsWriter:
         self.tokens += ids
         for layer in self.layers:
             self.reps[layer].append(hidden[layer].to(torch.float16).numpy())
-        logp = torch.log_softmax(final @ self.head.T, dim=-1).topk(self.top_k, dim=-1)
+        logp = torch.log_softmax(final.float() @ self.head.T, dim=-1).topk(self.top_k, dim=-1)
         self.top_ids.append(logp.indices.to(torch.int32).numpy())
         self.top_logp.append(logp.values.to(torch.float16).numpy())
 
@@ -216,7 +221,7 @@ class RepsWriter:
             vocab_size=cfg["vocab_size"], layers=self.layers, seq_len=n, distil="topk", top_k=self.top_k,
             windows_per_shard=windows_per_shard, total_windows=total,
             data_sha256=stream_sha256(torch.from_numpy(windows.reshape(-1))), engine="torch-generate",
-            precision="fp32",
+            precision=self.precision,
         )
         for shard in range(spec.num_shards):
             first, count = shard * windows_per_shard, spec.shard_windows(shard)
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.large} has no chat template; this script needs an instruct M_L", file=sys.stderr)
         return 2
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(args.large, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.large, dtype=getattr(torch, args.dtype)).eval()
     num_layers = model.config.num_hidden_layers
     layers = sorted({int(x) for x in args.reps_layers.split(",")}) if args.reps_layers else []
     if any(not 0 <= layer <= num_layers for layer in layers):
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
               "heldout": max(1, args.max_prompts // 10)}
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"large": str(args.large), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+                     "dtype": args.dtype,
                      "splits": {}}
     eos = tokenizer.eos_token_id
     for split, limit in limits.items():
@@ -268,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         done = records_path.read_text().splitlines() if records_path.exists() else []
         todo = chosen[len(done):]
         writer = RepsWriter(args.out / "reps", args.large, layers, args.seq_len, args.top_k,
-                            model.get_output_embeddings().weight.detach()) if capture else None
+                            model.get_output_embeddings().weight.detach(),
+                            {"bfloat16": "bf16", "float32": "fp32"}[args.dtype]) if capture else None
         tokens = 0
         start = time.perf_counter()
         bar = tqdm(total=len(chosen), initial=len(done), desc=f"M_L answers ({split})", unit="prompt")

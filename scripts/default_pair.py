@@ -8,14 +8,15 @@ skipped when its output exists (delete the folder under ``--work`` to redo one):
 1. ``data``: ``scripts/chat_data.py``: code + chat prompts built offline, answered greedily by
    M_L through its chat template; train / valid / held-out splits by subject; the training
    split's M_L representations kept from the generation (layers ``--store-layers``).
-2. ``select``: one short tandem run per candidate M_L layer (``--candidate-layers``), scored by
-   agreement with M_L on the **valid** split; the best layer is used from then on. Then γ: the
-   selected drafter is exported and ``tandem bench`` runs on valid-split prompts at each
-   ``--candidate-gammas`` (reported). The drafters train with block lengths drawn from 1..γ_max,
-   the largest candidate, which the manifest records as the trained γ and default.
+2. ``select``: one short tandem run per candidate M_L layer (``--candidate-layers``, block
+   lengths drawn from 1..the largest candidate γ), scored by agreement with M_L on the **valid**
+   split; the best layer is used from then on. Then γ: that drafter is exported and ``tandem
+   bench`` runs on valid-split prompts at each ``--candidate-gammas``; the fastest is γ*.
 3. ``train``: a tandem and a plain drafter per seed (``--seeds``), same size (1 layer at M_L's
    width, M_L's embedding and LM head shared and frozen, the same draft vocabulary size), same
-   steps, batch, windows and teacher (M_L's top-k from the reps).
+   steps, batch, windows and teacher (M_L's top-k from the reps), block lengths drawn from
+   1..γ*: the manifest records γ* as the trained γ and the default. ``--jobs`` runs train at
+   once (each with ``--threads`` / ``--jobs`` threads).
 4. ``eval``: ``tandem eval`` on the **held-out** split at the chosen γ: accuracy, TV to M_L,
    agreement per seed; mean and standard deviation over seeds.
 5. ``bench``: the seed-0 pair committed as the default drafters, the default bundle built from
@@ -45,17 +46,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="folder for data, drafters, bundle, bench")
     p.add_argument("--report", type=Path, default=REPO / "docs/results/default_pair")
     p.add_argument("--data", type=Path, help="a chat_data.py folder (default: WORK/data)")
-    p.add_argument("--max-prompts", type=int, default=1400)
-    p.add_argument("--store-layers", default="8,15,22,26,30")
+    p.add_argument("--max-prompts", type=int, default=2600)
+    p.add_argument("--store-layers", default="15,22,26,30")
     p.add_argument("--candidate-layers", default="15,26")
     p.add_argument("--candidate-gammas", default="2,3,4")
-    p.add_argument("--select-steps", type=int, default=250)
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--select-steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--draft-vocab", type=int, default=8192)
-    p.add_argument("--seeds", default="0", help="training seeds of the final drafters, comma-separated")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds of the final drafters, comma-separated")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once (they share --threads)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--bench-out", type=Path, default=REPO / "bench/results/default-smollm2",
                    help="where the default bundle's benchmark is written")
@@ -72,6 +74,37 @@ def run(cmd: list[str], log: Path) -> float:
     if code:
         raise SystemExit(f"step failed ({code}); see {log}")
     return time.perf_counter() - start
+
+
+def run_many(steps: list[tuple[list, Path]], jobs: int, threads: int) -> list[float]:
+    """Run independent steps, ``jobs`` at a time, each with ``max(1, threads // jobs)`` threads
+    (OMP_NUM_THREADS: torch's intra-op pool); their wall times (raises when one fails)."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // max(1, jobs)))}
+    times: list[float] = [0.0] * len(steps)
+    running: list[tuple[int, subprocess.Popen, float, Path]] = []
+    pending = list(enumerate(steps))
+    while pending or running:
+        while pending and len(running) < jobs:
+            i, (cmd, log) = pending.pop(0)
+            print("$", " ".join(str(c) for c in (cmd[2:] if cmd[:2] == TANDEM[:2] else cmd)), flush=True)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = log.open("w")
+            running.append((i, subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
+                                                cwd=REPO, env=env), time.perf_counter(), log))
+            out.close()
+        time.sleep(1.0)
+        for entry in list(running):
+            i, proc, start, log = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                if proc.returncode:
+                    for _, other, _, _ in running:
+                        other.terminate()
+                    raise SystemExit(f"step failed ({proc.returncode}); see {log}")
+                times[i] = time.perf_counter() - start
+    return times
 
 
 def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: int, gamma: int, steps: int,
@@ -98,7 +131,8 @@ def data_summary(data: Path) -> dict:
         splits[split] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
                          "code": sum(r["kind"] == "code" for r in rows)}
     spec = json.loads((data / "reps" / "reps.json").read_text())
-    return {"splits": splits, "reps": {"tokens": spec["total_windows"] * spec["seq_len"], "layers": spec["layers"],
+    dtype = json.loads((data / "data.json").read_text()).get("dtype", "float32")
+    return {"splits": splits, "dtype": dtype, "reps": {"tokens": spec["total_windows"] * spec["seq_len"], "layers": spec["layers"],
                                        "engine": spec["engine"]}}
 
 
@@ -135,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     select = work / "select"
     layers = [int(x) for x in a.candidate_layers.split(",")]
     scores = {}
+    run_many([(train_cmd(a, data, "tandem", select / f"tandem-l{layer}", layer, max(gammas), a.select_steps, 0),
+               work / f"logs/select-l{layer}.log") for layer in layers
+              if not (select / f"tandem-l{layer}" / "training_summary.json").is_file()], a.jobs, a.threads)
     for layer in layers:
         folder = select / f"tandem-l{layer}"
-        if not (folder / "training_summary.json").is_file():
-            run(train_cmd(a, data, "tandem", folder, layer, max(gammas), a.select_steps, 0), work / f"logs/select-l{layer}.log")
         result = select / f"valid-l{layer}.json"
         if not result.is_file():
             run(eval_cmd(a, data / "valid", {f"tandem-l{layer}": folder}, max(gammas), result),
@@ -164,23 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     speed = {int(r["block_length"]): r["speedup"] for r in rows if r.get("mode") == "speed" and r.get("block_length")}
     record["select_gamma"] = {"speedup_vs_large": speed, "fastest": max(speed, key=lambda g: speed[g]),
                               "by": "greedy speed/large on valid-split prompts"}
-    # The drafters train with block lengths drawn from 1..γ_max (variable boundaries), so every γ up
-    # to γ_max is one they were trained at; the manifest records γ_max as the trained γ and default.
-    gamma = max(gammas)
+    # The final drafters train at the fastest γ on valid (block lengths drawn from 1..γ*); the
+    # manifest records γ* as the trained γ and the default block length.
+    gamma = record["select_gamma"]["fastest"]
 
     # -- the drafters ---------------------------------------------------------------------
     seeds = [int(s) for s in a.seeds.split(",")]
-    drafters: dict[str, Path] = {}
-    for seed in seeds:
-        for mode in ("tandem", "plain"):
-            folder = work / f"{mode}-s{seed}"
-            same = select / f"tandem-l{layer}"
-            if mode == "tandem" and seed == 0 and a.steps == a.select_steps and gamma == max(gammas):
-                folder = same  # the selection run is this run (same data, steps, γ, seed)
-            if not (folder / "training_summary.json").is_file():
-                record["seconds"][f"train-{mode}-s{seed}"] = run(
-                    train_cmd(a, data, mode, folder, layer, gamma, a.steps, seed), work / f"logs/train-{mode}-s{seed}.log")
-            drafters[f"{mode}-s{seed}"] = folder
+    drafters: dict[str, Path] = {f"{mode}-s{seed}": work / f"{mode}-s{seed}"
+                                 for seed in seeds for mode in ("tandem", "plain")}
+    todo = [(name, folder) for name, folder in drafters.items() if not (folder / "training_summary.json").is_file()]
+    times = run_many([(train_cmd(a, data, name.split("-")[0], folder, layer, gamma, a.steps,
+                                 int(name.rsplit("-s", 1)[1])), work / f"logs/train-{name}.log")
+                      for name, folder in todo], a.jobs, a.threads)
+    record["seconds"].update({f"train-{name}": t for (name, _), t in zip(todo, times, strict=True)})
     record["training"] = {name: json.loads((f / "training_summary.json").read_text()) for name, f in drafters.items()}
 
     heldout = work / "heldout.json"
@@ -196,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         run([sys.executable, "-m", "tandem.runtime.default", "--install-drafters", drafters[f"tandem-s{seeds[0]}"],
              drafters[f"plain-s{seeds[0]}"], "--large", a.large], work / "logs/install.log")
         run([*TANDEM, "bench", "--prompts", REPO / "bench/prompts_chat.json",
-             "--modes", "speed,vanilla,adaptive", "--block-lengths", ",".join(str(g) for g in gammas),
+             "--modes", "speed,vanilla,adaptive", "--block-lengths", a.candidate_gammas,
              "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", "1",
              "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
     record["bench"] = json.loads((bench / "results.json").read_text())
@@ -211,7 +242,8 @@ def render(r: dict) -> str:
     lines = ["# The default pair: SmolLM2-135M-Instruct + tandem and plain drafters", "",
              "Written by `scripts/default_pair.py` on this repo's 2-core CPU.", ""]
     d = r["data"]["splits"]
-    lines += [f"- data: M_L's greedy answers to {d['train']['prompts']} training prompts "
+    lines += [f"- data: M_L's greedy answers ({r['data'].get('dtype', 'float32')}) to {d['train']['prompts']} "
+              "training prompts "
               f"({d['train']['chat']} chat, {d['train']['code']} code), {r['data']['reps']['tokens']} tokens of reps; "
               f"valid {d['valid']['prompts']}, held-out {d['heldout']['prompts']} prompts (subjects disjoint).",
               "- layer (valid agreement): " + ", ".join(
@@ -219,8 +251,9 @@ def render(r: dict) -> str:
               + f" → **{r['select_layer']['chosen']}**",
               "- γ (valid greedy speed/large): " + ", ".join(
                   f"{k}: {v:.2f}" for k, v in r["select_gamma"]["speedup_vs_large"].items())
-              + f" (fastest: {r['select_gamma']['fastest']}; drafters train at γ_max = "
-              f"{max(int(g) for g in r['args']['candidate_gammas'].split(','))} with block lengths drawn from 1..γ_max)",
+              + f" → **{r['select_gamma']['fastest']}** (the final drafters train with block lengths drawn "
+              f"from 1..{r['select_gamma']['fastest']}; the selection drafter with 1.."
+              f"{max(int(g) for g in r['args']['candidate_gammas'].split(','))})",
               "",
               "## Held-out evaluation (mean ± sd over seeds)", "",
               "| drafter | accuracy | TV to M_L | agreement with M_L |", "| --- | --- | --- | --- |"]

@@ -62,7 +62,8 @@ CASES = {
 def _config(**overrides: object) -> TrainConfig:
     values = dict(steps=8, batch_size=BATCH, seq_len=12, lr=3e-3, warmup_steps=1, block_length=3,
                   variable_boundaries=True, loss="ce-then-distil", grad_accum=2, router_batches=2,
-                  router_steps=10, checkpoint_every=3, device="cpu")
+                  router_steps=10, checkpoint_every=3, device="cpu",
+                  autocast="off")  # float32: bf16 rounding would hide a real 1-vs-2-process difference
     return TrainConfig(**{**values, **overrides})
 
 
@@ -118,7 +119,7 @@ def run_case(root: Path, name: str, out: Path, stop_after: int | None = None) ->
 
 CLI_ARGS = ["train", "--mode", "plain", "--steps", "5", "--batch-size", "4", "--seq-len", "8", "--layers", "1",
             "--hidden", "32", "--router-steps", "5", "--router-batches", "2", "--warmup-steps", "1",
-            "--device", "cpu", "--checkpoint-every", "2"]
+            "--device", "cpu", "--checkpoint-every", "2", "--autocast", "off"]
 
 
 def run_cli(root: Path, out: Path) -> int:

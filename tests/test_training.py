@@ -27,7 +27,13 @@ from tandem.train.model import (
     set_draft_vocab,
 )
 from tandem.train.router import Router, RouterConfig, fit_router, total_variation
-from tandem.train.trainer import TrainConfig, Trainer, distil_loss, learning_rate_factor
+from tandem.train.trainer import (
+    TrainConfig,
+    Trainer,
+    distil_loss,
+    learning_rate_factor,
+    use_autocast,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,8 @@ def corpus(tmp_path_factory) -> Corpus:
 
 def tiny_config(**overrides) -> TrainConfig:
     values = dict(steps=6, batch_size=4, seq_len=12, lr=3e-3, warmup_steps=1, block_length=2,
-                  router_batches=2, router_steps=10, checkpoint_every=0, device="cpu")
+                  router_batches=2, router_steps=10, checkpoint_every=0, device="cpu",
+                  autocast="off")  # float32: these tests compare numbers (test_autocast_setting covers bf16)
     return TrainConfig(**{**values, **overrides})
 
 
@@ -86,6 +93,24 @@ def test_tandem_training_decreases_loss(corpus, tmp_path, variable):
     for name, value in large.state_dict().items():
         torch.testing.assert_close(value, large_before[name], atol=0, rtol=0, msg=name)
     assert not any(p.grad is not None for p in large.parameters())
+
+
+def test_autocast_setting(corpus, tmp_path):
+    cpu = torch.device("cpu")
+    assert use_autocast("bf16", cpu) and not use_autocast("off", cpu)
+    assert use_autocast("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with pytest.raises(TrainingError, match="autocast must be one of auto, bf16, off"):
+        use_autocast("fp16", cpu)
+    # under bf16 autocast the drafter's matmuls run in bfloat16, its weights and the loss stay float32
+    large, tandem = make_tandem()
+    trainer = Trainer(tandem, large, corpus, tiny_config(steps=1, autocast="bf16"), tmp_path)
+    batch = trainer.live_batch(consecutive_windows(corpus.train, 9, 2), True)
+    assert trainer.drafter_logits(batch, torch.Generator().manual_seed(0)).dtype == torch.bfloat16
+    assert trainer.compute_loss(batch, "distil").dtype == torch.float32
+    off = Trainer(tandem, large, corpus, tiny_config(steps=1, autocast="off"), tmp_path / "off")
+    assert off.drafter_logits(batch, torch.Generator().manual_seed(0)).dtype == torch.float32
+    trainer.train(progress=False)
+    assert all(p.dtype == torch.float32 for p in tandem.parameters())
 
 
 def test_resume_continues_identically(corpus, tmp_path):

@@ -55,7 +55,7 @@ from tandem.train.reps import (
     torch_precision,
 )
 from tandem.train.router import Router, RouterConfig, describe_fit
-from tandem.train.trainer import LOSSES, MODES, TrainConfig, Trainer, resolve_device
+from tandem.train.trainer import AUTOCAST, LOSSES, MODES, TrainConfig, Trainer, resolve_device
 
 DEFAULT_HIDDEN = 256
 
@@ -121,6 +121,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("int", "float") and flag not in ("--seq-len",):
             parser.add_argument(flag, type=int if f.type == "int" else float, default=getattr(defaults, f.name))
+    parser.add_argument("--autocast", choices=AUTOCAST, default=TrainConfig.autocast,
+                        help="bfloat16 autocast: auto (default) uses it on CUDA and on a CPU with bf16 matmuls "
+                             "(AVX512-BF16 / AMX), bf16 always, off never (float32)")
     parser.set_defaults(func=run_train)
     return parser
 

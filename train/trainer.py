@@ -91,6 +91,7 @@ class TrainConfig:
     router_temperature: float = 1.0  # T of the sampled router's target: the sampling temperature it serves
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    autocast: str = "auto"  # auto | bf16 | off: bfloat16 autocast (auto: on CUDA, and on a CPU with bf16 matmuls)
     checkpoint_every: int = 200  # steps; a checkpoint is also written when a run stops
 
     def resolved_loss(self) -> str:
@@ -233,6 +234,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+AUTOCAST = ("auto", "bf16", "off")
+
+
+def use_autocast(setting: str, device: torch.device) -> bool:
+    """Whether training runs under bfloat16 autocast: ``bf16`` always, ``off`` never, ``auto`` on
+    CUDA and on a CPU whose oneDNN has bfloat16 matmuls (AVX512-BF16 / AMX: about 2x faster than
+    float32 there). Weights, optimizer state and the losses stay float32."""
+    if setting not in AUTOCAST:
+        raise TrainingError(f"autocast must be one of {', '.join(AUTOCAST)}, not {setting!r}")
+    if setting != "auto":
+        return setting == "bf16"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.backends.mkldnn.is_available()
+                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
     """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``config.steps``."""
     if step < config.warmup_steps:
@@ -314,7 +332,8 @@ class Trainer:
         )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: learning_rate_factor(step, config))
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=use_autocast(config.autocast, self.device))
         # several processes: DDP averages the gradients of exactly the parameters stepped above
         self.ddp = self.dist.wrap(params, self._forward_logits)
 
