@@ -479,12 +479,12 @@ def refit_shipped_routers(a: argparse.Namespace) -> int:
         record[key]["router_fit"] = fits[key]
         record[key]["router_refit_s"] = time.perf_counter() - t
         record[key]["config"]["router_batches"] = batches
-    record["routers_refit"] = ".venv/bin/python scripts/train_default.py --refit-routers"
+    record["routers_refit"] = ".venv/bin/python scripts/train_tiny.py --refit-routers"
     how, figures = router_card_lines(batches, fits["tandem"], fits["plain"])
     card = refresh_sizes((out / "MODEL_CARD.md").read_text(), out, record)
     (out / "train_default.json").write_text(json.dumps(record, indent=2, default=str))
     minutes = sum(record[k]["router_refit_s"] for k in ("tandem", "plain")) / 60
-    how += ("\nThe routers were refit after training with `.venv/bin/python scripts/train_default.py --refit-routers`\n"
+    how += ("\nThe routers were refit after training with `.venv/bin/python scripts/train_tiny.py --refit-routers`\n"
             f"(`tandem fit-router` on the same training split; {minutes:.1f} min for both drafters on the shared CPU); "
             "the M_S\nweights are those of the run above.")
     card = re.sub(r"^Routers: fitted after training.*?\.\n(?=\n|\|)", how + "\n", card, count=1, flags=re.M | re.S)
