@@ -46,12 +46,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="folder for data, drafters, bundle, bench")
     p.add_argument("--report", type=Path, default=REPO / "docs/results/default_pair")
     p.add_argument("--data", type=Path, help="a chat_data.py folder (default: WORK/data)")
+    p.add_argument("--reps", type=Path, help="the training reps folder (default: DATA/reps, written by chat_data.py; "
+                   "e.g. a `tandem reps` folder computed by the M_L the bundle verifies with)")
+    p.add_argument("--reps-large", type=Path, help="the M_L that computed --reps (recorded in the report)")
+    p.add_argument("--eval-large", type=Path, help="M_L the held-out and valid figures are measured against "
+                   "(default: --large; e.g. scripts/quantized_reference.py's folder: the int4 bundle's M_L)")
     p.add_argument("--max-prompts", type=int, default=2600)
     p.add_argument("--store-layers", default="15,22,26,30")
     p.add_argument("--candidate-layers", default="15,26")
     p.add_argument("--candidate-gammas", default="2,3,4")
-    p.add_argument("--select-steps", type=int, default=400)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--select-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--draft-vocab", type=int, default=8192)
@@ -109,7 +114,7 @@ def run_many(steps: list[tuple[list, Path]], jobs: int, threads: int) -> list[fl
 
 def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: int, gamma: int, steps: int,
               seed: int) -> list:
-    cmd = [*TANDEM, "train", "--mode", mode, "--large", a.large, "--reps", data / "reps", "--layers", "1", "--shared-head", "--draft-vocab", a.draft_vocab,
+    cmd = [*TANDEM, "train", "--mode", mode, "--large", a.large, "--reps", a.reps or data / "reps", "--layers", "1", "--shared-head", "--draft-vocab", a.draft_vocab,
            "--loss", "distil", "--steps", steps, "--batch-size", a.batch_size, "--seq-len", a.seq_len,
            "--block-length", gamma, "--seed", seed, "--out", out, "--no-resume"]
     if mode == "tandem":
@@ -118,22 +123,23 @@ def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: in
 
 
 def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma: int, out: Path) -> list:
-    return [*TANDEM, "eval", "--large", a.large, "--data", split, "--heldout-fraction", "1", "--block-length", gamma,
+    return [*TANDEM, "eval", "--large", a.eval_large or a.large, "--data", split, "--heldout-fraction", "1", "--block-length", gamma,
             "--seq-len", a.seq_len, *[x for name, f in models.items() for x in ("--model", f"{name}={f}")],
             "--json", out]
 
 
-def data_summary(data: Path) -> dict:
+def data_summary(data: Path, reps: Path) -> dict:
     """What the data folder holds: prompts per split and kind (from the answered records), reps."""
     splits = {}
     for split in ("train", "valid", "heldout"):
         rows = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
         splits[split] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
                          "code": sum(r["kind"] == "code" for r in rows)}
-    spec = json.loads((data / "reps" / "reps.json").read_text())
+    spec = json.loads((reps / "reps.json").read_text())
     dtype = json.loads((data / "data.json").read_text()).get("dtype", "float32")
-    return {"splits": splits, "dtype": dtype, "reps": {"tokens": spec["total_windows"] * spec["seq_len"], "layers": spec["layers"],
-                                       "engine": spec["engine"]}}
+    return {"splits": splits, "dtype": dtype,
+            "reps": {"folder": str(reps), "tokens": spec["total_windows"] * spec["seq_len"], "layers": spec["layers"],
+                     "engine": spec["engine"], "precision": spec.get("precision")}}
 
 
 def summarize(results: list[dict]) -> dict:
@@ -158,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     data = (a.data or work / "data").resolve()
     record: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "seconds": {}}
 
-    if not (data / "reps" / "reps.json").is_file():
+    if not (data / "data.json").is_file():  # chat_data.py writes it last; it resumes an interrupted run
+        layers = [] if a.reps else ["--reps-layers", a.store_layers]
         record["seconds"]["data"] = run([sys.executable, REPO / "scripts/chat_data.py", "--large", a.large, "--out", data,
-                                         "--max-prompts", a.max_prompts, "--reps-layers", a.store_layers,
-                                         "--seq-len", a.seq_len, "--threads", a.threads], work / "logs/data.log")
-    record["data"] = data_summary(data)
+                                         "--max-prompts", a.max_prompts, *layers, "--seq-len", a.seq_len,
+                                         "--threads", a.threads], work / "logs/data.log")
 
     # -- select the layer on the valid split ---------------------------------------------
     gammas = [int(g) for g in a.candidate_gammas.split(",")]
@@ -231,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
              "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", "1",
              "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
     record["bench"] = json.loads((bench / "results.json").read_text())
+    record["data"] = data_summary(data, (a.reps or data / "reps").resolve())
     a.report.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))
     Path(f"{a.report}.md").write_text(render(record))
@@ -244,8 +251,11 @@ def render(r: dict) -> str:
     d = r["data"]["splits"]
     lines += [f"- data: M_L's greedy answers ({r['data'].get('dtype', 'float32')}) to {d['train']['prompts']} "
               "training prompts "
-              f"({d['train']['chat']} chat, {d['train']['code']} code), {r['data']['reps']['tokens']} tokens of reps; "
-              f"valid {d['valid']['prompts']}, held-out {d['heldout']['prompts']} prompts (subjects disjoint).",
+              f"({d['train']['chat']} chat, {d['train']['code']} code); valid {d['valid']['prompts']}, held-out "
+              f"{d['heldout']['prompts']} prompts (subjects disjoint).",
+              f"- training reps and teacher: {r['data']['reps']['tokens']} tokens, `{r['data']['reps'].get('folder', '?')}` "
+              f"(engine {r['data']['reps']['engine']}, M_L `{r['args'].get('reps_large') or r['args']['large']}`); "
+              f"held-out and valid figures against M_L `{r['args'].get('eval_large') or r['args']['large']}`.",
               "- layer (valid agreement): " + ", ".join(
                   f"{k}: {v['agreement_with_large']:.3f}" for k, v in r["select_layer"]["scores"].items())
               + f" → **{r['select_layer']['chosen']}**",
