@@ -122,8 +122,9 @@ def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: in
     return cmd
 
 
-def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma: int, out: Path) -> list:
-    return [*TANDEM, "eval", "--large", a.eval_large or a.large, "--data", split, "--heldout-fraction", "1", "--block-length", gamma,
+def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma: int, out: Path,
+             large: Path | None = None) -> list:
+    return [*TANDEM, "eval", "--large", large or a.eval_large or a.large, "--data", split, "--heldout-fraction", "1", "--block-length", gamma,
             "--seq-len", a.seq_len, *[x for name, f in models.items() for x in ("--model", f"{name}={f}")],
             "--json", out]
 
@@ -225,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         run(eval_cmd(a, data / "heldout", drafters, gamma, heldout), work / "logs/heldout.log")
     record["heldout"] = json.loads(heldout.read_text())
     record["heldout_summary"] = summarize(record["heldout"])
+    if a.eval_large and a.eval_large.resolve() != a.large.resolve():
+        # the same held-out texts scored against --large too: how far the bundle's M_L is from it
+        source = work / "heldout_large.json"
+        if not source.is_file():
+            seed0 = {k: v for k, v in drafters.items() if k.endswith(f"-s{seeds[0]}")}
+            run(eval_cmd(a, data / "heldout", seed0, gamma, source, large=a.large), work / "logs/heldout_large.log")
+        record["heldout_vs_large"] = json.loads(source.read_text())
 
     # the committed drafters are these folders (`python -m tandem.runtime.default --install-drafters`); the
     # default bundle is built from them and M_L's GGUF, exactly what `tandem.load()` uses
@@ -273,8 +281,16 @@ def render(r: dict) -> str:
             f"{m[k]['mean']:.3f}" + (f" ± {m[k]['sd']:.3f}" if seeds > 1 else "")
             for k in ("accuracy", "tv_to_large", "agreement_with_large")) + " |")
     large = next(x for x in r["heldout"] if x["model"] == "M_L")
-    lines += ["", f"M_L's own held-out accuracy: {large['accuracy']:.3f} ({large['tokens']} tokens).", "",
-              "## Benchmark (held-out prompts, bench/prompts_chat.json, one run)", ""]
+    lines += ["", f"M_L's own held-out accuracy: {large['accuracy']:.3f} ({large['tokens']} tokens)."]
+    if r.get("heldout_vs_large"):
+        src = r["heldout_vs_large"]
+        m_l = next(x for x in src if x["model"] == "M_L")
+        lines += ["", f"The same held-out texts against `{r['args']['large']}` (the model the bundle is quantized from; "
+                  f"its accuracy: {m_l['accuracy']:.3f}):", "",
+                  "| drafter | accuracy | TV to it | agreement with it |", "| --- | --- | --- | --- |"]
+        lines += [f"| {x['model']} | {x['accuracy']:.3f} | {x['tv_to_large']:.3f} | {x['agreement_with_large']:.3f} |"
+                  for x in src if x["model"] != "M_L"]
+    lines += ["", "## Benchmark (held-out prompts, bench/prompts_chat.json, one run)", ""]
     bench_md = Path(r["args"]["bench_out"]) / "results.md"
     if bench_md.is_file():
         lines.append(f"See `{bench_md.relative_to(REPO) if bench_md.is_relative_to(REPO) else bench_md}` for every "
