@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-prompts", type=int, default=2600)
     p.add_argument("--store-layers", default="15,22,26,30")
     p.add_argument("--candidate-layers", default="15,26")
-    p.add_argument("--candidate-gammas", default="2,3,4")
+    p.add_argument("--candidate-gammas", default="1,2,3,4")
     p.add_argument("--select-steps", type=int, default=300)
     p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch-size", type=int, default=8)
@@ -236,15 +237,18 @@ def main(argv: list[str] | None = None) -> int:
 
     # the committed drafters are these folders (`python -m tandem.runtime.default --install-drafters`); the
     # default bundle is built from them and M_L's GGUF, exactly what `tandem.load()` uses
-    bench = a.bench_out
-    if not (bench / "results.json").is_file():
+    # The stage is keyed on a copy kept in the work folder, so a results file already in
+    # --bench-out (say, the committed one of an earlier pair) is replaced rather than reused.
+    bench, bench_done = a.bench_out, work / "bench_results.json"
+    if not bench_done.is_file():
         run([sys.executable, "-m", "tandem.runtime.default", "--install-drafters", drafters[f"tandem-s{seeds[0]}"],
              drafters[f"plain-s{seeds[0]}"], "--large", a.large], work / "logs/install.log")
         run([*TANDEM, "bench", "--prompts", REPO / "bench/prompts_chat.json",
              "--modes", "speed,vanilla,adaptive", "--block-lengths", a.candidate_gammas,
              "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", "1",
              "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
-    record["bench"] = json.loads((bench / "results.json").read_text())
+        shutil.copyfile(bench / "results.json", bench_done)
+    record["bench"] = json.loads(bench_done.read_text())
     record["data"] = data_summary(data, (a.reps or data / "reps").resolve())
     a.report.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))
