@@ -227,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         run(eval_cmd(a, data / "heldout", drafters, gamma, heldout), work / "logs/heldout.log")
     record["heldout"] = json.loads(heldout.read_text())
     record["heldout_summary"] = summarize(record["heldout"])
+    seed0 = {k: v for k, v in drafters.items() if k.endswith(f"-s{seeds[0]}")}
     if a.eval_large and a.eval_large.resolve() != a.large.resolve():
         # the same held-out texts scored against --large too: how far the bundle's M_L is from it
         source = work / "heldout_large.json"
         if not source.is_file():
-            seed0 = {k: v for k, v in drafters.items() if k.endswith(f"-s{seeds[0]}")}
             run(eval_cmd(a, data / "heldout", seed0, gamma, source, large=a.large), work / "logs/heldout_large.log")
         record["heldout_vs_large"] = json.loads(source.read_text())
+    # the same figures on training texts (as many tokens as held out): the gap is what the drafters memorise
+    train_sample = work / "train_sample.json"
+    if not train_sample.is_file():
+        run(eval_cmd(a, data / "train", seed0, gamma, train_sample), work / "logs/train_sample.log")
+    record["train_sample"] = json.loads(train_sample.read_text())
 
     # the committed drafters are these folders (`python -m tandem.runtime.default --install-drafters`); the
     # default bundle is built from them and M_L's GGUF, exactly what `tandem.load()` uses
@@ -255,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     Path(f"{a.report}.md").write_text(render(record))
     print(render(record))
     return 0
+
+
+def drafter_table(results: list[dict], reference: str) -> list[str]:
+    """`tandem eval --json` rows of the drafters (M_L's own row left out) as a markdown table."""
+    return [f"| drafter | accuracy | TV to {reference} | agreement with {reference} |", "| --- | --- | --- | --- |",
+            *(f"| {x['model']} | {x['accuracy']:.3f} | {x['tv_to_large']:.3f} | {x['agreement_with_large']:.3f} |"
+              for x in results if x["model"] != "M_L")]
 
 
 def render(r: dict) -> str:
@@ -290,10 +302,13 @@ def render(r: dict) -> str:
         src = r["heldout_vs_large"]
         m_l = next(x for x in src if x["model"] == "M_L")
         lines += ["", f"The same held-out texts against `{r['args']['large']}` (the model the bundle is quantized from; "
-                  f"its accuracy: {m_l['accuracy']:.3f}):", "",
-                  "| drafter | accuracy | TV to it | agreement with it |", "| --- | --- | --- | --- |"]
-        lines += [f"| {x['model']} | {x['accuracy']:.3f} | {x['tv_to_large']:.3f} | {x['agreement_with_large']:.3f} |"
-                  for x in src if x["model"] != "M_L"]
+                  f"its accuracy: {m_l['accuracy']:.3f}):", "", *drafter_table(src, "it")]
+    if r.get("train_sample"):
+        src = r["train_sample"]
+        m_l = next(x for x in src if x["model"] == "M_L")
+        lines += ["", f"Training texts ({m_l['tokens']} tokens of the train split; M_L's accuracy there: "
+                  f"{m_l['accuracy']:.3f}); their gap to the held-out figures is what the drafters memorise:", "",
+                  *drafter_table(src, "M_L")]
     lines += ["", "## Benchmark (held-out prompts, bench/prompts_chat.json, one run)", ""]
     bench_md = Path(r["args"]["bench_out"]) / "results.md"
     if bench_md.is_file():
