@@ -81,12 +81,13 @@ PROMPTS = [[1, 2, 3, 4], [5, 80, 81, 82, 83, 84, 85, 86, 87, 88, 120]]
 def test_greedy_matches_reference(vocab_pair: Pair, mode: str, gamma: int, adaptive: bool):
     model = load(vocab_pair.bundle, threads=1)
     for prompt in PROMPTS:
-        options = GenerateOptions(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.5,
-                                  max_block_length=6, max_new_tokens=24)
+        costs = dict(draft_cost=0.1, verify_cost=0.15)  # the rule's inputs, explicit: the reference does not time
+        options = GenerateOptions(mode=mode, block_length=max(gamma, 1), adaptive=adaptive, router_threshold=0.2,
+                                  max_block_length=6, max_new_tokens=24, **costs)
         ref = generate_reference(vocab_pair.large, prompt, options, context_length=64, tandem=vocab_pair.tandem,
                                  drafter=vocab_pair.plain)
-        got = model.generate(prompt, mode=mode, block_length="auto" if adaptive else gamma, router_threshold=0.5,
-                             max_block_length=6 if adaptive else None, max_new_tokens=24, ignore_eos=True)
+        got = model.generate(prompt, mode=mode, block_length="auto" if adaptive else gamma, router_threshold=0.2,
+                             max_block_length=6 if adaptive else None, max_new_tokens=24, ignore_eos=True, **costs)
         assert got.ids == ref.ids
         assert (got.stats["drafted"], got.stats["accepted"]) == (sum(ref.drafted), sum(ref.accepted))
         base = model.generate(prompt, mode="large", max_new_tokens=24, ignore_eos=True).ids

@@ -90,6 +90,9 @@ def run(large: torch.nn.Module, prompt: list[int], mode: str, *, tandem: torch.n
         drafter: torch.nn.Module | None = None, generator: torch.Generator | None = None,
         context_length: int | None = None, **options: object) -> ReferenceResult:
     options.setdefault("max_new_tokens", 32)
+    if options.get("adaptive"):  # the reference does not time: zero costs leave τ alone to stop a draft
+        options.setdefault("draft_cost", 0.0)
+        options.setdefault("verify_cost", 0.0)
     return generate_reference(large, prompt, GenerateOptions(mode=mode, **options), context_length=context_length,
                               tandem=tandem, drafter=drafter, generator=generator)
 
@@ -488,7 +491,9 @@ def test_sampled_oracle_catches_a_broken_acceptance_rule(small_vocab_models, mon
     {"mode": "speed", "block_length": -1},
     {"mode": "speed", "block_length": 17},  # past the exporter's default max_block_length
     {"mode": "large", "max_new_tokens": -1},
-    {"mode": "vanilla", "adaptive": True, "min_block_length": 0},
+    {"mode": "vanilla", "adaptive": True, "min_block_length": -1},
+    {"mode": "speed", "adaptive": True, "draft_cost": float("nan")},
+    {"mode": "speed", "adaptive": True, "verify_cost": float("inf")},
     {"mode": "tandem", "adaptive": True},
     {"mode": "speed", "adaptive": True, "min_block_length": 5, "max_block_length": 4},
     {"mode": "speed", "do_sample": True, "temperature": 0.0},

@@ -314,4 +314,6 @@ def test_cli_reps_train_plain_export_vanilla_equals_large(setup: dict, tmp_path:
     for block in (1, 3, "auto"):
         got = model.generate(prompt, mode="vanilla", block_length=block, max_new_tokens=24, ignore_eos=True)
         assert got.ids == want, block
-        assert got.stats["drafted"] > 0
+        # adaptive: this drafter's router expects ~0.4 % of drafts accepted, so the cost rule may keep
+        # none, but it still asks the drafter every round
+        assert got.stats["drafted" if block != "auto" else "drafter_calls"] > 0

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_corpus, tiny_large, tiny_large_folder
 
-from tandem._core import GenerateOptions, read_manifest
-from tandem.errors import ExportError, TrainingError
+from tandem._core import GenerateOptions, Generator, read_manifest
+from tandem.errors import ExportError, InvalidArgumentError, TrainingError
 from tandem.export.bundle import export_bundle
 from tandem.export.feeds import random_inputs
 from tandem.export.validate import run_graph
@@ -181,8 +181,8 @@ def test_adaptive_reads_the_router_of_the_decoding_mode(routed, mode):
     always-stopping one as γ = min_block_length = 1 does (same tokens, same drafts: the stopping
     call samples nothing). Greedy adaptive stays lossless. The PyTorch reference agrees."""
     high, large, tandem, plain, model = routed
-    auto = dict(mode=mode, block_length="auto", router_threshold=0.5, min_block_length=1,
-                max_block_length=MAX_BLOCK, max_new_tokens=NEW, ignore_eos=True)
+    auto = dict(mode=mode, block_length="auto", router_threshold=0.5, min_block_length=1, draft_cost=0.0,
+                verify_cost=0.0, max_block_length=MAX_BLOCK, max_new_tokens=NEW, ignore_eos=True)
     fixed = dict(mode=mode, max_new_tokens=NEW, ignore_eos=True)
     for sample in (False, True):
         kind = "sampled" if sample else "greedy"
@@ -197,12 +197,103 @@ def test_adaptive_reads_the_router_of_the_decoding_mode(routed, mode):
             assert got.ids == model.generate(PROMPT, mode="large", max_new_tokens=NEW, ignore_eos=True).ids
 
         options = GenerateOptions(mode=mode, adaptive=True, router_threshold=0.5, min_block_length=1,
-                                  max_block_length=MAX_BLOCK, max_new_tokens=NEW, do_sample=sample, seed=11)
+                                  draft_cost=0.0, verify_cost=0.0, max_block_length=MAX_BLOCK, max_new_tokens=NEW, do_sample=sample, seed=11)
         ref = generate_reference(large, PROMPT, options, context_length=64, tandem=tandem, drafter=plain,
                                  generator=torch.Generator().manual_seed(3))
         assert ref.drafted == _expected_drafts(ref.accepted, MAX_BLOCK if kind == high else 1), kind
         if not sample:
             assert ref.ids == got.ids and sum(ref.drafted) == got.stats["drafted"]
+
+
+# --------------------------------------------------------------------------- the cost-aware stopping rule
+
+SCORE = 0.6
+
+
+@pytest.fixture(scope="module")
+def constant(tmp_path_factory):
+    """A tiny pair whose routers (both kinds) score SCORE at every position."""
+    large = tiny_large("llama", num_layers=2)
+    cfg = create_drafter_config(large.config, num_layers=1, hidden_size=32)
+    tandem = create_tandem(large, cfg, router=True, seed=4).eval()
+    plain = create_drafter(large, cfg, seed=5).eval()
+    plain.router = Router(RouterConfig(embed_dim=32))
+    for router in (tandem.router, plain.router):
+        with torch.no_grad():
+            for kind in ROUTER_KINDS:
+                out = router.head(kind)[2]
+                out.weight.zero_()
+                out.bias.fill_(float(np.log(SCORE / (1 - SCORE))))
+    bundle = tmp_path_factory.mktemp("constant") / "bundle"
+    export_bundle(large, bundle, tandem=tandem, plain=plain, context_length=64, max_block_length=8, progress=None)
+    return large, tandem, plain, load(bundle, threads=1)
+
+
+def _best_block(c: float, beta: float, most: int, least: int) -> int:
+    """The block length k in [least, most] with the most expected tokens per unit of time when every
+    draft is accepted with odds SCORE: (1 + s + ... + s^k) / (1 + c·max(k, 1) + β·k), by brute force."""
+    def rate(k: int) -> float:
+        return sum(SCORE**i for i in range(k + 1)) / (1 + c * max(k, 1) + beta * k)
+    rates = sorted((rate(k), k) for k in range(least, most + 1))
+    assert len(rates) == 1 or rates[-1][0] - rates[-2][0] > 1e-4, "a near-tie: pick other costs"
+    return rates[-1][1]
+
+
+def _rounds(model, options: GenerateOptions) -> list[tuple[int, int, int]]:
+    """Per round of the runtime: (tokens emitted, drafts made, drafter calls)."""
+    gen = Generator(model._model, PROMPT, options)
+    rounds, before, first = [], gen.stats, True
+    while not gen.done:
+        emitted = len(gen.step()) - first  # the first call also returns the prefill's token
+        first, after = False, gen.stats
+        rounds.append((emitted, after["drafted"] - before["drafted"], after["drafter_calls"] - before["drafter_calls"]))
+        before = after
+    return rounds
+
+
+@pytest.mark.parametrize(("c", "beta", "least"), [(0.05, 0.1, 0), (0.1, 0.5, 0), (0.02, 0.02, 0), (0.1, 1.5, 0),
+                                                   (0.1, 1.5, 1), (0.3, 0.05, 2)])
+@pytest.mark.parametrize("mode", ["speed", "vanilla"])
+def test_cost_rule_drafts_the_best_block_for_a_known_score(constant, mode, c, beta, least):
+    """With a router whose score is a known constant, the stopping rule of docs/CONTRACTS.md drafts,
+    every round, the block length that maximises expected tokens per unit of cost (brute force),
+    and calls the drafter for a draft it then drops only in a round's first call. Greedy and sampled
+    (the rule reads the mode's router); the PyTorch reference drafts the same blocks."""
+    large, tandem, plain, model = constant
+    for sample in (False, True):
+        options = GenerateOptions(mode=mode, adaptive=True, min_block_length=least, max_block_length=6, draft_cost=c,
+                                  verify_cost=beta, router_threshold=0.0, max_new_tokens=NEW, ignore_eos=True,
+                                  do_sample=sample, seed=3)
+        rounds, emitted = _rounds(model, options), 1
+        for tokens, drafts, calls in rounds:
+            most = min(6, NEW - emitted - 1)
+            want = _best_block(c, beta, most, least) if most >= least else most
+            assert (drafts, calls) == (want, max(want, 1 if most >= 1 else 0)), (emitted, rounds)
+            emitted += tokens
+        assert emitted == NEW
+        if not sample:
+            ref = generate_reference(large, PROMPT, options, context_length=64, tandem=tandem, drafter=plain)
+            assert ref.drafted == [d for _, d, _ in rounds]
+            got = model.generate(PROMPT, block_length="auto", mode=mode, min_block_length=least, max_block_length=6,
+                                 draft_cost=c, verify_cost=beta, router_threshold=0.0, max_new_tokens=NEW,
+                                 ignore_eos=True)
+            assert got.ids == ref.ids == model.generate(PROMPT, mode="large", max_new_tokens=NEW, ignore_eos=True).ids
+            assert (got.stats["draft_cost"], got.stats["verify_cost"]) == pytest.approx((c, beta))
+
+
+def test_measured_costs(constant):
+    """Left < 0, the costs are measured once per drafter on this machine and the request reports
+    the ones it used; an adaptive request still decodes losslessly with them."""
+    *_, model = constant
+    for mode in ("speed", "vanilla"):
+        c, beta = model._model.decode_costs(mode)
+        assert 0.0 <= c < 100 and 0.0 <= beta < 100
+        assert model._model.decode_costs(mode) == (c, beta)  # kept, not measured again
+        got = model.generate(PROMPT, mode=mode, block_length="auto", max_new_tokens=NEW, ignore_eos=True)
+        assert (got.stats["draft_cost"], got.stats["verify_cost"]) == pytest.approx((c, beta))
+        assert got.ids == model.generate(PROMPT, mode="large", max_new_tokens=NEW, ignore_eos=True).ids
+    with pytest.raises(InvalidArgumentError, match="large"):
+        model._model.decode_costs("large")
 
 
 # --------------------------------------------------------------------------- refit in place; older folders

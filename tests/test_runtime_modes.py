@@ -61,12 +61,14 @@ MODE_CASES = [
                          ids=[f"{m}-{'auto' if a else g}" for m, g, a in MODE_CASES])
 def test_greedy_matches_reference(pair, model, mode, gamma, adaptive):
     for prompt in PROMPTS:
-        kwargs = dict(mode=mode, adaptive=adaptive, router_threshold=0.5, max_block_length=6)
+        kwargs = dict(mode=mode, adaptive=adaptive, router_threshold=0.2, max_block_length=6, draft_cost=0.1,
+                      verify_cost=0.15)
         if not adaptive:
             kwargs["block_length"] = gamma
         ref = reference(pair, prompt, **kwargs)
         got = model.generate(prompt, mode=mode, block_length="auto" if adaptive else gamma,
-                             router_threshold=0.5, max_block_length=6 if adaptive else None,
+                             router_threshold=0.2, max_block_length=6 if adaptive else None, draft_cost=0.1,
+                             verify_cost=0.15,
                              max_new_tokens=24, ignore_eos=True)
         assert got.ids == ref.ids
         assert got.finish_reason == ref.finish_reason

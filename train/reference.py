@@ -198,22 +198,44 @@ def draft(models: Models, state: DecodeState, config: GenerateOptions, g: int,
     """M_S proposes ``d_1..d_g`` after ``t``; returns them and their M_S logits ``q_k [V]``.
 
     Step 1 feeds every token the drafter has not seen (tandem: just ``t``, after the pending
-    memory), step k feeds ``d_{k-1}``. Adaptive: at step ``k > min_block_length`` a router
-    score ``< τ`` ends the round before ``d_k`` is drafted (that M_S call is spent); the router is
-    the decoding mode's: the sampled one when sampling, else the greedy one.
+    memory), step k feeds ``d_{k-1}``. Adaptive, past ``min_block_length`` drafts (the rule of
+    docs/CONTRACTS.md "Adaptive block length"): with the router's score ``s_k``, ``P`` the odds
+    that every kept draft is accepted, ``E = 1 + Σ P_i`` and ``C = calls·c + 1 + β·drafts``,
+    call k (k ≥ 2) is made only if ``P·s_{k-1}·C ≥ E·(c + β)``, and ``d_k`` is kept only if
+    ``P·s_k·C ≥ E·β`` and ``s_k ≥ τ`` (the call is spent either way). The router is the
+    decoding mode's: the sampled one when sampling, else the greedy one.
     """
     drafts: list[int] = []
     q_logits: list[Tensor] = []
     feed = [state.tokens[-1]] if models.tandem is not None else state.tokens[state.drafter_len:]
     router = router_kind(config.do_sample)
+    c, beta = float(config.draft_cost), float(config.verify_cost)
+    if config.adaptive and (c < 0 or beta < 0):
+        raise InvalidArgumentError("the reference loop cannot measure decoding costs: pass draft_cost and verify_cost")
+    reach = expected = score = 1.0
     for k in range(1, g + 1):
-        logits, score = drafter_step(models, state, feed, router)
-        if config.adaptive and k > config.min_block_length and score < config.router_threshold:
+        optional = config.adaptive and k > config.min_block_length
+        if optional and k > 1 and reach * score * ((k - 1) * (c + beta) + 1.0) < expected * (c + beta):
             break
+        logits, routed = drafter_step(models, state, feed, router)
+        if config.adaptive:
+            score = _score(routed)
+            if optional and (score < config.router_threshold
+                             or reach * score * (k * c + (k - 1) * beta + 1.0) < expected * beta):
+                break
+            reach *= score
+            expected += reach
         drafts.append(choose(logits, config, generator))
         q_logits.append(logits)
         feed = [drafts[-1]]
     return drafts, q_logits
+
+
+def _score(x: float | None) -> float:
+    """The router's score (a float32 value, as in the C++ loop, which then computes in double)."""
+    if x is None:
+        raise InvalidArgumentError("adaptive decoding needs a drafter with routers")
+    return float(x)
 
 
 def verify(models: Models, state: DecodeState, drafts: list[int]) -> tuple[Tensor, list[Tensor]]:
@@ -250,8 +272,9 @@ def rewind(models: Models, state: DecodeState, n: int, g: int, reps: list[Tensor
         state.drafter_past = rewind_to(state.drafter_past, covered - pending)
         state.pending_memory = [torch.cat([old, new[:, : n + 1]], dim=1)
                                 for old, new in zip(state.pending_memory, reps, strict=True)]
-    elif models.drafter is not None:
-        # Keep the drafter's own K/V of accepted tokens only: t, d_1..d_{min(n, g-1)}.
+    elif models.drafter is not None and g > 0:
+        # Keep the drafter's own K/V of accepted tokens only: t, d_1..d_{min(n, g-1)} (a round
+        # that drafted nothing leaves it as it is).
         state.drafter_past = rewind_to(state.drafter_past, covered + min(n + 1, g))
     state.covered = covered + 1 + n
 

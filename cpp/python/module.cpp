@@ -28,6 +28,8 @@ py::dict StatsDict(const Stats& s) {
   d["ort_time"] = s.ort_time;
   d["large_time"] = s.large_time;
   d["drafter_time"] = s.drafter_time;
+  d["draft_cost"] = s.draft_cost;
+  d["verify_cost"] = s.verify_cost;
   d["loop_time"] = s.loop_time();
   d["tokens_per_second"] = s.tokens_per_second();
   return d;
@@ -108,8 +110,12 @@ PYBIND11_MODULE(_core, m) {
                      "bool: speed/vanilla: the router ends each draft early (drafts up to max_block_length)")
       .def_readwrite("router_threshold", &GenerateOptions::router_threshold,
                      "float: τ, the router score below which adaptive drafting stops; < 0: the bundle's default")
+      .def_readwrite("draft_cost", &GenerateOptions::draft_cost,
+                     "float: adaptive: c, one drafter call in M_L steps; < 0: measured (Model.decode_costs)")
+      .def_readwrite("verify_cost", &GenerateOptions::verify_cost,
+                     "float: adaptive: β, each further token of an M_L call in M_L steps; < 0: measured")
       .def_readwrite("min_block_length", &GenerateOptions::min_block_length,
-                     "int >= 1: adaptive: always draft at least this many")
+                     "int >= 0: adaptive: always draft at least this many")
       .def_readwrite("max_block_length", &GenerateOptions::max_block_length,
                      "int: adaptive: draft at most this many, up to the bundle's max_block_length; 0: that maximum")
       .def_readwrite("max_new_tokens", &GenerateOptions::max_new_tokens, "int >= 0: the most tokens to generate")
@@ -223,6 +229,17 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("has_tandem_drafter", &Model::has_tandem_drafter)
       .def_property_readonly("has_plain_drafter", &Model::has_plain_drafter)
       .def("has_router", [](const Model& self, const std::string& mode) { return self.has_router(ParseMode(mode)); })
+      .def(
+          "decode_costs",
+          [](const Model& self, const std::string& mode) {
+            const Mode parsed = ParseMode(mode);
+            py::gil_scoped_release release;
+            const DecodeCosts c = self.decode_costs(parsed);
+            return std::make_pair(c.draft, c.verify);
+          },
+          py::arg("mode"),
+          "(c, β): one drafter call and each further verified token, in M_L steps, measured on first use "
+          "for `mode`'s drafter; adaptive requests with draft_cost / verify_cost < 0 use them")
       .def_property_readonly("eos_token_ids", &Model::eos_token_ids)
       .def_property_readonly("tokenizer_path", &Model::tokenizer_path);
 

@@ -26,6 +26,7 @@ void EachNumber(C& c, Cpp& o, Visit&& visit) {
   visit(c.min_block_length, o.min_block_length); visit(c.max_block_length, o.max_block_length);
   visit(c.max_new_tokens, o.max_new_tokens); visit(c.do_sample, o.do_sample); visit(c.temperature, o.temperature);
   visit(c.top_k, o.top_k); visit(c.top_p, o.top_p); visit(c.seed, o.seed); visit(c.ignore_eos, o.ignore_eos);
+  visit(c.draft_cost, o.draft_cost); visit(c.verify_cost, o.verify_cost);
 }
 }  // namespace
 
@@ -90,6 +91,16 @@ int tandem_max_threads(void) { return tandem::MaxThreads(); }
 void tandem_model_free(tandem_model* model) { delete model; }
 
 int64_t tandem_model_vocab_size(const tandem_model* model) { return model ? model->model->vocab_size() : 0; }
+
+tandem_status tandem_model_decode_costs(const tandem_model* model, const char* mode, double* draft_cost,
+                                        double* verify_cost) {
+  return Guard([&] {
+    Require(model && mode && draft_cost && verify_cost, "model, mode, draft_cost and verify_cost must not be NULL");
+    const tandem::DecodeCosts costs = model->model->decode_costs(tandem::ParseMode(mode));
+    *draft_cost = costs.draft;
+    *verify_cost = costs.verify;
+  });
+}
 
 tandem_status tandem_generator_create(const tandem_model* model, const int64_t* prompt, size_t n_prompt,
                                       const tandem_generate_params* params, tandem_generator** out) {

@@ -136,9 +136,9 @@ struct Generator::State {
   }
 
   // ---- one round: draft → verify → accept → emit → rewind ---------------------------------
-  void Round() {
+  void Round(int most_drafts) {
     const int64_t covered = large_kv.length();
-    const int drafted = Draft(static_cast<int>(std::min<int64_t>(drafts_per_round, room() - 1)));
+    const int drafted = Draft(static_cast<int>(std::min<int64_t>(most_drafts, room() - 1)));
     Verify(drafted);
     const auto [accepted, next] = Accept(drafted);
     Count(drafted, accepted);
@@ -147,15 +147,31 @@ struct Generator::State {
   }
 
   // The drafter proposes up to `most` tokens after t into block[1..]; returns how many.
-  // Adaptive: at step k > min_block_length a router score below τ ends the draft before d_k
-  // (that drafter call is spent). The router is the decoding mode's: the drafter reads the
-  // sampled router's score when sampling, the greedy router's otherwise (Generator's constructor).
+  // Adaptive (docs/CONTRACTS.md "Adaptive block length"): past min_block_length drafts, the
+  // round keeps drafting while that raises its expected tokens per unit of time. With the
+  // router's score s_k (the odds that d_k is accepted once d_1..d_{k-1} were), P the odds that
+  // every kept draft is accepted, E = 1 + Σ P_i the tokens the round emits in expectation and
+  // C = calls·c + 1 + β·drafts its cost in M_L steps:
+  //  - before call k (k ≥ 2), with s_{k-1} standing in for s_k: call only if P·s·C ≥ E·(c + β);
+  //  - after call k: keep d_k only if P·s_k·C ≥ E·β and s_k ≥ τ (the call is spent either way).
+  // The router is the decoding mode's: the drafter reads the sampled router's score when
+  // sampling, the greedy router's otherwise (Generator's constructor).
   int Draft(int most) {
     block.assign(1, seq.back());
+    const double c = opt.draft_cost, beta = opt.verify_cost;
+    double reach = 1.0, expected = 1.0, score = 1.0;
     for (int k = 1; k <= most; ++k) {
+      const bool optional = opt.adaptive && k > opt.min_block_length;
+      if (optional && k > 1 && reach * score * ((k - 1) * (c + beta) + 1.0) < expected * (c + beta)) return k - 1;
       if (k == 1) drafter->FirstStep(seq);
       else drafter->Step(block.back());
-      if (opt.adaptive && k > opt.min_block_length && drafter->router_score() < opt.router_threshold) return k - 1;
+      if (opt.adaptive) {
+        score = drafter->router_score();
+        if (optional && (score < opt.router_threshold || reach * score * (k * c + (k - 1) * beta + 1.0) < expected * beta))
+          return k - 1;
+        reach *= score;
+        expected += reach;
+      }
       int64_t d;
       if (sampling.do_sample) {
         detail::ProcessLogits(drafter->logits(), V(), sampling, q[k - 1]);
@@ -218,7 +234,7 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
                      const GenerateOptions& options) {
   if (!model) Invalid("model is null");
   const Manifest& man = model->manifest();
-  const GenerateOptions o = Resolve(options, model->defaults());
+  GenerateOptions o = Resolve(options, model->defaults());
   if (prompt.empty()) Invalid("the prompt is empty: give at least one token");
   if (static_cast<int64_t>(prompt.size()) >= man.context_length)
     Invalid("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
@@ -235,6 +251,12 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   if (o.adaptive && !model->has_router(o.mode))
     Invalid("adaptive block length needs routers, and this bundle's drafter has none (refit them with "
             "`tandem fit-router` and re-export)");
+
+  if (o.adaptive && (o.draft_cost < 0 || o.verify_cost < 0)) {
+    const DecodeCosts measured = model->decode_costs(o.mode);
+    if (o.draft_cost < 0) o.draft_cost = static_cast<float>(measured.draft);
+    if (o.verify_cost < 0) o.verify_cost = static_cast<float>(measured.verify);
+  }
 
   // The longest sequence this request can reach; every buffer is sized to it, never to more
   // than the bundle's context.
@@ -258,6 +280,10 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
   // no reallocation while generating: a reader refused too late never sees freed memory
   s.out.reserve(static_cast<size_t>(capacity));
   s.stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  if (o.adaptive) {
+    s.stats.draft_cost = o.draft_cost;
+    s.stats.verify_cost = o.verify_cost;
+  }
   if (o.max_new_tokens == 0) {
     s.finish = FinishReason::kMaxNewTokens;
   } else {
@@ -267,6 +293,62 @@ Generator::Generator(std::shared_ptr<const Model> model, const std::vector<int64
 }
 
 Generator::~Generator() = default;
+
+namespace {
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+}  // namespace
+
+// A private request on a synthetic prompt (the costs do not depend on the tokens), decoded
+// in rounds as generation decodes (so the drafter's memory rows and its sharing of the cores
+// with M_L count): after a warm-up, cycles of three rounds, of 0, 1 and m drafts (at least 3
+// cycles, then until 1.5 s or 15 cycles). Per kind of round (medians): M_L's time over 1, 2 and
+// m + 1 tokens gives v(n) = t_n / t_1, fitted by 1 + β(n - 1) (least squares); the drafter's
+// time in the m-draft rounds beyond the 1-draft ones, ÷ (m - 1), is c (one further call; a
+// round's first call, with its memory rows, is spent either way; with max_block_length 1 that
+// first call's time stands in).
+DecodeCosts Generator::MeasureCosts(std::shared_ptr<const Model> model, Mode mode) {
+  const Manifest& man = model->manifest();
+  const int m = std::min(3, man.max_block_length);
+  constexpr int kMinCycles = 3, kMaxCycles = 15;
+  constexpr double kBudget = 1.5;  // seconds
+  const int64_t prompt_len = std::max<int64_t>(1, std::min<int64_t>(16, man.context_length / 4));
+  const int64_t per_cycle = 1 + 2 + (m + 1);  // tokens, every draft accepted at worst
+  const int64_t cycles = std::min<int64_t>(kMaxCycles, (man.context_length - prompt_len - 1 - (m + 1)) / per_cycle);
+  if (m < 1 || cycles < kMinCycles)
+    Invalid("the bundle is too small to measure decoding costs (context " + std::to_string(man.context_length) +
+            ", max_block_length " + std::to_string(man.max_block_length) + "): pass draft_cost and verify_cost");
+  GenerateOptions o;
+  o.mode = mode;
+  o.block_length = m;
+  o.ignore_eos = true;
+  o.max_new_tokens = static_cast<int>(cycles * per_cycle + m + 1);
+  std::vector<int64_t> prompt(static_cast<size_t>(prompt_len));
+  for (int64_t i = 0; i < prompt_len; ++i) prompt[static_cast<size_t>(i)] = (i * 7919 + 11) % man.vocab_size;
+  Generator g(std::move(model), prompt, o);
+  State& s = *g.state_;
+  s.Round(m);  // warm-up (the drafter takes in the prompt's memory)
+  std::vector<double> large[3], draft[3];  // per kind of round: 0, 1, m drafts
+  const int drafts[3] = {0, 1, m};
+  const auto start = Clock::now();
+  for (int64_t c = 0; c < cycles && (c < kMinCycles || Since(start) < kBudget); ++c)
+    for (int kind = 0; kind < 3 && s.finish == FinishReason::kNotFinished; ++kind) {
+      const double l0 = s.stats.large_time, d0 = s.stats.drafter_time;
+      s.Round(drafts[kind]);
+      large[kind].push_back(s.stats.large_time - l0);
+      draft[kind].push_back(s.stats.drafter_time - d0);
+    }
+  const double t1 = std::max(Median(large[0]), 1e-9);
+  const double v2 = Median(large[1]) / t1, vm = Median(large[2]) / t1;
+  DecodeCosts costs;
+  costs.verify = std::max(0.0, ((v2 - 1.0) + (vm - 1.0) * m) / (1.0 + double(m) * m));
+  // max_block_length 1: no further call to time; a round's first call stands in (dearer)
+  costs.draft = m > 1 ? std::max(0.0, (Median(draft[2]) - Median(draft[1])) / (m - 1) / t1) : Median(draft[1]) / t1;
+  return costs;
+}
 
 namespace {
 struct BusyGuard {
@@ -290,7 +372,7 @@ std::vector<int64_t> Generator::State::StepUnguarded() {
   emitted.swap(s.step_tokens);  // the prefill's token, on the first call
   if (s.finish != FinishReason::kNotFinished) return emitted;
   auto t0 = Clock::now();
-  s.Round();
+  s.Round(s.drafts_per_round);
   s.stats.total_time += Since(t0);
   emitted.insert(emitted.end(), s.step_tokens.begin(), s.step_tokens.end());
   s.step_tokens.clear();

@@ -121,4 +121,16 @@ bool Model::has_router(Mode mode) const {
 const std::vector<int64_t>& Model::eos_token_ids() const { return impl_->manifest.eos_token_ids; }
 const std::string& Model::tokenizer_path() const { return impl_->manifest.tokenizer; }
 
+DecodeCosts Model::decode_costs(Mode mode) const {
+  if (mode == Mode::kLarge) throw Error(ErrorCode::kInvalidArgument, "mode large has no drafter: its costs are M_L's alone");
+  if (mode == Mode::kVanilla ? !has_plain_drafter() : !has_tandem_drafter())
+    throw Error(ErrorCode::kInvalidArgument, std::string("mode ") + ToString(mode) + " needs a " +
+                (mode == Mode::kVanilla ? "plain" : "tandem") + " drafter, and the bundle has none");
+  const int slot = mode == Mode::kVanilla ? 1 : 0;
+  std::call_once(impl_->costs_once[slot], [&] {
+    impl_->costs[slot] = Generator::MeasureCosts(shared_from_this(), mode == Mode::kVanilla ? Mode::kVanilla : Mode::kSpeed);
+  });
+  return impl_->costs[slot];
+}
+
 }  // namespace tandem

@@ -1,6 +1,7 @@
 // Generation options: mode names and Resolve, the one check of a request's options.
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "tandem/tandem.hpp"
 
@@ -48,7 +49,9 @@ GenerateOptions Resolve(GenerateOptions o, const BundleDefaults& bundle) {
   if (o.block_length == 0) o.block_length = bundle.block_length;
   if (o.adaptive) {
     if (o.mode != Mode::kSpeed && o.mode != Mode::kVanilla) Invalid("adaptive block length applies to speed and vanilla modes");
-    if (o.min_block_length < 1) Invalid("min_block_length must be >= 1");
+    if (o.min_block_length < 0) Invalid("min_block_length must be >= 0");
+    for (const auto& [name, value] : {std::pair{"draft_cost", o.draft_cost}, std::pair{"verify_cost", o.verify_cost}})
+      if (!std::isfinite(value)) Invalid(std::string(name) + " must be a finite number (< 0: measured on this machine)");
     if (o.max_block_length < 0 || o.max_block_length > bundle.max_block_length)
       Invalid("max_block_length must be in [min_block_length, " + most + "] (0: " + most + ")");
     if (std::isnan(o.router_threshold) || (std::isinf(o.router_threshold) && o.router_threshold > 0))

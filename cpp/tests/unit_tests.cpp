@@ -247,7 +247,10 @@ void TestCParams() {
   p.eos_token_ids = eos;
   p.n_eos_token_ids = 2;
   p.ignore_eos = 1;
+  p.draft_cost = 0.125f;
+  p.verify_cost = 0.5f;
   GenerateOptions o = tandem::detail::OptionsFromC(&p);
+  CHECK(o.draft_cost == 0.125f && o.verify_cost == 0.5f);
   CHECK(o.mode == Mode::kVanilla && o.block_length == 3 && o.adaptive && o.router_threshold == 0.25f);
   CHECK(o.min_block_length == 2 && o.max_block_length == 6 && o.max_new_tokens == 9 && o.do_sample);
   CHECK(o.temperature == 0.5f && o.top_k == 11 && o.top_p == 0.75f && o.seed == 42 && o.ignore_eos);
@@ -256,6 +259,7 @@ void TestCParams() {
   p.struct_size = offsetof(tandem_generate_params, ignore_eos);
   o = tandem::detail::OptionsFromC(&p);
   CHECK(!o.ignore_eos && o.eos_token_ids.size() == 2 && o.top_k == 11);
+  CHECK(o.draft_cost == d.draft_cost && o.verify_cost == d.verify_cost);  // < 0: measured
   // sizes this library cannot read, and inconsistent EOS ids, are refused with a message
   p.struct_size = sizeof(p) + 8;
   CheckThrows([&] { tandem::detail::OptionsFromC(&p); }, ErrorCode::kInvalidArgument, "tandem_generate_params_init");
@@ -304,7 +308,9 @@ void TestResolve() {
   refused([](GenerateOptions& x) { x.top_k = -1; }, "top_k");
   refused([](GenerateOptions& x) { x.top_p = 1.5f; }, "top_p");
   refused([](GenerateOptions& x) { x.adaptive = true; x.mode = Mode::kTandem; }, "speed and vanilla");
-  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 0; }, "min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = -1; }, "min_block_length");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.draft_cost = std::nanf(""); }, "draft_cost");
+  refused([](GenerateOptions& x) { x.adaptive = true; x.verify_cost = INFINITY; }, "verify_cost");
   refused([](GenerateOptions& x) { x.adaptive = true; x.max_block_length = 9; }, "max_block_length");
   refused([](GenerateOptions& x) { x.adaptive = true; x.min_block_length = 9; }, "must be >= min_block_length");
   refused([](GenerateOptions& x) { x.adaptive = true; x.router_threshold = std::nanf(""); }, "router_threshold");

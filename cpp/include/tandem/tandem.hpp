@@ -99,9 +99,15 @@ struct GenerateOptions {
                                     // 0: the bundle's default
   bool adaptive = false;            // speed/vanilla: the router ends each draft early (block_length
                                     // is then unused: max_block_length caps the draft)
-  float router_threshold = -1.0f;   // τ: adaptive drafting stops when the router's score is below
-                                    // it; < 0: the bundle's default
-  int min_block_length = 1;         // adaptive: always draft at least this many (>= 1)
+  float router_threshold = -1.0f;   // τ: adaptive drafting also stops when the router's score is
+                                    // below it; < 0: the bundle's default
+  float draft_cost = -1.0f;         // adaptive: c, one drafter call's time in M_L steps (one M_L
+                                    // call over one token); < 0: measured on this machine
+                                    // (Model::decode_costs)
+  float verify_cost = -1.0f;        // adaptive: β, the time each further token adds to an M_L call,
+                                    // in M_L steps (M_L over n tokens costs 1 + β(n - 1)); < 0:
+                                    // measured. Pass both for sampling that repeats across runs
+  int min_block_length = 0;         // adaptive: always draft at least this many (>= 0)
   int max_block_length = 0;         // adaptive: draft at most this many, in [min_block_length, the
                                     // bundle's max_block_length]; 0: the bundle's max_block_length
   int max_new_tokens = 128;         // >= 0
@@ -141,13 +147,22 @@ struct Stats {
   double ort_time = 0.0;             // inside OrtSession::Run
   double large_time = 0.0;           // part of ort_time spent in M_L
   double drafter_time = 0.0;         // part of ort_time spent in the drafter
+  double draft_cost = 0.0;           // adaptive: the c and β the stopping rule used (else 0)
+  double verify_cost = 0.0;
 
   double acceptance_rate() const { return drafted ? double(accepted) / double(drafted) : 0.0; }
   double tokens_per_second() const { return total_time > 0 ? double(new_tokens) / total_time : 0.0; }
   double loop_time() const { return total_time - ort_time; }
 };
 
-class Model {
+// What drafting and verifying cost on this machine, in M_L steps (one M_L call over one
+// token): the adaptive stopping rule weighs them against the router's acceptance odds.
+struct DecodeCosts {
+  double draft = 0.0;   // c: one drafter call, with the memory rows it takes in
+  double verify = 0.0;  // β: each further token of an M_L call
+};
+
+class Model : public std::enable_shared_from_this<Model> {
  public:
   // Loads the bundle and creates the ONNX Runtime sessions. Throws tandem::Error.
   static std::shared_ptr<const Model> Load(const ModelOptions& options);
@@ -166,6 +181,12 @@ class Model {
   const std::vector<int64_t>& eos_token_ids() const;
   const std::string& tokenizer_path() const;  // empty if the bundle ships none
   uint64_t shared_weight_bytes() const;       // bytes of tensors loaded once for several graphs
+  // The costs of `mode`'s drafter (speed/tandem: the tandem one, vanilla: the plain one),
+  // measured on first use by a short private request on a synthetic prompt (M_L timed over
+  // 1 and several tokens, the drafter over fixed-γ rounds; about 40 M_L calls), then kept.
+  // Adaptive requests that leave draft_cost / verify_cost < 0 use them. Throws kInvalidArgument
+  // when the bundle has no such drafter.
+  DecodeCosts decode_costs(Mode mode) const;
 
  private:
   friend class Generator;  // reads the sessions and manifest through impl()
@@ -199,6 +220,8 @@ class Generator {
   Stats stats() const;
 
  private:
+  friend class Model;  // decode_costs times a private request
+  static DecodeCosts MeasureCosts(std::shared_ptr<const Model> model, Mode mode);
   struct State;
   std::unique_ptr<State> state_;
 };

@@ -35,7 +35,7 @@ typedef struct {
   int block_length;          /* γ; 0: the bundle's default */
   int adaptive;              /* nonzero: the router ends each draft early (speed, vanilla) */
   float router_threshold;    /* τ; < 0: the bundle's default */
-  int min_block_length;      /* adaptive: draft at least this many (>= 1) */
+  int min_block_length;      /* adaptive: draft at least this many (>= 0) */
   int max_block_length;      /* adaptive: draft at most this many; 0: the bundle's maximum */
   int max_new_tokens;        /* >= 0 */
   int do_sample;             /* 0: greedy */
@@ -47,6 +47,8 @@ typedef struct {
                                     NULL / 0: the bundle's EOS ids */
   size_t n_eos_token_ids;
   int ignore_eos;            /* nonzero: never stop at EOS */
+  float draft_cost;          /* adaptive: c in M_L steps; < 0: measured on this machine */
+  float verify_cost;         /* adaptive: β in M_L steps; < 0: measured on this machine */
 } tandem_generate_params;
 
 /* Sets *params to the defaults (mode "large", the bundle's γ and τ, greedy, 128 new tokens)
@@ -62,6 +64,11 @@ tandem_status tandem_model_load(const char* bundle_path, int threads, const char
 int tandem_max_threads(void);
 void tandem_model_free(tandem_model* model);
 int64_t tandem_model_vocab_size(const tandem_model* model);
+/* The drafting and verifying costs of `mode`'s drafter ("speed"/"tandem" or "vanilla"), in M_L
+ * steps, measured on first use (tandem::Model::decode_costs): adaptive requests that leave
+ * draft_cost / verify_cost < 0 use them. */
+tandem_status tandem_model_decode_costs(const tandem_model* model, const char* mode, double* draft_cost,
+                                        double* verify_cost);
 
 /* Checks params (NULL: the defaults) and runs the prefill over prompt[0, n_prompt). */
 tandem_status tandem_generator_create(const tandem_model* model, const int64_t* prompt, size_t n_prompt,
