@@ -236,6 +236,12 @@ def run_bench(args: argparse.Namespace) -> int:
     costs = measure_costs(model.bundle_path, args.threads, mean_prompt + args.max_new_tokens // 2, widths,
                           args.cost_reps)
 
+    # the c and β the adaptive rule uses (measured by the runtime, once per drafter, before the runs)
+    for mode in sorted({c.mode for c in configs if c.block == "auto"}):
+        draft, verify = model._model.decode_costs(mode)
+        costs.setdefault("adaptive_rule", {})[mode] = {"c": draft, "beta": verify}
+        log(f"adaptive {mode}: the runtime measured c = {draft:.3f}, β = {verify:.3f} (M_L steps)")
+
     progress = _Progress(len(configs) * args.repeats)
     runs = sweep.run_sweep(model, configs, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                            temperature=args.temperature, seed=args.seed, progress=progress)

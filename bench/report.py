@@ -34,6 +34,11 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"c[{k}] = {v:.3f}" for k, v in results["costs"].get("c", {}).items())
         + "; v(k) = " + ", ".join(f"{k}:{v:.2f}" for k, v in results["costs"].get("v", {}).items()),
     ]
+    if results["costs"].get("adaptive_rule"):
+        lines.append("- adaptive rows: the stopping rule's costs as the runtime measured them (in-loop rounds, "
+                     "`Model.decode_costs`): " + ", ".join(
+                         f"{mode} c = {v['c']:.3f}, β = {v['beta']:.3f}"
+                         for mode, v in results["costs"]["adaptive_rule"].items()))
     for w in results.get("warnings", []):
         lines.append(f"- **warning**: {w}")
     lines += [

@@ -234,7 +234,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-block-length", type=int, default=DEFAULT_MAX_BLOCK_LENGTH,
                    help="longest γ a request may ask for (default: %(default)s)")
     p.add_argument("--router-threshold", type=float, default=DEFAULT_ROUTER_THRESHOLD,
-                   help="default τ for adaptive mode (default: %(default)s)")
+                   help="default τ for adaptive mode: a floor on the router's score beside the cost rule "
+                        "(docs/CONTRACTS.md \"Adaptive block length\"; default: %(default)s)")
     p.add_argument("--context-length", type=int,
                    help="longest sequence the bundle serves (default: M_L's max_position_embeddings, "
                         "at most 8192); the KV cache of a request is sized to what it needs within it")

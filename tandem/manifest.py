@@ -46,7 +46,7 @@ GRAPH_FILES = {role: f"{role}.onnx" for role in GRAPH_ROLES}
 # bundle carries its values; the runtime reads them from the bundle and has none of its own.
 DEFAULT_BLOCK_LENGTH = 4
 DEFAULT_MAX_BLOCK_LENGTH = 16
-DEFAULT_ROUTER_THRESHOLD = 0.8
+DEFAULT_ROUTER_THRESHOLD = 0.0  # τ: an optional floor on the router's score; the cost rule decides
 # the drafter folders' router layout: 2 = a greedy and a sampled router (1, no "layout" key: one
 # router for both decoding modes, refused); read by the exporter without torch
 ROUTER_LAYOUT = 2
