@@ -332,7 +332,7 @@ def render(r: dict) -> str:
                   "Fitted after training on the drafter's own training windows, then refitted on the valid split "
                   "(the committed ones): BCE of the greedy router vs a constant, mean |error| of the sampled one.", "",
                   "| drafter | fitted on | greedy accept rate | greedy BCE (constant) | sampled mean target | "
-                  "sampled \|error\| (constant) |", "| --- | --- | --- | --- | --- | --- |"]
+                  r"sampled \|error\| (constant) |", "| --- | --- | --- | --- | --- | --- |"]
         for role, fits in r["routers"].items():
             for split, f in fits.items():
                 if f:
