@@ -295,7 +295,9 @@ class TandemModel:
         mode ("large" | "tandem" | "speed" | "vanilla"; default: speed when the bundle has a
         tandem drafter), block_length (γ, or "auto" for the router's adaptive length in
         speed/vanilla), max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-        eos_token_id, ignore_eos, router_threshold, min_block_length, max_block_length.
+        eos_token_id, ignore_eos, min_block_length, max_block_length, and for "auto": draft_cost and
+        verify_cost (c and β in M_L steps; default: measured on this machine once per model) and
+        router_threshold (τ, a floor on the router's score).
         """
         stream = self.stream(prompt, **options)
         for _ in stream:
