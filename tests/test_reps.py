@@ -277,6 +277,17 @@ def test_cli_reps_train_export_speed_equals_large(setup: dict, tmp_path: Path):
         assert got.ids == want, block
     assert model.generate(prompt, mode="speed", block_length="auto", max_block_length=2, max_new_tokens=24,
                           ignore_eos=True).ids == want
+    # adaptive speed drafts no further than the trained γ unless asked (and then warns); vanilla up to the maximum
+    resolve = model._model.resolve
+    assert resolve(model.options(mode="speed", block_length="auto")).max_block_length == 2
+    assert resolve(model.options(mode="speed", block_length="auto", min_block_length=3)).max_block_length == 3
+    assert resolve(model.options(mode="speed", block_length="auto", max_block_length=5)).max_block_length == 5
+    assert resolve(model.options(mode="speed", block_length=1)).max_block_length == manifest.max_block_length
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.generate(prompt, mode="speed", block_length="auto", max_new_tokens=24, ignore_eos=True).ids == want
+    with pytest.warns(UntrainedBlockLengthWarning, match="trained at"):
+        model.generate(prompt, mode="speed", block_length="auto", max_block_length=3, max_new_tokens=4)
     with pytest.warns(UntrainedBlockLengthWarning, match="trained at"):
         got = model.generate(prompt, mode="speed", block_length=3, max_new_tokens=24, ignore_eos=True)
     assert got.ids == want

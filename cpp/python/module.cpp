@@ -117,7 +117,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("min_block_length", &GenerateOptions::min_block_length,
                      "int >= 0: adaptive: always draft at least this many")
       .def_readwrite("max_block_length", &GenerateOptions::max_block_length,
-                     "int: adaptive: draft at most this many, up to the bundle's max_block_length; 0: that maximum")
+                     "int: adaptive: draft at most this many, up to the bundle's max_block_length; 0: speed: the "
+                     "tandem drafter's trained γ (if recorded), else that maximum")
       .def_readwrite("max_new_tokens", &GenerateOptions::max_new_tokens, "int >= 0: the most tokens to generate")
       .def_readwrite("do_sample", &GenerateOptions::do_sample, "bool: sample (True) or greedy (False)")
       .def_readwrite("temperature", &GenerateOptions::temperature, "float > 0: used when do_sample")
@@ -140,14 +141,17 @@ PYBIND11_MODULE(_core, m) {
         return out + ")";
       });
 
-  py::class_<BundleDefaults>(m, "BundleDefaults", "A bundle's default γ, longest γ and default τ")
-      .def(py::init([](int block_length, int max_block_length, float router_threshold) {
-             return BundleDefaults{block_length, max_block_length, router_threshold};
+  py::class_<BundleDefaults>(m, "BundleDefaults",
+                             "A bundle's default γ, longest γ, default τ and its tandem drafter's trained γ")
+      .def(py::init([](int block_length, int max_block_length, float router_threshold, int trained_block_length) {
+             return BundleDefaults{block_length, max_block_length, router_threshold, trained_block_length};
            }),
-           py::kw_only(), py::arg("block_length"), py::arg("max_block_length"), py::arg("router_threshold"))
+           py::kw_only(), py::arg("block_length"), py::arg("max_block_length"), py::arg("router_threshold"),
+           py::arg("trained_block_length") = 0)
       .def_readonly("block_length", &BundleDefaults::block_length)
       .def_readonly("max_block_length", &BundleDefaults::max_block_length)
-      .def_readonly("router_threshold", &BundleDefaults::router_threshold);
+      .def_readonly("router_threshold", &BundleDefaults::router_threshold)
+      .def_readonly("trained_block_length", &BundleDefaults::trained_block_length);
 
   // The manifest as the C++ reader read and checked it (paths absolute): Python's only reader.
   py::class_<GraphSpec>(m, "GraphSpec", "One graph of a bundle (tandem::GraphSpec; docs/CONTRACTS.md)")

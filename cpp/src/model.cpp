@@ -109,7 +109,8 @@ int64_t Model::vocab_size() const { return impl_->manifest.vocab_size; }
 int64_t Model::context_length() const { return impl_->manifest.context_length; }
 BundleDefaults Model::defaults() const {
   const auto& m = impl_->manifest;
-  return {m.default_block_length, m.max_block_length, m.router_threshold};
+  return {m.default_block_length, m.max_block_length, m.router_threshold,
+          m.tandem_drafter ? m.tandem_drafter->trained_block_length : 0};
 }
 bool Model::has_tandem_drafter() const { return impl_->tandem_drafter != nullptr; }
 uint64_t Model::shared_weight_bytes() const { return impl_->shared ? impl_->shared->bytes() : 0; }

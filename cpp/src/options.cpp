@@ -1,4 +1,5 @@
 // Generation options: mode names and Resolve, the one check of a request's options.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -57,7 +58,14 @@ GenerateOptions Resolve(GenerateOptions o, const BundleDefaults& bundle) {
     if (std::isnan(o.router_threshold) || (std::isinf(o.router_threshold) && o.router_threshold > 0))
       Invalid("router_threshold must be a finite number (< 0: the bundle default)");
   }
-  if (o.max_block_length == 0) o.max_block_length = bundle.max_block_length;
+  if (o.max_block_length == 0) {
+    // adaptive speed: no further than the tandem drafter was trained to draft (its later block
+    // positions never were), nor below min_block_length
+    const bool trained = o.adaptive && o.mode == Mode::kSpeed && bundle.trained_block_length > 0;
+    o.max_block_length = trained ? std::clamp(bundle.trained_block_length, std::min(o.min_block_length, bundle.max_block_length),
+                                              bundle.max_block_length)
+                                 : bundle.max_block_length;
+  }
   if (o.adaptive && o.max_block_length < o.min_block_length)
     Invalid("max_block_length (" + std::to_string(o.max_block_length) + ") must be >= min_block_length (" +
             std::to_string(o.min_block_length) + ")");

@@ -295,6 +295,21 @@ void TestResolve() {
   o.router_threshold = 0.0f;
   r = Resolve(o, bundle);
   CHECK(r.block_length == 8 && r.router_threshold == 0.0f);
+  // adaptive speed stops at the tandem drafter's trained γ unless told (not below min_block_length);
+  // vanilla, and a bundle that does not record the γ, at the bundle's maximum
+  const BundleDefaults trained{1, 8, 0.0f, 2};
+  GenerateOptions a;
+  a.mode = Mode::kSpeed;
+  a.adaptive = true;
+  CHECK(Resolve(a, trained).max_block_length == 2 && Resolve(a, bundle).max_block_length == 8);
+  a.min_block_length = 3;
+  CHECK(Resolve(a, trained).max_block_length == 3);
+  a.max_block_length = 6;
+  CHECK(Resolve(a, trained).max_block_length == 6);
+  a = GenerateOptions{};
+  a.mode = Mode::kVanilla;
+  a.adaptive = true;
+  CHECK(Resolve(a, trained).max_block_length == 8);
   auto refused = [&](const std::function<void(GenerateOptions&)>& change, const std::string& needle) {
     GenerateOptions bad;
     bad.mode = Mode::kSpeed;

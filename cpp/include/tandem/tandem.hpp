@@ -109,7 +109,9 @@ struct GenerateOptions {
                                     // measured. Pass both for sampling that repeats across runs
   int min_block_length = 0;         // adaptive: always draft at least this many (>= 0)
   int max_block_length = 0;         // adaptive: draft at most this many, in [min_block_length, the
-                                    // bundle's max_block_length]; 0: the bundle's max_block_length
+                                    // bundle's max_block_length]; 0: speed: the γ its tandem drafter
+                                    // was trained at (if known, else as vanilla), vanilla: the
+                                    // bundle's max_block_length
   int max_new_tokens = 128;         // >= 0
   bool do_sample = false;           // false: greedy (argmax)
   float temperature = 1.0f;         // > 0, used when do_sample
@@ -125,6 +127,8 @@ struct BundleDefaults {
   int block_length = 0;        // the default γ
   int max_block_length = 0;    // the longest γ a request may ask for (block_length, max_block_length)
   float router_threshold = 0;  // the default τ
+  int trained_block_length = 0;  // the γ the tandem drafter was trained at (0: unknown): adaptive
+                                 // `speed` drafts at most that many unless max_block_length says
 };
 
 // `options` checked (throws kInvalidArgument naming the first option out of range) and with

@@ -36,7 +36,8 @@ typedef struct {
   int adaptive;              /* nonzero: the router ends each draft early (speed, vanilla) */
   float router_threshold;    /* τ; < 0: the bundle's default */
   int min_block_length;      /* adaptive: draft at least this many (>= 0) */
-  int max_block_length;      /* adaptive: draft at most this many; 0: the bundle's maximum */
+  int max_block_length;      /* adaptive: draft at most this many; 0: speed: the tandem drafter's
+                                trained γ when the bundle records it, else the bundle's maximum */
   int max_new_tokens;        /* >= 0 */
   int do_sample;             /* 0: greedy */
   float temperature;         /* > 0, used when do_sample */
