@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-large", type=Path, help="M_L the held-out and valid figures are measured against "
                    "(default: --large; e.g. scripts/quantized_reference.py's folder: the int4 bundle's M_L)")
     p.add_argument("--max-prompts", type=int, default=2600)
+    p.add_argument("--extra-code-prompts", type=int, default=0,
+                   help="more training code prompts, answered by the bundle's own M_L through the runtime "
+                        "(scripts/onpolicy_data.py, into WORK/data-code); with it, the training reps are computed "
+                        "over both data folders by `tandem reps` into WORK/reps")
+    p.add_argument("--reps-engine", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="engine of that reps stage: onnxruntime = M_L's int4 graph (what the bundle runs)")
     p.add_argument("--store-layers", default="15,22,26,30")
     p.add_argument("--candidate-layers", default="15,26")
     p.add_argument("--candidate-gammas", default="1,2,3,4")
@@ -120,7 +126,8 @@ def run_many(steps: list[tuple[list, Path]], jobs: int, threads: int) -> list[fl
 
 def train_cmd(a: argparse.Namespace, data: Path, mode: str, out: Path, layer: int, gamma: int, steps: int,
               seed: int) -> list:
-    cmd = [*TANDEM, "train", "--mode", mode, "--large", a.large, "--reps", a.reps or data / "reps", "--layers", "1", "--shared-head", "--draft-vocab", a.draft_vocab,
+    cmd = [*TANDEM, "train", "--mode", mode, "--large", a.large, "--reps", a.reps or data / "reps", "--layers", "1",
+           "--shared-head", "--draft-vocab", a.draft_vocab,
            "--loss", "distil", "--steps", steps, "--batch-size", a.batch_size, "--seq-len", a.seq_len,
            "--block-length", gamma, "--seed", seed, "--out", out, "--no-resume"]
     if mode == "tandem":
@@ -135,13 +142,27 @@ def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma:
             "--json", out]
 
 
-def data_summary(data: Path, reps: Path) -> dict:
-    """What the data folder holds: prompts per split and kind (from the answered records), reps."""
+def reps_complete(folder: Path) -> bool:
+    """Whether `tandem reps` finished writing `folder`."""
+    spec = folder / "reps.json"
+    if not spec.is_file():
+        return False
+    values = json.loads(spec.read_text())
+    return values["complete_shards"] * values["windows_per_shard"] >= values["total_windows"]
+
+
+def data_summary(data: Path, reps: Path, extra: Path | None = None) -> dict:
+    """What the data folder holds: prompts per split and kind (from the answered records), reps;
+    `extra`: the on-policy code answers (training split only)."""
     splits = {}
     for split in ("train", "valid", "heldout"):
         rows = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
         splits[split] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
                          "code": sum(r["kind"] == "code" for r in rows)}
+    if extra is not None:
+        rows = [json.loads(x) for x in (extra / "train.jsonl").read_text().splitlines()]
+        splits["train_onpolicy"] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
+                                    "code": sum(r["kind"] == "code" for r in rows)}
     spec = json.loads((reps / "reps.json").read_text())
     dtype = json.loads((data / "data.json").read_text()).get("dtype", "float32")
     return {"splits": splits, "dtype": dtype,
@@ -176,6 +197,24 @@ def main(argv: list[str] | None = None) -> int:
         record["seconds"]["data"] = run([sys.executable, REPO / "scripts/chat_data.py", "--large", a.large, "--out", data,
                                          "--max-prompts", a.max_prompts, *layers, "--seq-len", a.seq_len,
                                          "--threads", a.threads], work / "logs/data.log")
+    extra = work / "data-code" if a.extra_code_prompts else None
+    if extra is not None:
+        # on-policy code answers: the int4 M_L the bundle serves, greedy (chat_data.py's answers
+        # come from M_L in PyTorch bfloat16, and its training split is mostly chat)
+        if not (extra / "data.json").is_file():
+            record["seconds"]["data-code"] = run(
+                [sys.executable, REPO / "scripts/onpolicy_data.py", "--out", extra, "--kind", "code", "--skip", data,
+                 "--max-prompts", a.extra_code_prompts, "--max-new-tokens", a.max_new_tokens, "--threads", a.threads],
+                work / "logs/data-code.log")
+        if a.reps is None:
+            a.reps = work / "reps"
+            if not reps_complete(a.reps):  # `tandem reps` resumes an interrupted run
+                precision = ["--precision", "int4"] if a.reps_engine == "onnxruntime" else []
+                record["seconds"]["reps"] = run(
+                    [*TANDEM, "reps", "--large", a.reps_large or a.large, "--engine", a.reps_engine, *precision,
+                     "--data", data / "train", extra / "train", "--heldout-fraction", "0",
+                     "--rep-layers", a.candidate_layers, "--seq-len", a.seq_len, "--threads", a.threads,
+                     "--out", a.reps], work / "logs/reps.log")
 
     # -- select the layer on the valid split ---------------------------------------------
     gammas = [int(g) for g in a.candidate_gammas.split(",")]
@@ -272,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
              "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
         shutil.copyfile(bench / "results.json", bench_done)
     record["bench"] = json.loads(bench_done.read_text())
-    record["data"] = data_summary(data, (a.reps or data / "reps").resolve())
+    record["data"] = data_summary(data, (a.reps or data / "reps").resolve(), extra)
     a.report.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.report}.json").write_text(json.dumps(record, indent=2))
     Path(f"{a.report}.md").write_text(render(record))
@@ -294,7 +333,10 @@ def render(r: dict) -> str:
     lines += [f"- data: M_L's greedy answers ({r['data'].get('dtype', 'float32')}) to {d['train']['prompts']} "
               "training prompts "
               f"({d['train']['chat']} chat, {d['train']['code']} code); valid {d['valid']['prompts']}, held-out "
-              f"{d['heldout']['prompts']} prompts (subjects disjoint).",
+              f"{d['heldout']['prompts']} prompts (subjects disjoint)."
+              + (f" Plus {d['train_onpolicy']['prompts']} more training prompts ({d['train_onpolicy']['code']} code) "
+                 "answered greedily by the bundle's own int4 M_L through the runtime (`scripts/onpolicy_data.py`)."
+                 if "train_onpolicy" in d else ""),
               f"- training reps and teacher: {r['data']['reps']['tokens']} tokens, `{r['data']['reps'].get('folder', '?')}` "
               f"(engine {r['data']['reps']['engine']}, M_L `{r['args'].get('reps_large') or r['args']['large']}`); "
               f"held-out and valid figures against M_L `{r['args'].get('eval_large') or r['args']['large']}`.",
