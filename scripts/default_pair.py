@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2, help="training runs at once (they share --threads)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--bench-gammas", help="fixed γ of the final benchmark (default: --candidate-gammas)")
     p.add_argument("--bench-repeats", type=int, default=3, help="runs of the final benchmark (medians)")
     p.add_argument("--bench-out", type=Path, default=REPO / "bench/results/default-smollm2",
                    help="where the default bundle's benchmark is written")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         run([sys.executable, "-m", "tandem.runtime.default", "--install-drafters", routed / "tandem",
              routed / "plain", "--large", a.large], work / "logs/install.log")
         run([*TANDEM, "bench", "--prompts", REPO / "bench/prompts_chat.json",
-             "--modes", "speed,vanilla,adaptive", "--block-lengths", a.candidate_gammas,
+             "--modes", "speed,vanilla,adaptive", "--block-lengths", a.bench_gammas or a.candidate_gammas,
              "--decoding", "greedy,sampled", "--max-new-tokens", a.max_new_tokens, "--repeats", a.bench_repeats,
              "--threads", a.threads, "--out", bench, "--peers", "none", "--wait-idle", "60"], work / "logs/bench.log")
         shutil.copyfile(bench / "results.json", bench_done)
