@@ -145,25 +145,27 @@ def eval_cmd(a: argparse.Namespace, split: Path, models: dict[str, Path], gamma:
 
 def reps_complete(folder: Path) -> bool:
     """Whether `tandem reps` finished writing `folder`."""
-    spec = folder / "reps.json"
-    if not spec.is_file():
+    from tandem.train.reps import REPS_FILE, RepsSpec
+
+    if not (folder / REPS_FILE).is_file():
         return False
-    values = json.loads(spec.read_text())
-    return values["complete_shards"] * values["windows_per_shard"] >= values["total_windows"]
+    spec = RepsSpec.load(folder)
+    return spec.complete_shards >= spec.num_shards
+
+
+def kind_counts(records: Path) -> dict:
+    """Prompts per kind in a data folder's `SPLIT.jsonl`."""
+    rows = [json.loads(x) for x in records.read_text().splitlines()]
+    return {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
+            "code": sum(r["kind"] == "code" for r in rows)}
 
 
 def data_summary(data: Path, reps: Path, extra: Path | None = None) -> dict:
     """What the data folder holds: prompts per split and kind (from the answered records), reps;
     `extra`: the on-policy code answers (training split only)."""
-    splits = {}
-    for split in ("train", "valid", "heldout"):
-        rows = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
-        splits[split] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
-                         "code": sum(r["kind"] == "code" for r in rows)}
+    splits = {split: kind_counts(data / f"{split}.jsonl") for split in ("train", "valid", "heldout")}
     if extra is not None:
-        rows = [json.loads(x) for x in (extra / "train.jsonl").read_text().splitlines()]
-        splits["train_onpolicy"] = {"prompts": len(rows), "chat": sum(r["kind"] == "chat" for r in rows),
-                                    "code": sum(r["kind"] == "code" for r in rows)}
+        splits["train_onpolicy"] = kind_counts(extra / "train.jsonl")
     spec = json.loads((reps / "reps.json").read_text())
     dtype = json.loads((data / "data.json").read_text()).get("dtype", "float32")
     return {"splits": splits, "dtype": dtype,
