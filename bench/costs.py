@@ -8,7 +8,7 @@ loop's (ORT_ENABLE_ALL, `threads` intra-op, 1 inter-op), on random inputs with a
     t_S     one tandem M_S step (t=1, m=0)        c    = t_S / t_L(1)
     t_D     one plain drafter step (t=1)          c    = t_D / t_L(1)   (vanilla)
 
-Medians of `reps` timed calls after 2 warm-up calls.
+Medians of `reps` timed calls after 2 warm-up calls; M_L's widths are timed round-robin.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _session(path: Path, threads: int) -> Any:
+def session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ORT CPU session configured like the C++ loop's; ORT's profiler on when
+    `profile_prefix` is given (its trace file starts with it)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         so.intra_op_num_threads = threads
@@ -31,7 +36,7 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class _Call:
+class Call:
     """One graph call repeated like the C++ loop makes it: KV buffers of `past_len + tokens`
     rows (seeded random past) bound once as past and present, `tokens` new ids after
     `past_len` valid rows, the logits of the last row only when `last_logits`. `spec`: the
@@ -60,15 +65,23 @@ class _Call:
         self.session.run_with_iobinding(self.binding)
 
 
-def _median_time(call: _Call, reps: int) -> float:
+def _median_time(call: Call, reps: int) -> float:
+    return _interleaved_medians([call], reps)[0]
+
+
+def _interleaved_medians(calls: list[Call], reps: int) -> list[float]:
+    """Median seconds per call of each of `calls`, timed round-robin (so that a slow spell of a
+    noisy machine lands on every call alike), after 2 warm-up rounds."""
     for _ in range(2):
-        call()
-    times = []
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(max(1, reps)):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for call, out in zip(calls, times, strict=True):
+            t0 = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], reps: int,
@@ -80,8 +93,10 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
     manifest = read_manifest(str(bundle))  # graphs' files are absolute paths
     past_len = max(1, min(past_len, manifest.context_length - max(widths) - 1))
     large = manifest.graphs["large"]
-    sess = _session(Path(large.file), threads)
-    t_large = {k: _median_time(_Call(sess, large, k, past_len, last_logits=False), reps) for k in sorted({1, *widths})}
+    sess = session(Path(large.file), threads)
+    ks = sorted({1, *widths})
+    t_large = dict(zip(ks, _interleaved_medians([Call(sess, large, k, past_len, last_logits=False) for k in ks], reps),
+                       strict=True))
     del sess
     out: dict[str, Any] = {
         "method": "dedicated ORT timing runs per graph (random inputs, median of reps)",
@@ -95,8 +110,8 @@ def measure_costs(bundle: Path, threads: int, past_len: int, widths: list[int], 
         spec = manifest.graphs.get(role)
         if spec is None:
             continue
-        sess = _session(Path(spec.file), drafter_threads or threads)
-        t = _median_time(_Call(sess, spec, 1, past_len, last_logits=True), reps)
+        sess = session(Path(spec.file), drafter_threads or threads)
+        t = _median_time(Call(sess, spec, 1, past_len, last_logits=True), reps)
         out["t_step_ms"][role] = t * 1e3
         out["c"][role] = t / t_large[1]
     return out
