@@ -174,6 +174,13 @@ class TandemModel:
             out.append("vanilla")
         return out
 
+    def has_router(self, mode: str) -> bool:
+        """Whether `mode`'s drafter has routers, so that `block_length="auto"` (adaptive) can
+        run in it; False for `large` and for a mode the bundle does not have."""
+        if mode not in self.modes or mode == "large":
+            return False
+        return bool(self._model.has_router(mode))
+
     def __repr__(self) -> str:
         return f"TandemModel({str(self.bundle_path)!r}, modes={self.modes}, device={self.device!r})"
 

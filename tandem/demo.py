@@ -3,9 +3,10 @@
 Asks the instruct model a coding question through its chat template and streams the answer
 in `speed` mode (greedy), then runs every mode the bundle has on the same prompt, in this one
 process: `large` (M_L alone), `vanilla` (the plain drafter, when the bundle has one), `speed`
-at the bundle's γ and adaptive `speed` (the router ends each draft). For each: tokens/s
-(median of --repeats runs), speedup over `large`, acceptance, and whether its tokens equal
-`large`'s token for token (greedy speculative decoding is lossless).
+at the bundle's γ, and adaptive `vanilla` / `speed` (the router ends each draft). For each:
+tokens/s (median of --repeats runs, taken round the configurations), speedup over `large`,
+acceptance, and whether its tokens equal `large`'s token for token (greedy speculative
+decoding is lossless).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ QUESTION = "Write a Python function that reverses a string."
 def _configs(model: Any, gamma: int) -> list[tuple[str, dict[str, Any]]]:
     """(label, generate options) of every mode the bundle has, `large` first."""
     configs: list[tuple[str, dict[str, Any]]] = [("large", {"mode": "large"})]
-    if "vanilla" in model.modes:
-        configs.append((f"vanilla γ={gamma}", {"mode": "vanilla", "block_length": gamma}))
-    if "speed" in model.modes:
-        configs.append((f"speed γ={gamma}", {"mode": "speed", "block_length": gamma}))
-        # adaptive: drafts end where the router says, up to the γ the drafter was trained at
-        configs.append((f"speed adaptive (≤{gamma})", {"mode": "speed", "block_length": "auto",
-                                                       "max_block_length": gamma}))
+    modes = [m for m in ("vanilla", "speed") if m in model.modes]
+    for m in modes:
+        configs.append((f"{m} γ={gamma}", {"mode": m, "block_length": gamma}))
+    # adaptive: drafts end where the router says, up to the γ the tandem drafter was trained at
+    # (the same cap for both drafters: like with like)
+    for m in modes:
+        if model.has_router(m):
+            configs.append((f"{m} adaptive (≤{gamma})", {"mode": m, "block_length": "auto", "max_block_length": gamma}))
     return configs
 
 
@@ -69,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.flush()
             print("\n")
 
-            rows = []
-            for label, options in _configs(model, gamma):
-                runs = [model.generate(prompt, max_new_tokens=args.max_new_tokens, **options)
-                        for _ in range(args.repeats)]
-                tps = statistics.median(r.stats["tokens_per_second"] for r in runs)
-                rows.append((label, options["mode"], tps, runs[0]))
+            # the repeats go round the configurations, so that a slow spell of the machine
+            # falls on all of them alike
+            configs = _configs(model, gamma)
+            runs: list[list[Any]] = [[] for _ in configs]
+            for _ in range(args.repeats):
+                for (_, options), done in zip(configs, runs, strict=True):
+                    done.append(model.generate(prompt, max_new_tokens=args.max_new_tokens, **options))
+            rows = [(label, options["mode"], statistics.median(r.stats["tokens_per_second"] for r in done), done[0])
+                    for (label, options), done in zip(configs, runs, strict=True)]
     except TandemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -324,6 +324,7 @@ def test_modes_the_bundle_lacks(bundle):
     edit_manifest(bundle, drop("plain_drafter"))
     m = load(bundle, threads=1)
     assert "vanilla" not in m.modes
+    assert m.has_router("speed") and not m.has_router("vanilla") and not m.has_router("large")
     with pytest.raises(InvalidArgumentError, match="vanilla needs a plain drafter.*--plain"):
         m.generate([1, 2], mode="vanilla")
     edit_manifest(bundle, drop("tandem_drafter"))
