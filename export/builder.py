@@ -54,7 +54,7 @@ from tandem.export.decoder import (
     rope_tables,
 )
 from tandem.export.graph_writer import MS_DOMAIN, GraphWriter, SharedData
-from tandem.export.quantize import BLOCK_SIZE, NBITS, activation_dtype, quantize_blocks
+from tandem.export.quantize import DEFAULT_BLOCK_SIZE, NBITS, activation_dtype, quantize_blocks
 from tandem.manifest import GraphSpec
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -67,6 +67,7 @@ class BuildOptions:
     precision: str = "fp32"
     accuracy_level: int = 4
     context_length: int = 2048
+    block_size: int = DEFAULT_BLOCK_SIZE  # int8/int4: weights per quantization block along K
 
 
 def linear_weight(ckpt: Checkpoint, parts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,7 +116,7 @@ class _Graph:
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
         """x @ weight.T (+ bias); weight `[N, K]` float32 (Hugging Face's layout)."""
         if self.options.precision in NBITS:
-            packed, scales = quantize_blocks(weight, NBITS[self.options.precision])
+            packed, scales = quantize_blocks(weight, NBITS[self.options.precision], self.options.block_size)
             return self.nbits(x, self.w.weight(f"{name}.qweight", packed), self.w.weight(f"{name}.scales", scales),
                                weight.shape, bias, name)
         y = self.w.op("MatMul", [x, self.param(f"{name}.weight", _transposed(weight))], name=name)
@@ -129,7 +130,7 @@ class _Graph:
         inputs = [x, qweight, scales]
         if bias is not None:
             inputs += ["", "", self.w.weight(f"{name}.bias", bias.astype(np.float32))]
-        attrs = dict(K=k, N=n, bits=NBITS[self.options.precision], block_size=BLOCK_SIZE)
+        attrs = dict(K=k, N=n, bits=NBITS[self.options.precision], block_size=self.options.block_size)
         if self.options.accuracy_level:
             attrs["accuracy_level"] = self.options.accuracy_level
         return self.w.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, **attrs)
@@ -143,12 +144,13 @@ class _Graph:
 
         def packed() -> Iterator[np.ndarray]:
             for row in range(0, n, HEAD_ROWS):
-                p, s = quantize_blocks(weight[row:row + HEAD_ROWS], bits)
+                p, s = quantize_blocks(weight[row:row + HEAD_ROWS], bits, self.options.block_size)
                 scales.append(s)
                 yield p
 
-        blocks = -(-k // BLOCK_SIZE)
-        qweight = self.w.stream(f"{name}.qweight", np.uint8, (n, blocks, BLOCK_SIZE * bits // 8), packed())
+        size = self.options.block_size
+        blocks = -(-k // size)
+        qweight = self.w.stream(f"{name}.qweight", np.uint8, (n, blocks, size * bits // 8), packed())
         return qweight, self.w.weight(f"{name}.scales", np.concatenate(scales))
 
     def float_head(self, weight: np.ndarray, name: str = "lm_head") -> str:
@@ -269,7 +271,7 @@ class _Decoder(_Graph):
 
         # Tied embeddings in an int8/int4 graph share the LM head's quantized weights (read
         # by GatherBlockQuantized); otherwise the table is a Gather over float weights. The
-        # packed weights [V, blocks, 32·bits/8] are read as stored, one block per row of the
+        # packed weights [V, blocks, B·bits/8] are read as stored, one block per row of the
         # last axis, with the head's scales seen as [V, blocks, 1] (an initializer over the same
         # bytes): a Reshape of the weights would be constant-folded into a copy per session.
         self.head_name = lm_head_name(shape, ckpt.tensors.names())
@@ -277,7 +279,7 @@ class _Decoder(_Graph):
         if options.precision in NBITS and self.head_name == EMBED:
             self.head_q = self.quantized_head(ckpt.tensors.get(EMBED))
             self.table = self.head_q[0]
-            blocks = -(-shape.hidden_size // BLOCK_SIZE)
+            blocks = -(-shape.hidden_size // options.block_size)
             self.table_scales = w.alias("embed.scales", self.head_q[1], (shape.vocab_size, blocks, 1))
         else:
             self.table = self.param("embed_tokens", ckpt.tensors.get(EMBED))
@@ -297,10 +299,11 @@ class _Decoder(_Graph):
         if self.head_q is None:
             return w.op("Gather", [self.table, rows], name=name, axis=0)
         out = w.op("GatherBlockQuantized", [self.table, rows, self.table_scales], name=name, domain=MS_DOMAIN,
-                   bits=NBITS[self.options.precision], block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=2)
-        # [..., blocks, 32] -> [..., blocks·32]
+                   bits=NBITS[self.options.precision], block_size=self.options.block_size, gather_axis=0,
+                   quantize_axis=2)
+        # [..., blocks, B] -> [..., blocks·B]
         out = w.op("Reshape", [out, w.const(f"{name}.row_shape", [0] * rank + [-1])], name=f"{name}.rows")
-        if self.shape.hidden_size % BLOCK_SIZE:  # rows are padded to whole blocks
+        if self.shape.hidden_size % self.options.block_size:  # rows are padded to whole blocks
             out = w.op("Slice", [out, w.const(f"{name}.start", [0]), w.const(f"{name}.end", [self.shape.hidden_size]),
                                  w.const(f"{name}.axis", [-1])], name=f"{name}.unpad")
         return out

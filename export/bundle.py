@@ -24,7 +24,13 @@ from tandem.export.checkpoint import Checkpoint
 from tandem.export.checkpoint import file_sha256 as _sha256
 from tandem.export.decoder import DecoderShape
 from tandem.export.graph_writer import SharedData
-from tandem.export.quantize import DEFAULT_ACCURACY_LEVEL, check_accuracy_level, check_precision
+from tandem.export.quantize import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BLOCK_SIZE,
+    check_accuracy_level,
+    check_block_size,
+    check_precision,
+)
 from tandem.export.validate import text_ids, validate_graph
 from tandem.manifest import (
     DEFAULT_BLOCK_LENGTH,
@@ -253,6 +259,7 @@ def export_bundle(
     validate: bool = True,
     precision: str = "fp32",
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
     """Build M_L's graph (and the tandem M_S's and a plain drafter's) into `out_dir`.
@@ -262,7 +269,8 @@ def export_bundle(
     `tandem.train.model.TandemSmall`; a plain drafter's `.router` is exported with it).
     `tokenizer`: a folder or `tokenizer.json` file; default: M_L's folder when it has one.
     `precision`: fp32, fp16 (for CUDA), int8 or int4 (MatMulNBits, for CPU) — see
-    `tandem.export.quantize`; `accuracy_level` applies to int8/int4 (4: int8 compute).
+    `tandem.export.quantize`; `accuracy_level` (4: int8 compute) and `block_size` (weights per
+    quantization block along K) apply to int8/int4.
     `block_length`: the bundle's default γ; None: the γ the tandem drafter was trained at
     (its `training_summary.json`), else 4.
     `progress`: called with status lines (None: silent, no progress bars).
@@ -271,6 +279,7 @@ def export_bundle(
     say = progress or (lambda _msg: None)
     check_precision(precision)
     check_accuracy_level(accuracy_level)
+    check_block_size(block_size)
     if block_length is not None and not 1 <= block_length <= max_block_length:
         raise ExportError(f"need 1 <= block_length ({block_length}) <= max_block_length ({max_block_length})")
     out = Path(out_dir)
@@ -304,7 +313,7 @@ def export_bundle(
             manifest = _build(ckpts, tmp, large if not isinstance(large, str | Path) else None, vocab=vocab,
                               ctx=ctx, tok_file=tok_file, chat_template=chat_template,
                               special_tokens=special_tokens, precision=precision, accuracy_level=accuracy_level,
-                              validate=validate, block_length=block_length, max_block_length=max_block_length,
+                              block_size=block_size, validate=validate, block_length=block_length, max_block_length=max_block_length,
                               router_threshold=router_threshold, say=say, bars=progress is not None)
             _replace(tmp, out)
         except BaseException:
@@ -319,11 +328,12 @@ def export_bundle(
 
 
 def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab: int, ctx: int,
-           tok_file: Path | None, chat_template: str | None, special_tokens: dict[str, str], precision: str, accuracy_level: int, validate: bool, block_length: int,
+           tok_file: Path | None, chat_template: str | None, special_tokens: dict[str, str], precision: str, accuracy_level: int, block_size: int, validate: bool,
+           block_length: int,
            max_block_length: int, router_threshold: float, say: Callable[[str], None], bars: bool) -> Manifest:
     from tqdm import tqdm
 
-    options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx)
+    options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx, block_size=block_size)
     tandem_drafter = ckpts.get("tandem_drafter")
     rep_layers = list(tandem_drafter.tandem_config["large_layers"]) if tandem_drafter is not None else []
     graphs, validation, data_hashes = {}, {}, {}
@@ -346,7 +356,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
         graphs[role] = spec
         if validate:
             figures = validate_graph(tmp / file, spec, ckpt, role, precision=precision, context_length=ctx,
-                                     text=text)
+                                     text=text, block_size=block_size)
             validation[role] = figures
             if precision == "fp32":
                 say(f"validated {file}: max |ORT - PyTorch| / max(1, |PyTorch|) = {figures['max_rel_diff']:.1e}")
@@ -389,6 +399,7 @@ def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab:
         router_threshold=router_threshold,
         precision=precision,
         build={"accuracy_level": accuracy_level if precision in ("int4", "int8") else None,
+               "block_size": block_size if precision in ("int4", "int8") else None,
                "builder": "tandem.export.builder",
                "torch": torch.__version__ if torch is not None else None},
         provenance={

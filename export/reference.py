@@ -27,7 +27,7 @@ from tandem.export.decoder import (
     rope_tables,
 )
 from tandem.export.feeds import CaseInputs
-from tandem.export.quantize import NBITS, stored_weight
+from tandem.export.quantize import DEFAULT_BLOCK_SIZE, NBITS, stored_weight
 from tandem.train.router import ROUTER_KINDS
 
 HEAD_ROWS = 8192  # vocabulary rows of the LM head converted at a time
@@ -51,12 +51,15 @@ class Reference:
     `router_score_greedy`, `router_score_sampled`.
 
     `variants` names the weight variants: "fp32" (as stored in the checkpoint) and/or a
-    graph precision (int4, int8, fp16: the weights that graph computes with).
+    graph precision (int4, int8, fp16: the weights that graph computes with; int8/int4
+    quantized in blocks of `block_size`, as the graph's).
     """
 
-    def __init__(self, ckpt: Checkpoint, variants: tuple[str, ...] = ("fp32",), *, context_length: int) -> None:
+    def __init__(self, ckpt: Checkpoint, variants: tuple[str, ...] = ("fp32",), *, context_length: int,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         self.ckpt = ckpt
         self.variants = variants
+        self.block_size = block_size
         self.shape = DecoderShape.of(ckpt.config)
         cos, sin = rope_tables(ckpt.config, context_length)
         self.cos, self.sin = torch.from_numpy(cos), torch.from_numpy(sin)
@@ -67,7 +70,7 @@ class Reference:
 
         weight, bias = linear_weight(self.ckpt, parts)
         b = None if bias is None else torch.from_numpy(bias)
-        return {v: (torch.from_numpy(stored_weight(weight, v)), b) for v in self.variants}
+        return {v: (torch.from_numpy(stored_weight(weight, v, self.block_size)), b) for v in self.variants}
 
     def _vector(self, name: str) -> dict[str, torch.Tensor]:
         """Norm weights: stored in the activation dtype (fp16 graphs round them)."""
@@ -102,7 +105,7 @@ class Reference:
             proj = None
             if tandem is not None:
                 weight = ckpt.extras.get(f"projections.{i}.weight")  # [d_S, d_L]
-                proj = {v: torch.from_numpy(stored_weight(weight, v)) for v in self.variants}
+                proj = {v: torch.from_numpy(stored_weight(weight, v, self.block_size)) for v in self.variants}
             for c, case in enumerate(cases):
                 for v in self.variants:
                     x = resid[c][v]
@@ -142,7 +145,7 @@ class Reference:
         logits = [{v: [] for v in self.variants} for _ in cases]
         for row in range(0, head.shape[0], HEAD_ROWS):  # slices: no second copy of the head
             for v in self.variants:
-                weight = torch.from_numpy(stored_weight(head[row:row + HEAD_ROWS], v))
+                weight = torch.from_numpy(stored_weight(head[row:row + HEAD_ROWS], v, self.block_size))
                 for c in range(len(cases)):
                     logits[c][v].append(_apply(hidden[c][v], weight, None))
         del head
@@ -165,7 +168,7 @@ class Reference:
         """Embedding rows `[n, d]` as the graph at `variant` holds them: tied embeddings of an
         int8/int4 graph are the LM head's quantized rows; fp16 graphs round them."""
         if variant in NBITS and lm_head_name(self.shape, self.ckpt.tensors.names()) == EMBED:
-            return stored_weight(rows, variant)
+            return stored_weight(rows, variant, self.block_size)
         if variant == "fp16":
             return rows.astype(np.float16).astype(np.float32)
         return rows

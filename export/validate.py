@@ -26,6 +26,7 @@ import numpy as np
 from tandem.errors import ExportError
 from tandem.export.checkpoint import Checkpoint
 from tandem.export.feeds import CaseInputs, graph_feeds, random_inputs
+from tandem.export.quantize import DEFAULT_BLOCK_SIZE
 from tandem.manifest import GraphSpec
 
 FP32_TOLERANCE = 1e-4  # max|Δ| / max(1, max|ref|)
@@ -199,7 +200,8 @@ def _raise_first(path: Path, stats: dict[str, dict[str, float]], what: str) -> N
 
 
 def validate_graph(path: Path, spec: GraphSpec, ckpt: Checkpoint, role: str, *, precision: str,
-                   context_length: int, threads: int = 0, text: list[int] | None = None) -> dict[str, Any]:
+                   context_length: int, threads: int = 0, text: list[int] | None = None,
+                   block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
     """Check the graph at `path` against the reference; returns the figures for the manifest.
 
     Raises ExportError naming the first diverging output when a bug is likely:
@@ -221,7 +223,7 @@ def validate_graph(path: Path, spec: GraphSpec, ckpt: Checkpoint, role: str, *, 
     from tandem.export.reference import Reference  # torch: only validation needs it
 
     variants = ("fp32",) if precision == "fp32" else ("fp32", precision)
-    reference = Reference(ckpt, variants, context_length=context_length)
+    reference = Reference(ckpt, variants, context_length=context_length, block_size=block_size)
     want = reference.run(role, cases, spec.rep_layers)
     got = run_graph(path, spec, cases, threads)
     exact = compare(got, [w["fp32"] for w in want])

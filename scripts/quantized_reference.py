@@ -30,13 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", type=Path, required=True, help="M_L: Hugging Face folder")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
     p.add_argument("--precision", choices=("int8", "int4"), default="int4")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="weights per quantization block, as the bundle was exported with (default: 32)")
     args = p.parse_args(argv)
 
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
-    from tandem.export.quantize import stored_weight
+    from tandem.errors import ExportError
+    from tandem.export.quantize import check_block_size, stored_weight
+
+    try:
+        check_block_size(args.block_size)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     if not (args.large / "config.json").is_file():
         print(f"error: {args.large} is not a Hugging Face model folder (no config.json)", file=sys.stderr)
@@ -47,16 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     tied = head.weight is model.get_input_embeddings().weight
     with torch.no_grad():
         for module in tqdm(linears, desc=f"{args.precision} weights", unit="linear"):
-            module.weight.copy_(torch.from_numpy(stored_weight(module.weight.numpy(), args.precision)))
+            module.weight.copy_(torch.from_numpy(stored_weight(module.weight.numpy(), args.precision, args.block_size)))
         # the head is quantized; with tied embeddings the graph's token table is that same tensor
-        head.weight.copy_(torch.from_numpy(stored_weight(head.weight.numpy(), args.precision)))
+        head.weight.copy_(torch.from_numpy(stored_weight(head.weight.numpy(), args.precision, args.block_size)))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     for f in args.large.iterdir():
         if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
             shutil.copy2(f, args.out / f.name)
     print(f"wrote {args.out}: {len(linears)} linear layers and the head ({'tied with' if tied else 'not'} the "
-          f"embedding) as {args.precision} stores them")
+          f"embedding) as {args.precision} in blocks of {args.block_size} stores them")
     return 0
 
 

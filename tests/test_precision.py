@@ -276,3 +276,65 @@ def test_quantized_reference_is_the_graphs_m_l(tmp_path: Path):
     agree = {name: (x.argmax(-1) == graph.argmax(-1)).float().mean().item()
              for name, x in (("quantized", quantized), ("original", original))}
     assert agree["quantized"] > agree["original"], agree  # measured: 0.96 vs 0.54
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_block_quantization_rounds_each_block_to_its_own_scale(bits: int):
+    """quantize_blocks at every block size: packed `[N, K/B, B·bits/8]`, one scale per block
+    (K padded to whole blocks), and dequantize_blocks (which reads B from the packed shape)
+    gives back every weight within one step of its block's scale (round to nearest, the
+    largest magnitude possibly clipped at the end of the signed range), most within half."""
+    from tandem.export.quantize import (
+        BLOCK_SIZES,
+        dequantize_blocks,
+        quantize_blocks,
+        stored_weight,
+    )
+
+    rng = np.random.default_rng(0)
+    n, k = 24, 200  # K a multiple of none of the sizes above 8
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    for size in BLOCK_SIZES:
+        packed, scales = quantize_blocks(weight, bits, size)
+        blocks = -(-k // size)
+        assert packed.shape == (n, blocks, size * bits // 8) and scales.shape == (n, blocks)
+        back = dequantize_blocks(packed, scales, k, bits)
+        assert back.shape == (n, k)
+        per_weight_scale = np.repeat(np.abs(scales), size, axis=1)[:, :k]
+        error = np.abs(back - weight)
+        assert np.all(error <= per_weight_scale + 1e-6)
+        assert np.mean(error <= per_weight_scale / 2 + 1e-6) > 0.95
+        np.testing.assert_array_equal(stored_weight(weight, f"int{bits}", size), back)
+    with pytest.raises(ExportError, match="block_size must be one of"):
+        quantize_blocks(weight, bits, 48)
+
+
+def test_export_at_block_size_64(pair: Pair, tmp_path: Path):
+    """--block-size 64: every MatMulNBits and GatherBlockQuantized node quantizes in blocks of
+    64, the export's validation (same-weights reference at that block size) passes, the
+    manifest records it, and the loop stays lossless."""
+    manifest = export_pair(pair, tmp_path / "b", "int4", block_size=64)
+    assert manifest.build["block_size"] == 64
+    for role, spec in manifest.graphs.items():
+        model = onnx.load(str(tmp_path / "b" / spec.file), load_external_data=False)
+        quantized = [n for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+        assert quantized and all(
+            next(a.i for a in n.attribute if a.name == "block_size") == 64 for n in quantized), role
+        assert manifest.validation[role]["max_rel_error_vs_same_weights"] < 0.1
+    model = load(tmp_path / "b", threads=1)
+    for prompt in PROMPTS:
+        base = model.generate(prompt, mode="large", max_new_tokens=16, ignore_eos=True)
+        got = model.generate(prompt, mode="speed", block_length=3, max_new_tokens=16, ignore_eos=True)
+        if got.ids != base.ids:
+            i = next(k for k, (a, b) in enumerate(zip(got.ids, base.ids, strict=True)) if a != b)
+            assert top2_gap_at(tmp_path / "b", prompt + base.ids[:i]) < NEAR_TIE
+
+
+def test_block_size_is_refused_where_it_does_not_apply(pair: Pair, tmp_path: Path):
+    from tandem.cli import main
+
+    with pytest.raises(ExportError, match="block_size must be one of"):
+        export_pair(pair, tmp_path / "never", "int4", block_size=48)
+    assert not (tmp_path / "never").exists()
+    assert main(["export", "--large", str(pair.large), "--out", str(tmp_path / "never"), "--block-size", "64"]) != 0
+    assert not (tmp_path / "never").exists()

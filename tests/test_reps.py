@@ -328,3 +328,20 @@ def test_cli_reps_train_plain_export_vanilla_equals_large(setup: dict, tmp_path:
         # adaptive: this drafter's router expects ~0.4 % of drafts accepted, so the cost rule may keep
         # none, but it still asks the drafter every round
         assert got.stats["drafted" if block != "auto" else "drafter_calls"] > 0
+
+
+def test_block_size_is_part_of_the_run(setup: dict):
+    """ONNX Runtime int4 reps record their block size: a resume at another one is refused, as
+    is a block size where M_L's weights have no blocks; reps.json without the key (written
+    before it existed) reads as the default 32."""
+    out = setup["tmp"] / "blocks"
+    spec = _run(setup, out, engine="onnxruntime", precision="int4", block_size=64, max_tokens=4 * SEQ)
+    assert spec.block_size == 64 and RepsSpec.load(out).block_size == 64
+    with pytest.raises(TrainingError, match="another run.*block_size"):
+        _run(setup, out, engine="onnxruntime", precision="int4", block_size=32, max_tokens=4 * SEQ)
+    with pytest.raises(TrainingError, match="--block-size applies to --engine onnxruntime at int8/int4"):
+        _run(setup, setup["tmp"] / "never", engine="torch", precision="fp32", block_size=64)
+    data = json.loads((out / REPS_FILE).read_text())
+    del data["block_size"]
+    (out / REPS_FILE).write_text(json.dumps(data))
+    assert RepsSpec.load(out).block_size == 32

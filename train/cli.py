@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tandem.errors import TrainingError
+from tandem.export.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 from tandem.train.data import (
     MIN_HELDOUT_TOKENS,
     Corpus,
@@ -260,6 +261,9 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4", "bf16"),
                         help="M_L's precision: fp32/fp16/int8/int4 under --engine onnxruntime (default int4); "
                              "--engine torch computes in fp32 on the CPU and bf16 (autocast) on CUDA")
+    parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None,
+                        help="--engine onnxruntime at int8/int4: weights per quantization block, as the bundle "
+                             "will be exported with (tandem export --block-size; default: 32)")
     parser.add_argument("--device", default="auto",
                         help="--engine torch: auto (CUDA when present) | cpu | cuda; ONNX Runtime runs on the CPU")
     parser.add_argument("--distil", choices=DISTIL_TEACHERS, default="topk",
@@ -296,9 +300,10 @@ def run_reps(args: argparse.Namespace) -> int:
     print(f"data: {corpus.train.numel()} training tokens")
     device = resolve_device(args.device) if args.engine == "torch" else torch.device("cpu")
     precision = args.precision or (torch_precision(device) if args.engine == "torch" else "int4")
+    block_size = args.block_size or DEFAULT_BLOCK_SIZE  # precompute refuses it where it does not apply
     spec = precompute(args.large, corpus.train, layers, args.out, seq_len=args.seq_len, max_tokens=args.max_tokens,
                       engine=args.engine, precision=precision, distil=args.distil, top_k=args.top_k,
-                      shard_tokens=args.shard_tokens, threads=args.threads, device=device)
+                      block_size=block_size, shard_tokens=args.shard_tokens, threads=args.threads, device=device)
     rate = f", {spec.tokens_per_second:.0f} tokens/s" if spec.tokens_per_second else ""
     print(f"wrote {spec.total_windows * spec.seq_len} tokens of layers {spec.layers} to {args.out}{rate}")
     return 0

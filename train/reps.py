@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tandem.errors import TrainingError
+from tandem.export.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 
 REPS_FILE = "reps.json"
 REPS_FORMAT = 1
@@ -64,6 +65,7 @@ class RepsSpec:
     data_sha256: str  # of the training token stream (int32 bytes)
     engine: str
     precision: str
+    block_size: int = DEFAULT_BLOCK_SIZE  # int8/int4 under onnxruntime: weights per quantization block
     format_version: int = REPS_FORMAT
     complete_shards: int = 0
     tokens_per_second: float | None = None  # last run's throughput (for the README's cost figures)
@@ -151,7 +153,7 @@ class OrtEngine:
     name = "onnxruntime"
 
     def __init__(self, folder: Path, work: Path, layers: list[int], precision: str, seq_len: int,
-                 threads: int = 0, progress: bool = True) -> None:
+                 threads: int = 0, progress: bool = True, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         import onnxruntime as ort
 
         from tandem.export.builder import BuildOptions, build_graph
@@ -163,7 +165,8 @@ class OrtEngine:
             work.mkdir(parents=True, exist_ok=True)
             bar = tqdm(total=ckpt.config.num_hidden_layers, desc=f"build M_L graph ({precision})", disable=not progress)
             self.spec, _ = build_graph(ckpt, "large", work / "large.onnx",
-                                       BuildOptions(precision=precision, context_length=seq_len + 1),
+                                       BuildOptions(precision=precision, context_length=seq_len + 1,
+                                                    block_size=block_size),
                                        rep_layers=layers, on_layer=lambda: bar.update(1))
             bar.close()
         finally:
@@ -209,6 +212,7 @@ def stored_layers(layers: list[int], num_layers: int, distil: str) -> list[int]:
 def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out: str | Path, *,
                seq_len: int = 256, max_tokens: int | None = None, engine: str = "onnxruntime",
                precision: str = "int4", distil: str = "topk", top_k: int = DEFAULT_TOP_K,
+               block_size: int = DEFAULT_BLOCK_SIZE,
                shard_tokens: int = 16_384, threads: int = 0, device: torch.device | str = "cpu",
                progress: bool = True) -> RepsSpec:
     """Run M_L once over windows of `stream` and write the reps folder `out` (resumable)."""
@@ -224,6 +228,10 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
     if engine == "torch" and precision != torch_precision(device):
         raise TrainingError(f"--engine torch runs M_L at {torch_precision(device)} on {torch.device(device).type}; "
                             f"pass --precision {torch_precision(device)} or --engine onnxruntime")
+    if block_size not in BLOCK_SIZES:
+        raise TrainingError(f"--block-size must be one of {BLOCK_SIZES}, got {block_size}")
+    if block_size != DEFAULT_BLOCK_SIZE and (engine != "onnxruntime" or precision not in ("int8", "int4")):
+        raise TrainingError(f"--block-size applies to --engine onnxruntime at int8/int4, not {engine} at {precision}")
     if seq_len < 2 or shard_tokens < seq_len:
         raise TrainingError(f"--seq-len {seq_len} must be ≥ 2 and --shard-tokens {shard_tokens} ≥ --seq-len")
     config_path = large_folder / "config.json"
@@ -242,6 +250,7 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
         seq_len=seq_len, distil=distil, top_k=top_k if distil == "topk" else 0,
         windows_per_shard=max(1, shard_tokens // seq_len), total_windows=total,
         data_sha256=stream_sha256(stream[: total * (seq_len + 1)]), engine=engine, precision=precision,
+        block_size=block_size,
     )
     if out.exists() and any(out.iterdir()):
         if not (out / REPS_FILE).is_file():
@@ -266,7 +275,7 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
         if engine == "torch":
             runner: TorchEngine | OrtEngine = TorchEngine(large_folder, threads, device)
         else:
-            runner = OrtEngine(large_folder, work, spec.layers, precision, seq_len, threads, progress)
+            runner = OrtEngine(large_folder, work, spec.layers, precision, seq_len, threads, progress, block_size)
         spec.extra = {**spec.extra, "rss_before_model_mb": rss_before, "rss_with_model_mb": _rss_mb()}
         bar = tqdm(total=total * seq_len, initial=done * seq_len, unit="tok", unit_scale=True, desc="M_L reps",
                    disable=not progress)
