@@ -223,26 +223,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = sum(f.stat().st_size for f in bundles[key].glob("*.onnx.data"))
         rows.append({"precision": precision, "block_size": int(size) if size else None, "weights_mb": data / 1e6,
                      "step_ms": steps[key], **figures})
-    return {"model": args.hf.name, "command": "python -m tandem.bench.block_size " + " ".join(sys.argv[1:]),
-            "machine": describe(args.threads), "threads": args.threads, "window": args.window,
-            "positions": rows[0]["positions"], "past_len": args.past_len, "rounds": args.rounds, "steps": args.steps,
-            "rows": rows}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        res = run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res: dict[str, Any] = {
+        "model": args.hf.name, "command": "python -m tandem.bench.block_size " + " ".join(sys.argv[1:]),
+        "machine": describe(args.threads), "threads": args.threads, "window": args.window,
+        "positions": rows[0]["positions"], "past_len": args.past_len, "rounds": args.rounds, "steps": args.steps,
+        "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     res["files"] = ["results.json", "results.md", *plot(res, args.out)]
     (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(res))
-    print(markdown(res))
-    print(f"wrote {', '.join(res['files'])} to {args.out}")
-    return 0
+    res["out"] = str(args.out)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tandem.bench.report import tool_main
+
+    return tool_main(_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -385,15 +385,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        res = run(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((Path(res["out"]) / "results.md").read_text())
-    print(f"wrote {', '.join(res['files'])} to {res['out']}")
-    return 0
+    from tandem.bench.report import tool_main
+
+    return tool_main(_parser(), run, argv)
 
 
 if __name__ == "__main__":

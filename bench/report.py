@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,20 @@ def write(results: dict[str, Any], out: Path, with_plots: bool = True) -> list[s
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(markdown(results))
     return files
+
+
+def tool_main(parser: Any, run: Any, argv: list[str] | None) -> int:
+    """main() of a `python -m tandem.bench.<tool>`: parse `argv`, `run` the arguments (it writes
+    its files and returns a dict with "out" and "files"), print the results.md it wrote. A
+    BenchError is printed as `error: ...` and gives exit status 2."""
+    from tandem.bench.errors import BenchError
+
+    args = parser.parse_args(argv)
+    try:
+        res = run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(res["out"]) / "results.md").read_text())
+    print(f"wrote {', '.join(res['files'])} to {res['out']}")
+    return 0
