@@ -107,18 +107,19 @@ def step_times(bundles: dict[str, Path], threads: int, past_len: int, rounds: in
     from tandem._core import read_manifest
     from tandem.bench.costs import Call, session
 
+    calls = {}
+    for key, bundle in bundles.items():
+        spec = read_manifest(str(bundle)).graphs["large"]
+        calls[key] = Call(session(Path(spec.file), threads), spec, 1, past_len, last_logits=True)
     times: dict[str, list[float]] = {k: [] for k in bundles}
     for _ in range(rounds):
-        for key, bundle in bundles.items():
-            spec = read_manifest(str(bundle)).graphs["large"]
-            call = Call(session(Path(spec.file), threads), spec, 1, past_len, last_logits=True)
-            for _ in range(3):
+        for key, call in calls.items():
+            for _ in range(3):  # warm-up: the previous size's weights went through the caches
                 call()
             for _ in range(steps):
                 t0 = time.perf_counter()
                 call()
                 times[key].append(time.perf_counter() - t0)
-            del call
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 

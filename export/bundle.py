@@ -279,7 +279,7 @@ def export_bundle(
     say = progress or (lambda _msg: None)
     check_precision(precision)
     check_accuracy_level(accuracy_level)
-    check_block_size(block_size)
+    check_block_size(block_size, precision)
     if block_length is not None and not 1 <= block_length <= max_block_length:
         raise ExportError(f"need 1 <= block_length ({block_length}) <= max_block_length ({max_block_length})")
     out = Path(out_dir)
@@ -313,8 +313,8 @@ def export_bundle(
             manifest = _build(ckpts, tmp, large if not isinstance(large, str | Path) else None, vocab=vocab,
                               ctx=ctx, tok_file=tok_file, chat_template=chat_template,
                               special_tokens=special_tokens, precision=precision, accuracy_level=accuracy_level,
-                              block_size=block_size, validate=validate, block_length=block_length, max_block_length=max_block_length,
-                              router_threshold=router_threshold, say=say, bars=progress is not None)
+                              block_size=block_size, validate=validate, block_length=block_length,
+                              max_block_length=max_block_length, router_threshold=router_threshold, say=say, bars=progress is not None)
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -328,12 +328,12 @@ def export_bundle(
 
 
 def _build(ckpts: dict[str, Checkpoint], tmp: Path, large_module: Any, *, vocab: int, ctx: int,
-           tok_file: Path | None, chat_template: str | None, special_tokens: dict[str, str], precision: str, accuracy_level: int, block_size: int, validate: bool,
-           block_length: int,
-           max_block_length: int, router_threshold: float, say: Callable[[str], None], bars: bool) -> Manifest:
+           tok_file: Path | None, chat_template: str | None, special_tokens: dict[str, str], precision: str,
+           accuracy_level: int, block_size: int, validate: bool, block_length: int, max_block_length: int, router_threshold: float, say: Callable[[str], None], bars: bool) -> Manifest:
     from tqdm import tqdm
 
-    options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx, block_size=block_size)
+    options = BuildOptions(precision=precision, accuracy_level=accuracy_level, context_length=ctx,
+                           block_size=block_size)
     tandem_drafter = ckpts.get("tandem_drafter")
     rep_layers = list(tandem_drafter.tandem_config["large_layers"]) if tandem_drafter is not None else []
     graphs, validation, data_hashes = {}, {}, {}

@@ -5,8 +5,9 @@
   provider runs it too, slowly). Graph I/O other than the KV cache stays float32.
 - ``int8`` / ``int4``: the linear layers become ``com.microsoft.MatMulNBits``: symmetric
   round-to-nearest, blocks of 32 along K by default (16, 64 or 128 on request), one float32
-  scale per block (ONNX Runtime's own block quantizer). ``accuracy_level`` 4 (the default) lets the CPU provider compute with
-  int8 activations; 0 computes in float32. The embedding table stays float32.
+  scale per block (ONNX Runtime's own block quantizer). ``accuracy_level`` 4 (the default)
+  lets the CPU provider compute with int8 activations; 0 computes in float32. The embedding
+  table stays float32.
 
 The quantization is deterministic, so the validation reference can rebuild the exact
 weights a graph holds (`dequantize_blocks`).
@@ -38,11 +39,15 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def check_block_size(block_size: int) -> int:
-    """`block_size` if MatMulNBits and GatherBlockQuantized take it, else an ExportError."""
+def check_block_size(block_size: int, precision: str | None = None) -> int:
+    """`block_size` if MatMulNBits and GatherBlockQuantized take it, else an ExportError; also
+    one when a block size other than the default is asked of `precision` fp32/fp16/bf16, whose
+    weights have no blocks."""
     if block_size not in BLOCK_SIZES:
         raise ExportError(f"block_size must be one of {BLOCK_SIZES} (weights per quantization block along K; "
                           f"{DEFAULT_BLOCK_SIZE} is the default), got {block_size}")
+    if precision is not None and precision not in NBITS and block_size != DEFAULT_BLOCK_SIZE:
+        raise ExportError(f"block_size {block_size} applies to int8/int4 (block-quantized) weights, not {precision}")
     return block_size
 
 

@@ -26,11 +26,13 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tandem.export.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--large", type=Path, required=True, help="M_L: Hugging Face folder")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
     p.add_argument("--precision", choices=("int8", "int4"), default="int4")
-    p.add_argument("--block-size", type=int, default=32,
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=DEFAULT_BLOCK_SIZE,
                    help="weights per quantization block, as the bundle was exported with (default: 32)")
     args = p.parse_args(argv)
 
@@ -38,14 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
-    from tandem.errors import ExportError
-    from tandem.export.quantize import check_block_size, stored_weight
-
-    try:
-        check_block_size(args.block_size)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from tandem.export.quantize import stored_weight
 
     if not (args.large / "config.json").is_file():
         print(f"error: {args.large} is not a Hugging Face model folder (no config.json)", file=sys.stderr)

@@ -248,7 +248,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
                    help="int8/int4 MatMulNBits compute: 4 = int8 activations (fastest on CPU), "
                         "0 = float32 (default: 4)")
-    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None,
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=DEFAULT_BLOCK_SIZE,
                    help="int8/int4: weights per quantization block along K, each with its own scale "
                         f"(default: {DEFAULT_BLOCK_SIZE}, as ONNX Runtime GenAI's builder). Larger blocks store "
                         "fewer scales and can decode faster where memory bandwidth bounds it, but lose accuracy "
@@ -264,22 +264,9 @@ def _run_export(args: argparse.Namespace) -> int:
         block_length=args.block_length, max_block_length=args.max_block_length,
         router_threshold=args.router_threshold, context_length=args.context_length,
         validate=not args.no_validate, precision=args.precision, accuracy_level=args.accuracy_level,
-        block_size=_block_size(args),
+        block_size=args.block_size,  # export_bundle refuses one other than 32 at a float precision
     )
     return 0
-
-
-def _block_size(args: argparse.Namespace) -> int:
-    """--block-size, refused with a float precision (whose weights have no blocks)."""
-    from tandem.errors import InvalidArgumentError
-    from tandem.export.quantize import DEFAULT_BLOCK_SIZE, NBITS
-
-    if args.block_size is None:
-        return DEFAULT_BLOCK_SIZE
-    if args.precision not in NBITS:
-        raise InvalidArgumentError(f"--block-size applies to --precision int8 or int4 (block-quantized weights), "
-                                   f"not {args.precision}")
-    return int(args.block_size)
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -335,6 +335,8 @@ def test_block_size_is_refused_where_it_does_not_apply(pair: Pair, tmp_path: Pat
 
     with pytest.raises(ExportError, match="block_size must be one of"):
         export_pair(pair, tmp_path / "never", "int4", block_size=48)
+    with pytest.raises(ExportError, match="block_size 64 applies to int8/int4 .* not fp16"):
+        export_pair(pair, tmp_path / "never", "fp16", block_size=64)
     assert not (tmp_path / "never").exists()
     assert main(["export", "--large", str(pair.large), "--out", str(tmp_path / "never"), "--block-size", "64"]) != 0
     assert not (tmp_path / "never").exists()

@@ -261,7 +261,7 @@ def add_reps_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4", "bf16"),
                         help="M_L's precision: fp32/fp16/int8/int4 under --engine onnxruntime (default int4); "
                              "--engine torch computes in fp32 on the CPU and bf16 (autocast) on CUDA")
-    parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None,
+    parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=DEFAULT_BLOCK_SIZE,
                         help="--engine onnxruntime at int8/int4: weights per quantization block, as the bundle "
                              "will be exported with (tandem export --block-size; default: 32)")
     parser.add_argument("--device", default="auto",
@@ -300,10 +300,9 @@ def run_reps(args: argparse.Namespace) -> int:
     print(f"data: {corpus.train.numel()} training tokens")
     device = resolve_device(args.device) if args.engine == "torch" else torch.device("cpu")
     precision = args.precision or (torch_precision(device) if args.engine == "torch" else "int4")
-    block_size = args.block_size or DEFAULT_BLOCK_SIZE  # precompute refuses it where it does not apply
     spec = precompute(args.large, corpus.train, layers, args.out, seq_len=args.seq_len, max_tokens=args.max_tokens,
                       engine=args.engine, precision=precision, distil=args.distil, top_k=args.top_k,
-                      block_size=block_size, shard_tokens=args.shard_tokens, threads=args.threads, device=device)
+                      block_size=args.block_size, shard_tokens=args.shard_tokens, threads=args.threads, device=device)
     rate = f", {spec.tokens_per_second:.0f} tokens/s" if spec.tokens_per_second else ""
     print(f"wrote {spec.total_windows * spec.seq_len} tokens of layers {spec.layers} to {args.out}{rate}")
     return 0

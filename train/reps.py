@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from tandem.errors import TrainingError
-from tandem.export.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+from tandem.errors import ExportError, TrainingError
+from tandem.export.quantize import DEFAULT_BLOCK_SIZE, check_block_size
 
 REPS_FILE = "reps.json"
 REPS_FORMAT = 1
@@ -228,10 +228,10 @@ def precompute(large_folder: str | Path, stream: Tensor, layers: list[int], out:
     if engine == "torch" and precision != torch_precision(device):
         raise TrainingError(f"--engine torch runs M_L at {torch_precision(device)} on {torch.device(device).type}; "
                             f"pass --precision {torch_precision(device)} or --engine onnxruntime")
-    if block_size not in BLOCK_SIZES:
-        raise TrainingError(f"--block-size must be one of {BLOCK_SIZES}, got {block_size}")
-    if block_size != DEFAULT_BLOCK_SIZE and (engine != "onnxruntime" or precision not in ("int8", "int4")):
-        raise TrainingError(f"--block-size applies to --engine onnxruntime at int8/int4, not {engine} at {precision}")
+    try:  # only ONNX Runtime's int8/int4 graphs have blocks (the torch engine runs fp32 / bf16)
+        check_block_size(block_size, precision)
+    except ExportError as exc:
+        raise TrainingError(str(exc)) from None
     if seq_len < 2 or shard_tokens < seq_len:
         raise TrainingError(f"--seq-len {seq_len} must be ≥ 2 and --shard-tokens {shard_tokens} ≥ --seq-len")
     config_path = large_folder / "config.json"
